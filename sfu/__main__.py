@@ -1,0 +1,5 @@
+import sys
+
+from sfu.cli import main
+
+sys.exit(main())

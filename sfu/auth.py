@@ -1,0 +1,74 @@
+"""Join tokens: HS256 JWTs carrying LiveKit-style grants."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import jwt
+
+ALGORITHM = "HS256"
+
+
+class AuthError(ValueError):
+    """A token that does not admit its bearer; ``code`` is the protocol's error code."""
+
+    def __init__(self, message: str, code: str = "unauthorized") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Grants:
+    identity: str
+    room: str
+    can_publish: bool = True
+    can_subscribe: bool = True
+
+
+def mint_token(
+    secret: str,
+    *,
+    room: str,
+    identity: str,
+    ttl_seconds: int = 3600,
+    can_publish: bool = True,
+    can_subscribe: bool = True,
+    now: float | None = None,
+) -> str:
+    issued = int(time.time() if now is None else now)
+    claims = {
+        "sub": identity,
+        "room": room,
+        "can_publish": can_publish,
+        "can_subscribe": can_subscribe,
+        "iat": issued,
+        "nbf": issued,
+        "exp": issued + ttl_seconds,
+    }
+    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+
+
+def verify_token(secret: str, token: str, room: str) -> Grants:
+    """The grants of a valid token for ``room``; AuthError otherwise."""
+    try:
+        claims = jwt.decode(
+            token, secret, algorithms=[ALGORITHM], options={"require": ["exp", "sub", "room"]}
+        )
+    except jwt.ExpiredSignatureError:
+        raise AuthError("token expired") from None
+    except jwt.ImmatureSignatureError:
+        raise AuthError("token not yet valid") from None
+    except jwt.PyJWTError as exc:
+        raise AuthError(f"invalid token: {exc}") from None
+    identity, token_room = claims["sub"], claims["room"]
+    if not isinstance(identity, str) or not isinstance(token_room, str):
+        raise AuthError("invalid token: sub and room must be strings")
+    if token_room != room:
+        raise AuthError(f"token is for room {token_room!r}, not {room!r}", "forbidden")
+    return Grants(
+        identity=identity,
+        room=token_room,
+        can_publish=claims.get("can_publish", True) is True,
+        can_subscribe=claims.get("can_subscribe", True) is True,
+    )

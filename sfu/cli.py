@@ -1,0 +1,72 @@
+"""``sfu serve``, ``sfu token``: the command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from sfu import config as sfu_config
+from sfu.auth import mint_token
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sfu", description="WebRTC selective forwarding unit")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the server")
+    serve.add_argument("--config", help="TOML config file (default: built-in defaults)")
+
+    token = commands.add_parser("token", help="mint a join token (HS256 JWT)")
+    token.add_argument("--config", help="TOML config file holding auth.secret")
+    token.add_argument("--room", required=True)
+    token.add_argument("--identity", required=True)
+    token.add_argument("--ttl", type=int, default=3600, help="seconds (default 3600)")
+    token.add_argument("--no-publish", action="store_true")
+    token.add_argument("--no-subscribe", action="store_true")
+
+    args = parser.parse_args(argv)
+    try:
+        config = sfu_config.load(args.config)
+    except sfu_config.ConfigError as exc:
+        print(f"sfu: config error: {exc}", file=sys.stderr)
+        return 2
+
+    if args.command == "token":
+        if not config.auth.secret:
+            print("sfu: auth.secret is not set (config or SFU_AUTH_SECRET)", file=sys.stderr)
+            return 2
+        print(mint_token(
+            config.auth.secret, room=args.room, identity=args.identity, ttl_seconds=args.ttl,
+            can_publish=not args.no_publish, can_subscribe=not args.no_subscribe,
+        ))
+        return 0
+
+    logging.basicConfig(
+        level=config.server.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        import uvloop
+    except ImportError:
+        run = asyncio.run
+    else:
+        run = uvloop.run
+    run(_serve(config))
+    return 0
+
+
+async def _serve(config: sfu_config.Config) -> None:
+    from sfu.server import Server
+
+    server = Server(config)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"sfu: serving http://{config.server.host}:{server.port}/", flush=True)
+    await stop.wait()
+    await server.stop()

@@ -1,0 +1,233 @@
+"""Typed configuration: built-in defaults, a TOML file, then ``SFU_<SECTION>_<KEY>`` env vars.
+
+The built-in defaults are what ``config/sfu.toml`` spells out; a test keeps them equal.
+Every error names the offending key and value (``ConfigError``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+
+class ConfigError(ValueError):
+    """A config file or environment variable has a bad key or value."""
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    log_level: str = "info"
+    # Largest control message accepted, in bytes.
+    max_message_bytes: int = 262_144
+
+
+@dataclass
+class AuthConfig:
+    # "development": no token needed (only allowed when bound to loopback);
+    # "jwt": every join carries an HS256 token signed with `secret`.
+    mode: str = "development"
+    secret: str = ""
+
+
+@dataclass
+class RtcConfig:
+    # Addresses the SFU gathers ICE host candidates on (mediasoup's listenIps).
+    listen_ips: list[str] = field(default_factory=lambda: ["127.0.0.1"])
+    # Address announced in candidates instead of the listen address (NAT, 1:1), or "".
+    announced_ip: str = ""
+    # UDP ports for ICE host candidates, inclusive.
+    port_min: int = 40000
+    port_max: int = 49999
+    # "auto": the Cython forwarder when it is built and passes its self-check;
+    # "cython" / "python" force one.
+    forwarder: str = "auto"
+    # Minimum time between two keyframe requests sent to a publisher for one track.
+    keyframe_request_interval_ms: int = 500
+
+
+@dataclass
+class RoomsConfig:
+    auto_subscribe: bool = True
+    max_participants: int = 25
+
+
+@dataclass
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    rtc: RtcConfig = field(default_factory=RtcConfig)
+    rooms: RoomsConfig = field(default_factory=RoomsConfig)
+
+    def validate(self) -> None:
+        _check(self.server.port, 0 <= self.server.port <= 65535, "server.port", "0..65535")
+        _check(
+            self.server.log_level,
+            self.server.log_level in {"debug", "info", "warning", "error"},
+            "server.log_level",
+            "debug, info, warning or error",
+        )
+        _check(
+            self.server.max_message_bytes,
+            self.server.max_message_bytes >= 1024,
+            "server.max_message_bytes",
+            ">= 1024",
+        )
+        _check(
+            self.auth.mode, self.auth.mode in {"development", "jwt"}, "auth.mode",
+            "development or jwt",
+        )
+        if self.auth.mode == "jwt":
+            _check("<hidden>", len(self.auth.secret) >= 16, "auth.secret", "at least 16 chars")
+        if self.auth.mode == "development":
+            _check(
+                self.server.host,
+                _is_loopback(self.server.host),
+                "server.host",
+                "a loopback address in development auth mode (set auth.mode = \"jwt\")",
+            )
+        _check(self.rtc.listen_ips, len(self.rtc.listen_ips) > 0, "rtc.listen_ips", "non-empty")
+        for ip in self.rtc.listen_ips:
+            _check(ip, _is_ip(ip), "rtc.listen_ips", "IP addresses")
+        if self.rtc.announced_ip:
+            _check(
+                self.rtc.announced_ip, _is_ip(self.rtc.announced_ip), "rtc.announced_ip",
+                "an IP address or \"\"",
+            )
+        _check(
+            (self.rtc.port_min, self.rtc.port_max),
+            1024 <= self.rtc.port_min <= self.rtc.port_max <= 65535,
+            "rtc.port_min/rtc.port_max",
+            "1024 <= port_min <= port_max <= 65535",
+        )
+        _check(
+            self.rtc.forwarder, self.rtc.forwarder in {"auto", "cython", "python"},
+            "rtc.forwarder", "auto, cython or python",
+        )
+        _check(
+            self.rtc.keyframe_request_interval_ms,
+            self.rtc.keyframe_request_interval_ms >= 0,
+            "rtc.keyframe_request_interval_ms",
+            ">= 0",
+        )
+        _check(
+            self.rooms.max_participants,
+            1 <= self.rooms.max_participants <= 1000,
+            "rooms.max_participants",
+            "1..1000",
+        )
+
+
+def _check(value: object, ok: bool, key: str, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key} = {value!r}: expected {expected}")
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def load(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Defaults, overlaid by the TOML file at ``path`` (if any), then by env vars."""
+    config = Config()
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+        _apply_mapping(config, data, str(path))
+    _apply_env(config, os.environ if env is None else env)
+    config.validate()
+    return config
+
+
+def _sections(config: Config) -> dict[str, Any]:
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+
+
+def _apply_mapping(config: Config, data: Mapping[str, Any], origin: str) -> None:
+    sections = _sections(config)
+    for section_name, values in data.items():
+        if section_name not in sections:
+            raise ConfigError(f"{origin}: unknown section [{section_name}]")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{origin}: [{section_name}] must be a table")
+        section = sections[section_name]
+        hints = get_type_hints(type(section))
+        for key, value in values.items():
+            if key not in hints:
+                raise ConfigError(f"{origin}: unknown key {section_name}.{key}")
+            setattr(section, key, _coerce(value, hints[key], f"{section_name}.{key}"))
+
+
+def _apply_env(config: Config, env: Mapping[str, str]) -> None:
+    for section_name, section in _sections(config).items():
+        hints = get_type_hints(type(section))
+        for key, hint in hints.items():
+            name = f"SFU_{section_name}_{key}".upper()
+            if name in env:
+                setattr(section, key, _coerce_text(env[name], hint, name))
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    elif hint == list[str]:
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return value
+    raise ConfigError(f"{key} = {value!r}: expected {_type_name(hint)}")
+
+
+def _coerce_text(text: str, hint: Any, key: str) -> Any:
+    """Env vars are text: parse them by the field's type."""
+    if hint is bool:
+        lowered = text.strip().lower()
+        if lowered in {"1", "true", "yes", "on"}:
+            return True
+        if lowered in {"0", "false", "no", "off"}:
+            return False
+    elif hint is int:
+        try:
+            return int(text)
+        except ValueError:
+            pass
+    elif hint is str:
+        return text
+    elif hint == list[str]:
+        return [part.strip() for part in text.split(",") if part.strip()]
+    raise ConfigError(f"{key} = {text!r}: expected {_type_name(hint)}")
+
+
+def _type_name(hint: Any) -> str:
+    return {bool: "a boolean", int: "an integer", str: "a string"}.get(
+        hint, "a list of strings"
+    )

@@ -1,0 +1,1 @@
+"""The WebSocket control channel: message schema, encodings, and the aiohttp session."""

@@ -1,0 +1,98 @@
+"""One client's WebSocket: frames in, validated messages out, ordered non-blocking sends."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from sfu.control import codec
+from sfu.control.schema import ProtocolError, validate
+
+logger = logging.getLogger(__name__)
+
+# A client that does not read its socket must not make the server buffer without
+# bound: past this many queued messages the connection is closed.
+MAX_QUEUED_MESSAGES = 1024
+
+
+class ControlConnection:
+    def __init__(self, ws: web.WebSocketResponse, max_message_bytes: int) -> None:
+        self.ws = ws
+        self.max_message_bytes = max_message_bytes
+        # Replies use the encoding of the client's latest frame: msgpack or JSON.
+        self.binary = False
+        self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self._writer = asyncio.create_task(self._write_loop())
+
+    def send(self, message: dict[str, Any]) -> None:
+        """Queue a message; never blocks the caller (media and room logic call this)."""
+        if self._writer.done():
+            return
+        if self._queue.qsize() >= MAX_QUEUED_MESSAGES:
+            logger.warning("control connection not reading; closing it")
+            self._queue.put_nowait(None)
+            return
+        self._queue.put_nowait(message)
+
+    def send_error(self, error: ProtocolError, ref: Any = None, msg_id: Any = None) -> None:
+        message: dict[str, Any] = {"type": "error", "code": error.code, "message": str(error)}
+        if error.field is not None:
+            message["field"] = error.field
+        if isinstance(ref, str):
+            message["ref"] = ref[:64]
+        if msg_id is not None:
+            message["id"] = msg_id
+        self.send(message)
+
+    async def messages(self) -> AsyncIterator[dict[str, Any]]:
+        """Valid messages, in order; malformed ones are answered with ``error`` here."""
+        async for frame in self.ws:
+            if frame.type == WSMsgType.TEXT:
+                self.binary = False
+                data: str | bytes = frame.data
+            elif frame.type == WSMsgType.BINARY:
+                self.binary = True
+                data = frame.data
+            else:
+                continue
+            try:
+                raw = codec.decode(data, self.max_message_bytes)
+            except ProtocolError as exc:
+                self.send_error(exc)
+                continue
+            try:
+                yield validate(raw)
+            except ProtocolError as exc:
+                ref = raw.get("type") if isinstance(raw, dict) else None
+                msg_id = raw.get("id") if isinstance(raw, dict) else None
+                if not isinstance(msg_id, (str, int)) or isinstance(msg_id, bool):
+                    msg_id = None
+                self.send_error(exc, ref, msg_id)
+
+    async def close(self) -> None:
+        """Flush what is queued, then close the socket."""
+        self._queue.put_nowait(None)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._writer), timeout=2)
+        self._writer.cancel()
+        await self.ws.close()
+
+    async def _write_loop(self) -> None:
+        while True:
+            message = await self._queue.get()
+            if message is None:
+                break
+            try:
+                frame = codec.encode(message, self.binary)
+                if isinstance(frame, bytes):
+                    await self.ws.send_bytes(frame)
+                else:
+                    await self.ws.send_str(frame)
+            except (ConnectionError, RuntimeError):
+                break
+        await self.ws.close()

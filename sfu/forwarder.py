@@ -1,0 +1,376 @@
+"""The pure-Python forwarder: the reference for, and the fallback to, ``sfu._fastpath``.
+
+It takes SRTP/SRTCP datagrams that the transport diverted from a peer connection,
+unprotects them once with that connection's receive session, and for each Consumer
+of the Producer the packet belongs to rewrites the RTP header into the Consumer's
+space, protects it with the subscriber's send session and sends it.
+
+Nothing here raises into the caller for bad input: every packet ends in a counter.
+``now_us`` is an input (the abs-send-time rewrite and the keyframe-request throttle
+use it) so that tests drive both forwarders with the same clock.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from typing import Any
+
+from sfu import rtp
+
+Address = tuple[Any, ...]
+SendTo = Callable[[bytes, Address], None]
+
+
+class _Endpoint:
+    """One DTLS-SRTP transport (one peer connection) and where to send to it."""
+
+    __slots__ = ("addr", "rx", "sendto", "tx")
+
+    def __init__(self, rx: Any, tx: Any, sendto: SendTo, addr: Address) -> None:
+        self.rx = rx
+        self.tx = tx
+        self.sendto = sendto
+        self.addr = addr
+
+
+class _Producer:
+    """An incoming track: one publisher SSRC on one endpoint."""
+
+    __slots__ = ("codec", "consumers", "endpoint", "id", "last_keyframe_request_us", "ssrc")
+
+    def __init__(self, producer_id: int, endpoint: int, ssrc: int, codec: int) -> None:
+        self.id = producer_id
+        self.endpoint = endpoint
+        self.ssrc = ssrc
+        self.codec = codec
+        self.consumers: list[_Consumer] = []
+        self.last_keyframe_request_us: int | None = None
+
+
+class _Consumer:
+    """One subscriber's copy of a Producer, with its own SSRC, numbering and ids."""
+
+    __slots__ = (
+        "abs_send_time_id",
+        "bytes_sent",
+        "endpoint",
+        "ext_map",
+        "highest_ext_seq",
+        "id",
+        "is_video",
+        "mid",
+        "mid_id",
+        "packets_sent",
+        "payload_types",
+        "producer",
+        "seq_base",
+        "ssrc",
+        "start_ext_seq",
+        "ts_base",
+        "ts_offset",
+    )
+
+    def __init__(
+        self,
+        consumer_id: int,
+        producer: _Producer,
+        endpoint: int,
+        ssrc: int,
+        is_video: bool,
+        payload_types: dict[int, int],
+        ext_map: dict[int, int],
+        mid: bytes,
+        mid_id: int,
+        abs_send_time_id: int,
+        seq_base: int,
+        ts_base: int,
+    ) -> None:
+        self.id = consumer_id
+        self.producer = producer
+        self.endpoint = endpoint
+        self.ssrc = ssrc
+        self.is_video = is_video
+        self.payload_types = payload_types
+        self.ext_map = ext_map
+        self.mid = mid
+        self.mid_id = mid_id
+        self.abs_send_time_id = abs_send_time_id
+        self.seq_base = seq_base
+        self.ts_base = ts_base
+        # Set by the first packet forwarded (the first keyframe, for video).
+        self.start_ext_seq: int | None = None
+        self.highest_ext_seq = 0
+        self.ts_offset = 0
+        self.packets_sent = 0
+        self.bytes_sent = 0
+
+
+class Forwarder:
+    """Routes diverted SRTP between endpoints. Same interface as ``sfu._fastpath.Forwarder``."""
+
+    implementation = "python"
+
+    def __init__(self, keyframe_request_interval_us: int = 500_000) -> None:
+        self.keyframe_request_interval_us = keyframe_request_interval_us
+        self._endpoints: dict[int, _Endpoint] = {}
+        self._producers: dict[int, _Producer] = {}
+        # (endpoint << 32 | ssrc) → Producer: an SSRC only counts on its own endpoint.
+        self._producer_by_ssrc: dict[int, _Producer] = {}
+        self._consumers: dict[int, _Consumer] = {}
+        self._consumer_by_ssrc: dict[int, _Consumer] = {}
+        self._counters = [0] * len(rtp.COUNTER_NAMES)
+
+    # -- tables, pushed by the control plane -------------------------------------------
+
+    def add_endpoint(
+        self, endpoint: int, rx: Any, tx: Any, sendto: SendTo, fd: int, addr: Address
+    ) -> None:
+        """Register a transport: pylibsrtp sessions, and where to send (``fd`` unused here)."""
+        self._endpoints[endpoint] = _Endpoint(rx, tx, sendto, addr)
+
+    def remove_endpoint(self, endpoint: int) -> None:
+        self._endpoints.pop(endpoint, None)
+
+    def add_producer(self, producer: int, endpoint: int, ssrc: int, codec: int) -> None:
+        if producer in self._producers:
+            raise ValueError(f"producer {producer} exists")
+        prod = _Producer(producer, endpoint, ssrc, codec)
+        self._producers[producer] = prod
+        self._producer_by_ssrc[(endpoint << 32) | ssrc] = prod
+
+    def remove_producer(self, producer: int) -> None:
+        prod = self._producers.pop(producer, None)
+        if prod is None:
+            return
+        self._producer_by_ssrc.pop((prod.endpoint << 32) | prod.ssrc, None)
+        for cons in list(prod.consumers):
+            self.remove_consumer(cons.id)
+
+    def add_consumer(
+        self,
+        consumer: int,
+        producer: int,
+        endpoint: int,
+        ssrc: int,
+        is_video: bool,
+        payload_types: dict[int, int],
+        ext_map: dict[int, int],
+        mid: bytes,
+        mid_id: int,
+        abs_send_time_id: int,
+        seq_base: int,
+        ts_base: int,
+    ) -> None:
+        """Forward ``producer`` to ``endpoint`` as SSRC ``ssrc``.
+
+        ``payload_types`` maps the publisher's payload types to the subscriber's;
+        ``ext_map`` maps the publisher's header-extension ids to the subscriber's (ids
+        missing from it are dropped). The element whose output id is ``mid_id`` gets
+        ``mid`` as its value, the one whose output id is ``abs_send_time_id`` the send
+        time (0 disables either). The first packet forwarded gets sequence number
+        ``seq_base`` and timestamp ``ts_base``.
+        """
+        if consumer in self._consumers:
+            raise ValueError(f"consumer {consumer} exists")
+        prod = self._producers.get(producer)
+        if prod is None:
+            raise ValueError(f"unknown producer {producer}")
+        if not 1 <= len(mid) <= 16:
+            raise ValueError("mid must be 1 to 16 bytes")
+        cons = _Consumer(
+            consumer, prod, endpoint, ssrc, is_video, dict(payload_types), dict(ext_map),
+            mid, mid_id, abs_send_time_id, seq_base & 0xFFFF, ts_base & 0xFFFFFFFF,
+        )
+        self._consumers[consumer] = cons
+        self._consumer_by_ssrc[(endpoint << 32) | ssrc] = cons
+        prod.consumers.append(cons)
+
+    def remove_consumer(self, consumer: int) -> None:
+        cons = self._consumers.pop(consumer, None)
+        if cons is None:
+            return
+        self._consumer_by_ssrc.pop((cons.endpoint << 32) | cons.ssrc, None)
+        cons.producer.consumers.remove(cons)
+
+    # -- observation --------------------------------------------------------------------
+
+    def counters(self) -> dict[str, int]:
+        return dict(zip(rtp.COUNTER_NAMES, self._counters, strict=True))
+
+    def consumer_stats(self, consumer: int) -> tuple[int, int]:
+        """(packets, bytes) sent to a consumer; (0, 0) when it does not exist."""
+        cons = self._consumers.get(consumer)
+        return (cons.packets_sent, cons.bytes_sent) if cons else (0, 0)
+
+    def consumer_started(self, consumer: int) -> bool:
+        """Whether media flows to the consumer (for video: a keyframe has been sent)."""
+        cons = self._consumers.get(consumer)
+        return cons is not None and cons.start_ext_seq is not None
+
+    # -- the packet path ----------------------------------------------------------------
+
+    def handle_packet(self, endpoint: int, data: bytes, now_us: int) -> int:
+        """Take one SRTP or SRTCP datagram from ``endpoint``; return OK or a DROP_* reason."""
+        status = self._handle(endpoint, data, now_us)
+        self._counters[status] += 1
+        return status
+
+    def request_keyframe(self, producer: int, now_us: int) -> bool:
+        """Ask the publisher for a keyframe (PLI), unless one was asked for too recently."""
+        prod = self._producers.get(producer)
+        if prod is None:
+            return False
+        last = prod.last_keyframe_request_us
+        if last is not None and now_us - last < self.keyframe_request_interval_us:
+            self._counters[rtp.C_KEYFRAME_REQUESTS_THROTTLED] += 1
+            return False
+        endpoint = self._endpoints.get(prod.endpoint)
+        if endpoint is None:
+            return False
+        prod.last_keyframe_request_us = now_us
+        self._counters[rtp.C_KEYFRAME_REQUESTS_SENT] += 1
+        self._send_rtcp(endpoint, rtp.build_pli(rtp.SFU_RTCP_SSRC, prod.ssrc))
+        return True
+
+    def _handle(self, endpoint_id: int, data: bytes, now_us: int) -> int:
+        if len(data) < rtp.RTP_HEADER_SIZE:
+            return rtp.DROP_TOO_SHORT
+        if len(data) > rtp.MAX_PACKET_SIZE:
+            return rtp.DROP_TOO_LONG
+        if data[0] >> 6 != rtp.RTP_VERSION:
+            return rtp.DROP_BAD_VERSION
+        endpoint = self._endpoints.get(endpoint_id)
+        if endpoint is None:
+            return rtp.DROP_UNKNOWN_ENDPOINT
+        if rtp.is_rtcp(data):
+            self._counters[rtp.C_RTCP_IN] += 1
+            try:
+                plain = endpoint.rx.unprotect_rtcp(data)
+            except Exception:  # pylibsrtp.Error: authentication or replay failure
+                return rtp.DROP_SRTP_FAIL
+            return self._handle_rtcp(endpoint_id, plain, now_us)
+        self._counters[rtp.C_RTP_IN] += 1
+        try:
+            plain = endpoint.rx.unprotect(data)
+        except Exception:
+            return rtp.DROP_SRTP_FAIL
+        layout = rtp.parse_header(plain)
+        if isinstance(layout, int):
+            return layout
+        ssrc = struct.unpack_from("!I", plain, 8)[0]
+        prod = self._producer_by_ssrc.get((endpoint_id << 32) | ssrc)
+        if prod is None:
+            return rtp.DROP_UNKNOWN_SSRC
+        elements = rtp.read_extensions(plain, layout) if layout.ext_profile else []
+        if elements is None:
+            return rtp.DROP_BAD_HEADER
+        for cons in prod.consumers:
+            self._forward(cons, plain, layout, elements, now_us)
+        return rtp.OK
+
+    def _forward(
+        self,
+        cons: _Consumer,
+        plain: bytes,
+        layout: rtp.HeaderLayout,
+        elements: list[tuple[int, bytes]],
+        now_us: int,
+    ) -> None:
+        counters = self._counters
+        endpoint = self._endpoints.get(cons.endpoint)
+        if endpoint is None:  # the subscriber's DTLS has not completed yet
+            counters[rtp.C_SKIP_NOT_CONNECTED] += 1
+            return
+        out_pt = cons.payload_types.get(plain[1] & 0x7F)
+        if out_pt is None:
+            counters[rtp.C_SKIP_PAYLOAD_TYPE] += 1
+            return
+        seq = (plain[2] << 8) | plain[3]
+        timestamp = struct.unpack_from("!I", plain, 4)[0]
+        if cons.start_ext_seq is None:
+            if cons.is_video and not rtp.is_keyframe_start(
+                cons.producer.codec, plain[layout.payload_offset : layout.payload_end]
+            ):
+                counters[rtp.C_SKIP_WAITING_KEYFRAME] += 1
+                self.request_keyframe(cons.producer.id, now_us)
+                return
+            cons.start_ext_seq = cons.highest_ext_seq = 0x10000 + seq
+            cons.ts_offset = (cons.ts_base - timestamp) & 0xFFFFFFFF
+        ext_seq = rtp.extend_seq(cons.highest_ext_seq, seq)
+        if ext_seq < cons.start_ext_seq:
+            counters[rtp.C_SKIP_BEFORE_START] += 1
+            return
+        if ext_seq > cons.highest_ext_seq:
+            cons.highest_ext_seq = ext_seq
+        out_seq = (ext_seq - cons.start_ext_seq + cons.seq_base) & 0xFFFF
+        out_ts = (timestamp + cons.ts_offset) & 0xFFFFFFFF
+
+        out_elements = []
+        for ext_id, value in elements:
+            out_id = cons.ext_map.get(ext_id)
+            if out_id is None:
+                continue
+            if out_id == cons.mid_id:
+                value = cons.mid
+            elif out_id == cons.abs_send_time_id:
+                value = rtp.abs_send_time(now_us).to_bytes(3, "big")
+            out_elements.append((out_id, value))
+        ext_block = rtp.write_extensions(out_elements)
+
+        csrc_end = rtp.RTP_HEADER_SIZE + 4 * (plain[0] & 0x0F)
+        first = (plain[0] & ~0x10) | (0x10 if ext_block else 0)
+        packet = bytearray(plain[:csrc_end])
+        packet[0] = first
+        packet[1] = (plain[1] & 0x80) | out_pt
+        struct.pack_into("!HII", packet, 2, out_seq, out_ts, cons.ssrc)
+        packet += ext_block
+        packet += plain[layout.payload_offset :]
+
+        try:
+            protected = endpoint.tx.protect(bytes(packet))
+        except Exception:
+            counters[rtp.C_PROTECT_ERROR] += 1
+            return
+        try:
+            endpoint.sendto(protected, endpoint.addr)
+        except OSError:
+            counters[rtp.C_SEND_ERROR] += 1
+            return
+        cons.packets_sent += 1
+        cons.bytes_sent += len(protected)
+        counters[rtp.C_SENT] += 1
+        counters[rtp.C_SENT_BYTES] += len(protected)
+
+    def _handle_rtcp(self, endpoint_id: int, plain: bytes, now_us: int) -> int:
+        packets = rtp.iter_rtcp(plain)
+        if packets is None:
+            return rtp.DROP_BAD_RTCP
+        counters = self._counters
+        for packet_type, fmt, offset, length in packets:
+            if packet_type == rtp.RTCP_PSFB and fmt in (rtp.PSFB_PLI, rtp.PSFB_FIR):
+                # PLI names the media SSRC at +8; FIR names it in each FCI entry (+12).
+                ssrc_offset = offset + (8 if fmt == rtp.PSFB_PLI else 12)
+                if ssrc_offset + 4 > offset + length:
+                    return rtp.DROP_BAD_RTCP
+                ssrc = struct.unpack_from("!I", plain, ssrc_offset)[0]
+                cons = self._consumer_by_ssrc.get((endpoint_id << 32) | ssrc)
+                if cons is not None:
+                    self.request_keyframe(cons.producer.id, now_us)
+            elif packet_type == rtp.RTCP_PSFB and fmt == rtp.PSFB_AFB:
+                counters[rtp.C_REMB_IN] += 1
+            elif packet_type == rtp.RTCP_RTPFB and fmt == rtp.RTPFB_NACK:
+                counters[rtp.C_NACK_IN] += 1
+            elif packet_type == rtp.RTCP_RR:
+                counters[rtp.C_RR_IN] += 1
+            elif packet_type == rtp.RTCP_SR:
+                counters[rtp.C_SR_IN] += 1
+        return rtp.OK
+
+    def _send_rtcp(self, endpoint: _Endpoint, packet: bytes) -> None:
+        try:
+            endpoint.sendto(endpoint.tx.protect_rtcp(packet), endpoint.addr)
+        except OSError:
+            self._counters[rtp.C_SEND_ERROR] += 1
+        except Exception:
+            self._counters[rtp.C_PROTECT_ERROR] += 1

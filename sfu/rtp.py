@@ -1,0 +1,312 @@
+"""RTP/RTCP header rules as plain functions and constants (no I/O, no state).
+
+The pure-Python forwarder uses these directly; the Cython forwarder implements the
+same rules in C and the differential tests hold the two to byte-identical output.
+Bit layouts: RTP RFC 3550 §5.1, header extensions RFC 8285 §4, RTCP feedback
+RFC 4585 §6, FIR RFC 5104 §4.3.1, demultiplexing RFC 5761 §4 and RFC 7983.
+"""
+
+from __future__ import annotations
+
+import struct
+
+RTP_VERSION = 2
+RTP_HEADER_SIZE = 12
+# Largest datagram the forwarder handles (Ethernet MTU minus IP/UDP headers, rounded up).
+MAX_PACKET_SIZE = 1500
+# Room left after a packet for libsrtp's trailer (auth tag; SRTCP index + tag).
+SRTP_MAX_TRAILER = 16 + 4
+
+# RTCP packet types (RFC 3550 §12.1, RFC 4585 §6.1).
+RTCP_SR = 200
+RTCP_RR = 201
+RTCP_SDES = 202
+RTCP_BYE = 203
+RTCP_RTPFB = 205
+RTCP_PSFB = 206
+RTPFB_NACK = 1
+PSFB_PLI = 1
+PSFB_FIR = 4
+PSFB_AFB = 15  # REMB lives here (draft-alvestrand-rmcat-remb)
+
+# SSRC the SFU puts in the "sender SSRC" field of RTCP it originates.
+SFU_RTCP_SSRC = 1
+
+# Header extensions the forwarder treats specially (RFC 8285 URIs).
+URI_MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
+URI_ABS_SEND_TIME = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
+
+# Codecs, as small ints the fast path can switch on.
+CODEC_OTHER = 0
+CODEC_OPUS = 1
+CODEC_VP8 = 2
+CODEC_H264 = 3
+CODECS_BY_NAME = {"opus": CODEC_OPUS, "vp8": CODEC_VP8, "h264": CODEC_H264}
+
+# Result of Forwarder.handle_packet and indexes into its counters. 0 is success;
+# every other value is a drop reason. Keep in step with sfu/_fastpath.pyx.
+OK = 0
+DROP_TOO_SHORT = 1
+DROP_BAD_VERSION = 2
+DROP_BAD_HEADER = 3
+DROP_UNKNOWN_ENDPOINT = 4
+DROP_SRTP_FAIL = 5
+DROP_UNKNOWN_SSRC = 6
+DROP_BAD_RTCP = 7
+DROP_TOO_LONG = 8
+DROP_REASONS = (
+    "ok",
+    "too_short",
+    "bad_version",
+    "bad_header",
+    "unknown_endpoint",
+    "srtp_fail",
+    "unknown_ssrc",
+    "bad_rtcp",
+    "too_long",
+)
+# Per-subscriber outcomes of one incoming packet, counted after the drop reasons.
+C_SENT = len(DROP_REASONS)
+C_SENT_BYTES = C_SENT + 1
+C_SKIP_PAYLOAD_TYPE = C_SENT + 2
+C_SKIP_WAITING_KEYFRAME = C_SENT + 3
+C_SKIP_BEFORE_START = C_SENT + 4
+C_SEND_ERROR = C_SENT + 5
+C_PROTECT_ERROR = C_SENT + 6
+C_RTP_IN = C_SENT + 7
+C_RTCP_IN = C_SENT + 8
+C_KEYFRAME_REQUESTS_SENT = C_SENT + 9
+C_KEYFRAME_REQUESTS_THROTTLED = C_SENT + 10
+C_NACK_IN = C_SENT + 11
+C_RR_IN = C_SENT + 12
+C_SR_IN = C_SENT + 13
+C_REMB_IN = C_SENT + 14
+C_SKIP_NOT_CONNECTED = C_SENT + 15
+COUNTER_NAMES = (
+    *(f"drop_{name}" if name != "ok" else "accepted" for name in DROP_REASONS),
+    "sent",
+    "sent_bytes",
+    "skip_payload_type",
+    "skip_waiting_keyframe",
+    "skip_before_start",
+    "send_error",
+    "protect_error",
+    "rtp_in",
+    "rtcp_in",
+    "keyframe_requests_sent",
+    "keyframe_requests_throttled",
+    "nack_in",
+    "rr_in",
+    "sr_in",
+    "remb_in",
+    "skip_not_connected",
+)
+
+
+def is_rtcp(data: bytes) -> bool:
+    """RTCP packet types 192–223 sit where RTP's marker+payload type is (RFC 5761 §4)."""
+    return len(data) >= 2 and 192 <= data[1] <= 223
+
+
+def extend_seq(highest: int, seq: int) -> int:
+    """The extended (64-bit) sequence number of ``seq`` next to ``highest`` (RFC 3550 A.1).
+
+    ``highest`` is the largest extended sequence number seen so far; ``seq`` may be
+    ahead of it or behind it by less than half the 16-bit range.
+    """
+    delta = (seq - highest) & 0xFFFF
+    if delta >= 0x8000:
+        delta -= 0x10000
+    return highest + delta
+
+
+def abs_send_time(now_us: int) -> int:
+    """24-bit abs-send-time: seconds in 6.18 fixed point, wrapping every 64 s."""
+    return ((now_us << 18) // 1_000_000) & 0xFFFFFF
+
+
+class HeaderLayout:
+    """Offsets in one RTP packet, found by :func:`parse_header`."""
+
+    __slots__ = ("ext_length", "ext_offset", "ext_profile", "payload_end", "payload_offset")
+
+    def __init__(
+        self,
+        ext_profile: int,
+        ext_offset: int,
+        ext_length: int,
+        payload_offset: int,
+        payload_end: int,
+    ) -> None:
+        self.ext_profile = ext_profile  # 0 when there is no extension
+        self.ext_offset = ext_offset  # first byte of the extension data
+        self.ext_length = ext_length  # bytes of extension data
+        self.payload_offset = payload_offset
+        self.payload_end = payload_end  # before padding
+
+
+def parse_header(data: bytes) -> HeaderLayout | int:
+    """The layout of an RTP packet, or a drop reason (``DROP_*``)."""
+    size = len(data)
+    if size < RTP_HEADER_SIZE:
+        return DROP_TOO_SHORT
+    first = data[0]
+    if first >> 6 != RTP_VERSION:
+        return DROP_BAD_VERSION
+    offset = RTP_HEADER_SIZE + 4 * (first & 0x0F)
+    ext_profile = ext_offset = ext_length = 0
+    if first & 0x10:
+        if offset + 4 > size:
+            return DROP_BAD_HEADER
+        ext_profile = (data[offset] << 8) | data[offset + 1]
+        ext_length = 4 * ((data[offset + 2] << 8) | data[offset + 3])
+        ext_offset = offset + 4
+        offset = ext_offset + ext_length
+    if offset > size:
+        return DROP_BAD_HEADER
+    end = size
+    if first & 0x20:
+        padding = data[size - 1]
+        if padding == 0 or offset + padding > size:
+            return DROP_BAD_HEADER
+        end = size - padding
+    return HeaderLayout(ext_profile, ext_offset, ext_length, offset, end)
+
+
+def read_extensions(data: bytes, layout: HeaderLayout) -> list[tuple[int, bytes]] | None:
+    """The (id, value) elements of a one-byte or two-byte extension block (RFC 8285).
+
+    Returns [] for a profile this forwarder does not understand, None when the block
+    is malformed.
+    """
+    elements: list[tuple[int, bytes]] = []
+    pos = layout.ext_offset
+    end = pos + layout.ext_length
+    if layout.ext_profile == 0xBEDE:
+        while pos < end:
+            byte = data[pos]
+            if byte == 0:  # padding
+                pos += 1
+                continue
+            ext_id = byte >> 4
+            if ext_id == 15:  # reserved: stop parsing (RFC 8285 §4.2)
+                break
+            length = (byte & 0x0F) + 1
+            if pos + 1 + length > end:
+                return None
+            elements.append((ext_id, data[pos + 1 : pos + 1 + length]))
+            pos += 1 + length
+    elif layout.ext_profile & 0xFFF0 == 0x1000:
+        while pos < end:
+            ext_id = data[pos]
+            if ext_id == 0:
+                pos += 1
+                continue
+            if pos + 2 > end:
+                return None
+            length = data[pos + 1]
+            if pos + 2 + length > end:
+                return None
+            elements.append((ext_id, data[pos + 2 : pos + 2 + length]))
+            pos += 2 + length
+    return elements
+
+
+def write_extensions(elements: list[tuple[int, bytes]]) -> bytes:
+    """An extension block (profile, length and data), one-byte form when it fits.
+
+    Empty when there are no elements: the caller then clears the X bit.
+    """
+    if not elements:
+        return b""
+    one_byte = all(1 <= i <= 14 and 1 <= len(v) <= 16 for i, v in elements)
+    body = bytearray()
+    if one_byte:
+        for ext_id, value in elements:
+            body.append((ext_id << 4) | (len(value) - 1))
+            body += value
+        profile = 0xBEDE
+    else:
+        for ext_id, value in elements:
+            body.append(ext_id)
+            body.append(len(value))
+            body += value
+        profile = 0x1000
+    body += bytes(-len(body) % 4)
+    return struct.pack("!HH", profile, len(body) // 4) + bytes(body)
+
+
+def is_keyframe_start(codec: int, payload: bytes) -> bool:
+    """Whether this payload starts a keyframe, so a new subscriber may begin with it."""
+    if codec == CODEC_VP8:
+        return _vp8_keyframe_start(payload)
+    if codec == CODEC_H264:
+        return _h264_keyframe(payload)
+    # Audio and codecs without a detector: any packet is a place to start.
+    return True
+
+
+def _vp8_keyframe_start(payload: bytes) -> bool:
+    # RFC 7741 §4.2 payload descriptor, then §4.3 payload header (P bit 0 = keyframe).
+    size = len(payload)
+    if size < 1:
+        return False
+    first = payload[0]
+    if not first & 0x10 or first & 0x07:  # S bit set, partition index 0
+        return False
+    pos = 1
+    if first & 0x80:  # X: extension byte
+        if pos >= size:
+            return False
+        ext = payload[pos]
+        pos += 1
+        if ext & 0x80:  # I: picture id, one or two bytes
+            if pos >= size:
+                return False
+            pos += 2 if payload[pos] & 0x80 else 1
+        if ext & 0x40:  # L: TL0PICIDX
+            pos += 1
+        if ext & 0x30:  # T or K: one byte
+            pos += 1
+    return pos < size and not payload[pos] & 0x01
+
+
+def _h264_keyframe(payload: bytes) -> bool:
+    # RFC 6184 §5: IDR (5) or SPS (7), alone, in a STAP-A (24) or starting an FU-A (28).
+    if not payload:
+        return False
+    nal_type = payload[0] & 0x1F
+    if nal_type in (5, 7):
+        return True
+    if nal_type == 24:
+        pos = 1
+        while pos + 2 < len(payload):
+            size = (payload[pos] << 8) | payload[pos + 1]
+            if payload[pos + 2] & 0x1F in (5, 7):
+                return True
+            pos += 2 + size
+        return False
+    if nal_type == 28 and len(payload) >= 2:
+        return bool(payload[1] & 0x80) and payload[1] & 0x1F in (5, 7)
+    return False
+
+
+def build_pli(sender_ssrc: int, media_ssrc: int) -> bytes:
+    """Picture Loss Indication (RFC 4585 §6.3.1): PSFB, FMT 1, no FCI."""
+    return struct.pack("!BBHII", 0x80 | PSFB_PLI, RTCP_PSFB, 2, sender_ssrc, media_ssrc)
+
+
+def iter_rtcp(data: bytes) -> list[tuple[int, int, int, int]] | None:
+    """(packet type, count/FMT, offset, length) of each packet in a compound, or None."""
+    packets = []
+    pos = 0
+    size = len(data)
+    while pos < size:
+        if pos + 4 > size or data[pos] >> 6 != RTP_VERSION:
+            return None
+        length = 4 * (((data[pos + 2] << 8) | data[pos + 3]) + 1)
+        if pos + length > size:
+            return None
+        packets.append((data[pos + 1], data[pos] & 0x1F, pos, length))
+        pos += length
+    return packets

@@ -1,0 +1,1 @@
+"""aiortc-based transport: peer connections, SDP shaping and the SRTP divert."""

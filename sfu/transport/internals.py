@@ -1,0 +1,285 @@
+"""Every touch of aiortc and aioice private internals, and nothing else.
+
+aiortc terminates ICE and DTLS for us, but its RTP path decodes and re-encodes, so
+SRTP is diverted before it reaches aiortc (DESIGN.md §3). That needs private
+attributes; they are named here only, pinned by pyproject.toml (aiortc 1.16.x,
+aioice 0.13.x), and ``check_internals`` (run by tests/test_internals.py against
+live objects) fails loudly if they move.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aioice import ice as aioice_ice
+from aioice import turn as aioice_turn
+from aioice.candidate import Candidate, candidate_foundation, candidate_priority
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCRtpTransceiver, sdp
+from aiortc.codecs import CODECS
+from aiortc.rtcpeerconnection import find_common_codecs
+from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
+from aiortc.rtcconfiguration import RTCBundlePolicy
+from aiortc.rtcdtlstransport import RTCDtlsTransport
+
+DatagramHandler = Callable[[bytes, tuple[Any, ...]], None]
+
+
+@dataclass(frozen=True)
+class HostGathering:
+    """Where the SFU's ICE host candidates are bound and what they announce."""
+
+    listen_ips: tuple[str, ...]
+    announced_ip: str
+    port_min: int
+    port_max: int
+
+
+@dataclass(frozen=True)
+class CodecInfo:
+    payload_type: int
+    mime_type: str  # e.g. "video/VP8"
+    clock_rate: int
+    parameters: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SelectedPair:
+    """The nominated ICE pair: how to send to the peer."""
+
+    sendto: Callable[[bytes, tuple[Any, ...]], None]
+    remote_addr: tuple[Any, ...]
+    fd: int  # -1 when not a plain UDP socket (a TURN allocation)
+    local_type: str
+    remote_type: str
+
+
+def new_peer_connection() -> RTCPeerConnection:
+    """A server-side peer connection: no STUN/TURN servers, one transport per connection."""
+    return RTCPeerConnection(
+        RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+    )
+
+
+def dtls_transport(pc: RTCPeerConnection) -> RTCDtlsTransport:
+    """The one DTLS transport of a max-bundle connection."""
+    transceivers = pc.getTransceivers()
+    if not transceivers:
+        raise ValueError("peer connection has no transceiver yet")
+    transport: RTCDtlsTransport = transceivers[0].receiver.transport
+    return transport
+
+
+def _ice_connection(pc: RTCPeerConnection) -> aioice_ice.Connection:
+    return dtls_transport(pc).transport.iceGatherer._connection
+
+
+def prepare_gathering(
+    pc: RTCPeerConnection, gathering: HostGathering, on_datagram: DatagramHandler
+) -> None:
+    """Gather host candidates our way, with SRTP/SRTCP diverted to ``on_datagram``.
+
+    aioice gathers on every interface except loopback, on random ports; the SFU needs
+    configured addresses (``rtc.listen_ips``, loopback included), a port range and an
+    announced address. Call after the connection has its first transceiver and
+    before ``setLocalDescription`` (which is when aiortc gathers).
+    """
+    connection = _ice_connection(pc)
+    if getattr(connection, "_sfu_prepared", False):
+        return
+    connection._sfu_prepared = True
+
+    async def gather_candidates() -> None:
+        if connection._local_candidates_start:
+            return
+        connection._local_candidates_start = True
+        for component in connection._components:
+            for address in gathering.listen_ips:
+                protocol = await _bind_host(connection, address, gathering)
+                divert(protocol, on_datagram)
+                host, port = protocol.transport.get_extra_info("sockname")[:2]
+                protocol.local_candidate = Candidate(
+                    foundation=candidate_foundation("host", "udp", host),
+                    component=component,
+                    transport="udp",
+                    priority=candidate_priority(component, "host"),
+                    host=gathering.announced_ip or host,
+                    port=port,
+                    type="host",
+                )
+                connection._protocols.append(protocol)
+                connection._local_candidates.append(protocol.local_candidate)
+        connection._local_candidates_end = True
+
+    connection.gather_candidates = gather_candidates
+
+
+async def _bind_host(
+    connection: aioice_ice.Connection, address: str, gathering: HostGathering
+) -> aioice_ice.StunProtocol:
+    loop = asyncio.get_running_loop()
+    span = gathering.port_max - gathering.port_min + 1
+    start = random.randrange(span)
+    last_error: OSError | None = None
+    for i in range(min(span, 200)):
+        port = gathering.port_min + (start + i) % span
+        try:
+            transport, protocol = await loop.create_datagram_endpoint(
+                lambda: aioice_ice.StunProtocol(connection), local_addr=(address, port)
+            )
+        except OSError as exc:
+            last_error = exc
+            continue
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(
+                socket.SOL_SOCKET, socket.SO_RCVBUF, aioice_turn.UDP_SOCKET_BUFFER_SIZE
+            )
+        return protocol  # type: ignore[no-any-return]
+    raise OSError(f"no free UDP port on {address} in the configured range: {last_error}")
+
+
+def divert(protocol: aioice_ice.StunProtocol, on_datagram: DatagramHandler) -> None:
+    """Send RTP/RTCP (first byte 128–191, RFC 7983) to ``on_datagram``, before aioice.
+
+    aioice would first try to parse every datagram as STUN (a raised ValueError per
+    media packet), then queue it for aiortc's per-packet await chain. STUN (0–3) and
+    DTLS (20–63) continue into aioice unchanged.
+    """
+    stun_received = protocol.datagram_received
+
+    def datagram_received(data: bytes, addr: tuple[Any, ...]) -> None:
+        if data and 127 < data[0] < 192:
+            on_datagram(data, addr)
+        else:
+            stun_received(data, addr)
+
+    protocol.datagram_received = datagram_received
+
+
+def srtp_sessions(dtls: RTCDtlsTransport) -> tuple[Any, Any]:
+    """The pylibsrtp (receive, send) sessions DTLS produced; (None, None) before that."""
+    return dtls._rx_srtp, dtls._tx_srtp
+
+
+def selected_pair(pc: RTCPeerConnection) -> SelectedPair | None:
+    connection = _ice_connection(pc)
+    pair = connection._nominated.get(1)
+    if pair is None:
+        return None
+    transport = pair.protocol.transport
+    fd = -1
+    # A TURN allocation's transport reports the socket to the TURN server: not ours to use.
+    if not isinstance(transport, aioice_turn.TurnTransport):
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            fd = sock.fileno()
+    return SelectedPair(
+        sendto=transport.sendto,
+        remote_addr=pair.remote_addr,
+        fd=fd,
+        local_type=pair.local_candidate.type,
+        remote_type=pair.remote_candidate.type,
+    )
+
+
+def silence_rtcp(transceiver: RTCRtpTransceiver) -> None:
+    """Stop aiortc's own RTCP for a transceiver: the SFU originates RTCP itself.
+
+    aiortc's sender would send sender reports with zero NTP time and counts for a
+    stream whose packets it never saw; its receiver, empty receiver reports.
+    """
+
+    async def no_rtcp(*args: Any) -> None:
+        return None
+
+    transceiver.sender._send_rtcp = no_rtcp
+    transceiver.receiver._send_rtcp = no_rtcp
+
+
+def negotiated_codecs(transceiver: RTCRtpTransceiver) -> list[CodecInfo]:
+    """Codecs both sides agreed on, with the payload types used on the wire."""
+    return [
+        CodecInfo(c.payloadType, c.mimeType, c.clockRate, dict(c.parameters))
+        for c in transceiver._codecs
+    ]
+
+
+def negotiated_extensions(transceiver: RTCRtpTransceiver) -> dict[str, int]:
+    """Header-extension URI → id, as negotiated on this transceiver."""
+    return {ext.uri: ext.id for ext in transceiver._headerExtensions}
+
+
+def sender_ssrc(transceiver: RTCRtpTransceiver) -> int:
+    """The SSRC the server's offer announced for a send-only transceiver."""
+    ssrc: int = transceiver.sender._ssrc
+    return ssrc
+
+
+def remote_media_ssrcs(description_sdp: str) -> dict[str, int]:
+    """mid → the primary (first) SSRC each m-line of a remote description announces."""
+    parsed = sdp.SessionDescription.parse(description_sdp)
+    result = {}
+    for media in parsed.media:
+        if media.rtp.muxId and media.ssrc:
+            # With an FID group (media, rtx) the media SSRC comes first.
+            fid = next((g for g in media.ssrc_group if g.semantic == "FID"), None)
+            result[media.rtp.muxId] = int(fid.items[0]) if fid else media.ssrc[0].ssrc
+    return result
+
+
+def check_internals(pc: RTCPeerConnection) -> None:
+    """Raise AssertionError naming the first internal this module needs that has moved.
+
+    ``pc`` must have at least one transceiver and be connected.
+    """
+    dtls = dtls_transport(pc)
+    for owner, name in (
+        (dtls, "_rx_srtp"),
+        (dtls, "_tx_srtp"),
+        (dtls.transport, "iceGatherer"),
+        (dtls.transport.iceGatherer, "_connection"),
+    ):
+        assert hasattr(owner, name), f"{type(owner).__name__}.{name} is gone"
+    connection = _ice_connection(pc)
+    for name in (
+        "_protocols", "_nominated", "_components", "_local_candidates",
+        "_local_candidates_start", "_local_candidates_end",
+    ):
+        assert hasattr(connection, name), f"aioice Connection.{name} is gone"
+    assert connection._nominated.get(1) is not None, "no nominated pair for component 1"
+    assert hasattr(aioice_ice.StunProtocol, "datagram_received")
+    for transceiver in pc.getTransceivers():
+        for name in ("_codecs", "_headerExtensions"):
+            assert hasattr(transceiver, name), f"RTCRtpTransceiver.{name} is gone"
+        assert hasattr(transceiver.sender, "_ssrc"), "RTCRtpSender._ssrc is gone"
+        assert hasattr(transceiver.sender, "_send_rtcp"), "RTCRtpSender._send_rtcp is gone"
+        assert hasattr(transceiver.receiver, "_send_rtcp"), "RTCRtpReceiver._send_rtcp is gone"
+    rx, tx = srtp_sessions(dtls)
+    for session in (rx, tx):
+        assert session is not None and hasattr(session, "_srtp"), "pylibsrtp Session._srtp"
+
+
+def codec_preferences(kind: str, codec: CodecInfo) -> list[RTCRtpCodecCapability]:
+    """aiortc's codec capabilities compatible with the publisher's codec (no RTX)."""
+    remote = RTCRtpCodecParameters(
+        mimeType=codec.mime_type,
+        clockRate=codec.clock_rate,
+        payloadType=codec.payload_type,
+        parameters=dict(codec.parameters),
+    )
+    common = find_common_codecs(CODECS[kind], [remote])
+    capabilities = [
+        c for c in RTCRtpSender.getCapabilities(kind).codecs
+        if any(
+            c.mimeType.lower() == m.mimeType.lower() and c.parameters == m.parameters
+            for m in common
+        )
+    ]
+    if not capabilities:
+        raise ValueError(f"no codec compatible with the publisher's {codec.mime_type}")
+    return capabilities

@@ -1,0 +1,201 @@
+"""Per-participant aiortc peer connections whose media goes through the forwarder.
+
+Two connections per participant (DESIGN.md §3): the client offers its send-only
+tracks on the *publish* connection; the server offers send-only transceivers for the
+participant's subscriptions on the *subscribe* connection. Neither ever carries media
+through aiortc's RTCRtpReceiver/RTCRtpSender.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from aiortc import RTCRtpTransceiver, RTCSessionDescription
+
+from sfu.transport import internals
+from sfu.transport.internals import CodecInfo, HostGathering
+
+logger = logging.getLogger(__name__)
+
+
+class ForwarderTables(Protocol):
+    """What the transport needs of a forwarder (either implementation)."""
+
+    def add_endpoint(
+        self,
+        endpoint: int,
+        rx: Any,
+        tx: Any,
+        sendto: Callable[[bytes, tuple[Any, ...]], None],
+        fd: int,
+        addr: tuple[Any, ...],
+    ) -> None: ...
+
+    def remove_endpoint(self, endpoint: int) -> None: ...
+
+    def handle_packet(self, endpoint: int, data: bytes, now_us: int) -> int: ...
+
+
+def now_us() -> int:
+    return time.monotonic_ns() // 1000
+
+
+@dataclass(frozen=True)
+class PublishedMedia:
+    """One m-line of a publish offer that carries media to the SFU."""
+
+    mid: str
+    kind: str
+    ssrc: int
+    codec: CodecInfo
+    extensions: dict[str, int]  # URI → the publisher's id
+
+
+class PeerTransport:
+    """One peer connection, its ICE/DTLS endpoint, and the divert into the forwarder."""
+
+    def __init__(
+        self,
+        endpoint: int,
+        forwarder: ForwarderTables,
+        gathering: HostGathering,
+        on_connection_state: Callable[[PeerTransport, str], None],
+    ) -> None:
+        self.endpoint = endpoint
+        self.pc = internals.new_peer_connection()
+        self._forwarder = forwarder
+        self._gathering = gathering
+        self._on_connection_state = on_connection_state
+        self._remote_addr: tuple[Any, ...] | None = None
+        self.selected: internals.SelectedPair | None = None
+        # Media from an address other than the ICE-selected one (RFC 8445 §7.3: only
+        # validated pairs carry media).
+        self.drops_unvalidated_source = 0
+        self.connected = asyncio.Event()
+        self.pc.on("connectionstatechange", self._connection_state_changed)
+
+    def _prepare(self) -> None:
+        internals.prepare_gathering(self.pc, self._gathering, self._datagram_received)
+
+    def _datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        if self._remote_addr is not None and addr[:2] != self._remote_addr[:2]:
+            self.drops_unvalidated_source += 1
+            return
+        self._forwarder.handle_packet(self.endpoint, data, now_us())
+
+    async def _connection_state_changed(self) -> None:
+        state = self.pc.connectionState
+        if state == "connected" and not self.connected.is_set():
+            dtls = internals.dtls_transport(self.pc)
+            rx, tx = internals.srtp_sessions(dtls)
+            pair = internals.selected_pair(self.pc)
+            if rx is None or tx is None or pair is None:
+                logger.warning("endpoint %d connected without SRTP keys or pair", self.endpoint)
+                return
+            self.selected = pair
+            self._remote_addr = pair.remote_addr
+            self._forwarder.add_endpoint(
+                self.endpoint, rx, tx, pair.sendto, pair.fd, pair.remote_addr
+            )
+            self.connected.set()
+        elif state in ("failed", "closed"):
+            self._forwarder.remove_endpoint(self.endpoint)
+        self._on_connection_state(self, state)
+
+    async def close(self) -> None:
+        self._forwarder.remove_endpoint(self.endpoint)
+        await self.pc.close()
+
+
+class PublishTransport(PeerTransport):
+    """The client offers its tracks; the server answers receive-only."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._published_mids: set[str] = set()
+
+    async def answer(self, offer_sdp: str) -> tuple[str, list[PublishedMedia]]:
+        """Apply an offer; return the answer and the media it newly publishes."""
+        await self.pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
+        self._prepare()
+        for transceiver in self.pc.getTransceivers():
+            internals.silence_rtcp(transceiver)
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        ssrcs = internals.remote_media_ssrcs(offer_sdp)
+        media = []
+        for transceiver in self.pc.getTransceivers():
+            mid = transceiver.mid
+            if mid is None or mid in self._published_mids or mid not in ssrcs:
+                continue
+            if transceiver.currentDirection not in ("recvonly", "sendrecv"):
+                continue
+            codecs = [
+                c for c in internals.negotiated_codecs(transceiver)
+                if not c.mime_type.lower().endswith("/rtx")
+            ]
+            if not codecs:
+                continue
+            self._published_mids.add(mid)
+            media.append(
+                PublishedMedia(
+                    mid=mid,
+                    kind=transceiver.kind,
+                    ssrc=ssrcs[mid],
+                    codec=codecs[0],
+                    extensions=internals.negotiated_extensions(transceiver),
+                )
+            )
+        return self.pc.localDescription.sdp, media
+
+
+@dataclass(frozen=True)
+class DownTrack:
+    """What the forwarder needs to rewrite a publisher's packets for one subscriber."""
+
+    mid: str
+    ssrc: int
+    payload_type: int
+    extensions: dict[str, int]  # URI → the subscriber's id
+
+
+class SubscribeTransport(PeerTransport):
+    """The server offers send-only transceivers; the client answers."""
+
+    def add_track(self, kind: str, codec: CodecInfo) -> RTCRtpTransceiver:
+        """A send-only transceiver that offers exactly the publisher's codec."""
+        transceiver = self.pc.addTransceiver(kind, direction="sendonly")
+        transceiver.setCodecPreferences(internals.codec_preferences(kind, codec))
+        internals.silence_rtcp(transceiver)
+        self._prepare()
+        return transceiver
+
+    def stop_track(self, transceiver: RTCRtpTransceiver) -> None:
+        """Mark a transceiver inactive; it goes in the next offer and is not reused."""
+        transceiver.direction = "inactive"
+
+    async def create_offer(self) -> str:
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        sdp: str = self.pc.localDescription.sdp
+        return sdp
+
+    async def apply_answer(self, answer_sdp: str) -> None:
+        await self.pc.setRemoteDescription(RTCSessionDescription(answer_sdp, "answer"))
+
+    def down_track(self, transceiver: RTCRtpTransceiver) -> DownTrack | None:
+        """The negotiated parameters of a transceiver, once the answer is applied."""
+        codecs = internals.negotiated_codecs(transceiver)
+        media = [c for c in codecs if not c.mime_type.lower().endswith("/rtx")]
+        if transceiver.mid is None or not media:
+            return None
+        return DownTrack(
+            mid=transceiver.mid,
+            ssrc=internals.sender_ssrc(transceiver),
+            payload_type=media[0].payload_type,
+            extensions=internals.negotiated_extensions(transceiver),
+        )
+

@@ -1,0 +1,260 @@
+// Browser client for the sfu control protocol (docs/protocol.md).
+// One WebSocket carries JSON requests; media goes over two RTCPeerConnections:
+// a send-only "publish" pc we offer, and a receive-only "subscribe" pc the server offers.
+
+const GATHER_TIMEOUT_MS = 3000; // never hang on a slow or broken STUN/TURN server
+const LEAVE_TIMEOUT_MS = 2000;
+const PING_INTERVAL_MS = 20000; // keeps idle proxies from dropping the socket
+const REPLY_TYPES = new Set(['joined', 'answer', 'error', 'pong', 'left']);
+
+// The protocol is non-trickle: the SDP we send must already hold every candidate.
+function gatheringComplete(pc, timeoutMs = GATHER_TIMEOUT_MS) {
+  if (pc.iceGatheringState === 'complete') return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      pc.removeEventListener('icegatheringstatechange', check);
+      resolve();
+    };
+    const check = () => { if (pc.iceGatheringState === 'complete') done(); };
+    const timer = setTimeout(done, timeoutMs);
+    pc.addEventListener('icegatheringstatechange', check);
+  });
+}
+
+// Mids whose m-line is rejected (port 0) or inactive: their track is gone even if listed.
+function inactiveMids(sdp) {
+  const mids = new Set();
+  for (const section of sdp.split(/\r?\nm=/).slice(1)) {
+    const mid = /\na=mid:(\S+)/.exec(section)?.[1];
+    if (mid && (section.split(' ')[1] === '0' || /\na=inactive\b/.test(section))) mids.add(mid);
+  }
+  return mids;
+}
+
+function serverError(msg) {
+  const err = new Error(msg.message || msg.code || 'server error');
+  Object.assign(err, { code: msg.code, field: msg.field, ref: msg.ref });
+  return err;
+}
+
+export class SfuClient extends EventTarget {
+  constructor({ url, room, name, token, iceTransportPolicy } = {}) {
+    super();
+    const scheme = globalThis.location?.protocol === 'https:' ? 'wss' : 'ws';
+    this.url = url || `${scheme}://${globalThis.location?.host}/ws`;
+    Object.assign(this, { room, name, token, iceTransportPolicy });
+    this.ws = null;
+    this.pubPc = null;
+    this.subPc = null;
+    this.joined = null;        // the `joined` payload
+    this.self = null;          // {id, name} from `joined`
+    this.participants = {};    // the others: id -> {id, name}
+    this.iceServers = [];
+    this._nextId = 1;
+    this._pending = new Map(); // request id -> {resolve, reject}
+    this._mids = new Map();    // subscribe mid -> {mid, track, participant, kind}
+    this._offers = Promise.resolve(); // server offers are applied strictly in order
+    this._pingTimer = null;
+  }
+
+  async join() {
+    if (this.ws) throw new Error('join() already called');
+    const ws = (this.ws = new WebSocket(this.url));
+    ws.addEventListener('message', (e) => this._onMessage(e));
+    ws.addEventListener('close', (e) => this._onClose(e));
+    await new Promise((resolve, reject) => {
+      ws.addEventListener('open', resolve, { once: true });
+      const fail = () => reject(new Error(`cannot connect to ${this.url}`));
+      ws.addEventListener('error', fail, { once: true });
+    });
+    this._pingTimer = setInterval(() => this.ping().catch(() => {}), PING_INTERVAL_MS);
+    let joined;
+    try {
+      joined = await this._request('join', {
+        room: this.room, name: this.name, ...(this.token ? { token: this.token } : {}),
+      });
+    } catch (err) {
+      ws.close(); // a session that failed to join is of no further use
+      throw err;
+    }
+    this.joined = joined;
+    this.self = joined.participant;
+    this.iceServers = joined.ice_servers || [];
+    for (const p of joined.participants || []) this.participants[p.id] = { id: p.id, name: p.name };
+    return joined;
+  }
+
+  async publish(mediaStream) {
+    if (!this.joined) throw new Error('publish() before join()');
+    if (this.pubPc) throw new Error('already published');
+    const pc = (this.pubPc = this._newPc());
+    for (const track of mediaStream.getTracks()) {
+      pc.addTransceiver(track, { direction: 'sendonly', streams: [mediaStream] });
+    }
+    await pc.setLocalDescription(await pc.createOffer());
+    await gatheringComplete(pc);
+    const reply = await this._request('publish', { sdp: pc.localDescription.sdp });
+    await pc.setRemoteDescription({ type: 'answer', sdp: reply.sdp });
+    return reply;
+  }
+
+  // Subscription changes come back as a new server `offer`, so there is nothing to await.
+  subscribe(trackIds) { this._send({ type: 'subscribe', tracks: trackIds }); }
+  unsubscribe(trackIds) { this._send({ type: 'unsubscribe', tracks: trackIds }); }
+
+  ping() { return this._request('ping'); }
+
+  async leave() {
+    if (this.ws?.readyState === WebSocket.OPEN) {
+      const timeout = new Promise((resolve) => setTimeout(resolve, LEAVE_TIMEOUT_MS));
+      await Promise.race([this._request('leave').catch(() => {}), timeout]);
+    }
+    this._teardown();
+  }
+
+  async inboundStats() {
+    const out = {};
+    const entry = (pid) => (out[pid] ??= {
+      name: this.participants[pid]?.name ?? '',
+      video: { framesDecoded: 0, framesPerSecond: 0, frameWidth: 0, frameHeight: 0, bytesReceived: 0 },
+      audio: { packetsReceived: 0, totalSamplesReceived: 0, bytesReceived: 0 },
+    });
+    for (const info of this._mids.values()) entry(info.participant);
+    if (!this.subPc) return out;
+    // Older browsers omit `mid` on inbound-rtp; fall back to the receiver's track id.
+    const midByTrackId = new Map(this.subPc.getTransceivers()
+      .filter((t) => t.mid).map((t) => [t.receiver.track.id, t.mid]));
+    const stats = await this.subPc.getStats();
+    stats.forEach((s) => {
+      if (s.type !== 'inbound-rtp') return;
+      const info = this._mids.get(s.mid ?? midByTrackId.get(s.trackIdentifier));
+      if (!info) return;
+      const e = entry(info.participant);
+      const kind = s.kind ?? s.mediaType;
+      if (kind === 'video') {
+        e.video.framesDecoded += s.framesDecoded || 0;
+        e.video.bytesReceived += s.bytesReceived || 0;
+        e.video.framesPerSecond = Math.max(e.video.framesPerSecond, s.framesPerSecond || 0);
+        e.video.frameWidth = Math.max(e.video.frameWidth, s.frameWidth || 0);
+        e.video.frameHeight = Math.max(e.video.frameHeight, s.frameHeight || 0);
+      } else if (kind === 'audio') {
+        e.audio.packetsReceived += s.packetsReceived || 0;
+        e.audio.totalSamplesReceived += s.totalSamplesReceived || 0;
+        e.audio.bytesReceived += s.bytesReceived || 0;
+      }
+    });
+    return out;
+  }
+
+  // --- internals ---
+
+  _newPc() {
+    const config = { iceServers: this.iceServers };
+    if (this.iceTransportPolicy) config.iceTransportPolicy = this.iceTransportPolicy;
+    return new RTCPeerConnection(config);
+  }
+
+  _emit(type, detail) { this.dispatchEvent(new CustomEvent(type, { detail })); }
+
+  _send(msg) {
+    if (this.ws?.readyState !== WebSocket.OPEN) throw new Error('socket is not open');
+    this.ws.send(JSON.stringify(msg));
+  }
+
+  _request(type, fields = {}) {
+    const id = this._nextId++;
+    return new Promise((resolve, reject) => {
+      this._pending.set(id, { resolve, reject });
+      try {
+        this._send({ ...fields, type, id });
+      } catch (err) {
+        this._pending.delete(id);
+        reject(err);
+      }
+    });
+  }
+
+  _onMessage(event) {
+    if (typeof event.data !== 'string') return; // we only speak JSON, so never msgpack
+    let msg;
+    try { msg = JSON.parse(event.data); } catch { return; }
+    const pending = REPLY_TYPES.has(msg.type) && this._pending.get(msg.id);
+    if (pending) {
+      this._pending.delete(msg.id);
+      if (msg.type === 'error') pending.reject(serverError(msg));
+      else pending.resolve(msg);
+      return;
+    }
+    switch (msg.type) {
+      case 'offer':
+        this._offers = this._offers.then(() => this._applyOffer(msg)).catch((err) => {
+          if (this.ws?.readyState !== WebSocket.OPEN) return; // torn down mid-negotiation
+          this._emit('error', {
+            type: 'error', code: 'negotiation_failed', message: String(err), ref: 'offer', local: true,
+          });
+        });
+        return;
+      case 'participant_joined':
+        this.participants[msg.participant.id] = { id: msg.participant.id, name: msg.participant.name };
+        break;
+      case 'participant_left':
+        delete this.participants[msg.participant];
+        break;
+      case 'track_published': case 'track_unpublished': case 'error':
+        break;
+      default:
+        return; // replies nobody waits for (e.g. a late `pong`) and unknown types
+    }
+    this._emit(msg.type, msg);
+  }
+
+  async _applyOffer(msg) {
+    if (!this.subPc) {
+      this.subPc = this._newPc();
+      this.subPc.addEventListener('track', (e) => this._onTrack(e));
+    }
+    const pc = this.subPc;
+    // Update the map before setRemoteDescription: `track` events fire while it runs.
+    const dead = inactiveMids(msg.sdp);
+    const next = new Map();
+    for (const t of msg.tracks || []) if (!dead.has(t.mid)) next.set(t.mid, t);
+    const ended = [...this._mids.values()].filter((t) => !next.has(t.mid));
+    this._mids = next;
+    await pc.setRemoteDescription({ type: 'offer', sdp: msg.sdp });
+    await pc.setLocalDescription(await pc.createAnswer());
+    for (const t of ended) {
+      this._emit('trackended', { participant: t.participant, trackId: t.track, mid: t.mid });
+    }
+    await gatheringComplete(pc);
+    this._send({ type: 'answer', sdp: pc.localDescription.sdp });
+  }
+
+  _onTrack(event) {
+    const mid = event.transceiver?.mid;
+    const info = this._mids.get(mid);
+    if (!info) {
+      console.warn('sfu: track on unknown mid', mid);
+      return;
+    }
+    this._emit('track', {
+      participant: info.participant, trackId: info.track, kind: info.kind, track: event.track, mid,
+    });
+  }
+
+  _onClose(event) {
+    this._teardown();
+    for (const { reject } of this._pending.values()) reject(new Error('socket closed'));
+    this._pending.clear();
+    this._emit('close', { code: event.code, reason: event.reason, wasClean: event.wasClean });
+  }
+
+  // The server forgets the session with the socket, so the pcs are useless without it.
+  _teardown() {
+    clearInterval(this._pingTimer);
+    this._pingTimer = null;
+    this.pubPc?.close();
+    this.subPc?.close();
+    if (this.ws && this.ws.readyState <= WebSocket.OPEN) this.ws.close();
+  }
+}

@@ -1,0 +1,54 @@
+"""Shared fixtures: an in-process server, and the isolation checks WebRTC tests need."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator
+
+import pytest
+
+from sfu.config import Config
+from sfu.server import Server
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def network_is_isolated() -> bool:
+    """True inside a namespace whose only interface is loopback (DESIGN.md §11)."""
+    # /proc/net/dev follows the network namespace; /sys/class/net would need a remount.
+    try:
+        with open("/proc/net/dev") as dev:
+            names = {line.split(":")[0].strip() for line in dev.readlines()[2:]}
+    except OSError:
+        return False
+    return names == {"lo"}
+
+
+requires_isolated_network = pytest.mark.skipif(
+    not network_is_isolated(),
+    reason="WebRTC tests run only in a network namespace with nothing but loopback: "
+    "run them through scripts/test.sh (as root it wraps pytest in `unshare --net`)",
+)
+
+requires_chromium = pytest.mark.skipif(
+    shutil.which(CHROMIUM) is None,
+    reason=f"{CHROMIUM} is missing: scripts/install.sh installs Debian's chromium",
+)
+
+
+def make_config(**rtc: object) -> Config:
+    config = Config()
+    config.server.port = 0
+    for key, value in rtc.items():
+        setattr(config.rtc, key, value)
+    return config
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[Server]:
+    instance = Server(make_config())
+    await instance.start()
+    try:
+        yield instance
+    finally:
+        await instance.stop()
