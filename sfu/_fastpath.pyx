@@ -20,7 +20,8 @@ cdef inline int64_t c_extend_seq(int64_t highest, uint16_t seq) noexcept nogil:
 
 
 cdef inline uint32_t c_abs_send_time(uint64_t now_us) noexcept nogil:
-    return <uint32_t>(((now_us << 18) // 1000000) & 0xFFFFFF)
+    # Modulo 64 s first (exact, see sfu.rtp.abs_send_time): now_us << 18 would overflow.
+    return <uint32_t>(((now_us % 64000000) << 18) // 1000000)
 
 
 def extend_seq(int64_t highest, int seq):

@@ -193,17 +193,15 @@ def _apply_env(config: Config, env: Mapping[str, str]) -> None:
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
     if hint is bool:
-        if isinstance(value, bool):
-            return value
+        ok = isinstance(value, bool)
     elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
+        ok = isinstance(value, int) and not isinstance(value, bool)
     elif hint is str:
-        if isinstance(value, str):
-            return value
-    elif hint == list[str]:
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return value
+        ok = isinstance(value, str)
+    else:  # list[str]
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if ok:
+        return value
     raise ConfigError(f"{key} = {value!r}: expected {_type_name(hint)}")
 
 

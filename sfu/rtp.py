@@ -121,8 +121,11 @@ def extend_seq(highest: int, seq: int) -> int:
 
 
 def abs_send_time(now_us: int) -> int:
-    """24-bit abs-send-time: seconds in 6.18 fixed point, wrapping every 64 s."""
-    return ((now_us << 18) // 1_000_000) & 0xFFFFFF
+    """24-bit abs-send-time: seconds in 6.18 fixed point, wrapping every 64 s.
+
+    Reducing modulo 64 s first is exact and keeps the shift within 64 bits for C.
+    """
+    return ((now_us % 64_000_000) << 18) // 1_000_000
 
 
 class HeaderLayout:

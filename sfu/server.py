@@ -423,7 +423,9 @@ class Server:
         try:
             parsed = candidate_from_sdp(text)
         except (ValueError, IndexError):
-            raise ProtocolError("bad_field", "candidate is not an ICE candidate", "candidate")
+            raise ProtocolError(
+                "bad_field", "candidate is not an ICE candidate", "candidate"
+            ) from None
         parsed.sdpMid = candidate.get("sdpMid")
         parsed.sdpMLineIndex = candidate.get("sdpMLineIndex")
         await transport.pc.addIceCandidate(parsed)

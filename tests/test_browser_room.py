@@ -88,6 +88,7 @@ def receiving(stats: dict[str, Any], others: list[str]) -> bool:
 
 async def test_three_browsers_see_and_hear_each_other(server: Server, browser: Any) -> None:
     started = time.monotonic()
+    assert server.port is not None
     pages = {name: await open_participant(browser, server.port, "room1", name) for name in NAMES}
 
     for name, page in pages.items():

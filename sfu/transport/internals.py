@@ -21,10 +21,10 @@ from aioice import turn as aioice_turn
 from aioice.candidate import Candidate, candidate_foundation, candidate_priority
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCRtpTransceiver, sdp
 from aiortc.codecs import CODECS
-from aiortc.rtcpeerconnection import find_common_codecs
-from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
 from aiortc.rtcconfiguration import RTCBundlePolicy
 from aiortc.rtcdtlstransport import RTCDtlsTransport
+from aiortc.rtcpeerconnection import find_common_codecs
+from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
 
 DatagramHandler = Callable[[bytes, tuple[Any, ...]], None]
 
@@ -79,9 +79,11 @@ def _ice_connection(pc: RTCPeerConnection) -> aioice_ice.Connection:
 
 
 def prepare_gathering(
-    pc: RTCPeerConnection, gathering: HostGathering, on_datagram: DatagramHandler
+    pc: RTCPeerConnection, gathering: HostGathering, on_datagram: DatagramHandler | None
 ) -> None:
     """Gather host candidates our way, with SRTP/SRTCP diverted to ``on_datagram``.
+
+    With ``on_datagram`` None nothing is diverted: a client keeps aiortc's media path.
 
     aioice gathers on every interface except loopback, on random ports; the SFU needs
     configured addresses (``rtc.listen_ips``, loopback included), a port range and an
@@ -91,7 +93,7 @@ def prepare_gathering(
     connection = _ice_connection(pc)
     if getattr(connection, "_sfu_prepared", False):
         return
-    connection._sfu_prepared = True
+    setattr(connection, "_sfu_prepared", True)  # noqa: B010 - not an aioice attribute
 
     async def gather_candidates() -> None:
         if connection._local_candidates_start:
@@ -100,7 +102,8 @@ def prepare_gathering(
         for component in connection._components:
             for address in gathering.listen_ips:
                 protocol = await _bind_host(connection, address, gathering)
-                divert(protocol, on_datagram)
+                if on_datagram is not None:
+                    divert(protocol, on_datagram)
                 host, port = protocol.transport.get_extra_info("sockname")[:2]
                 protocol.local_candidate = Candidate(
                     foundation=candidate_foundation("host", "udp", host),
@@ -115,7 +118,8 @@ def prepare_gathering(
                 connection._local_candidates.append(protocol.local_candidate)
         connection._local_candidates_end = True
 
-    connection.gather_candidates = gather_candidates
+    # Replacing methods on instances is this module's job: setattr says so to mypy.
+    setattr(connection, "gather_candidates", gather_candidates)  # noqa: B010
 
 
 async def _bind_host(
@@ -139,7 +143,7 @@ async def _bind_host(
             sock.setsockopt(
                 socket.SOL_SOCKET, socket.SO_RCVBUF, aioice_turn.UDP_SOCKET_BUFFER_SIZE
             )
-        return protocol  # type: ignore[no-any-return]
+        return protocol
     raise OSError(f"no free UDP port on {address} in the configured range: {last_error}")
 
 
@@ -158,7 +162,7 @@ def divert(protocol: aioice_ice.StunProtocol, on_datagram: DatagramHandler) -> N
         else:
             stun_received(data, addr)
 
-    protocol.datagram_received = datagram_received
+    setattr(protocol, "datagram_received", datagram_received)  # noqa: B010
 
 
 def srtp_sessions(dtls: RTCDtlsTransport) -> tuple[Any, Any]:
@@ -197,8 +201,8 @@ def silence_rtcp(transceiver: RTCRtpTransceiver) -> None:
     async def no_rtcp(*args: Any) -> None:
         return None
 
-    transceiver.sender._send_rtcp = no_rtcp
-    transceiver.receiver._send_rtcp = no_rtcp
+    setattr(transceiver.sender, "_send_rtcp", no_rtcp)  # noqa: B010
+    setattr(transceiver.receiver, "_send_rtcp", no_rtcp)  # noqa: B010
 
 
 def negotiated_codecs(transceiver: RTCRtpTransceiver) -> list[CodecInfo]:
@@ -206,6 +210,7 @@ def negotiated_codecs(transceiver: RTCRtpTransceiver) -> list[CodecInfo]:
     return [
         CodecInfo(c.payloadType, c.mimeType, c.clockRate, dict(c.parameters))
         for c in transceiver._codecs
+        if c.payloadType is not None
     ]
 
 

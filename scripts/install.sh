@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs what sfu needs on Debian: system packages, then a virtual environment in
+# .venv with sfu (and its Cython extension) installed editable. Safe to run again.
+#   scripts/install.sh          the server
+#   scripts/install.sh --test   the server and everything the test suite uses
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+with_test=0
+[ "${1:-}" = "--test" ] && with_test=1
+
+# chromium: the demo page's browser in tests; iproute2/util-linux: `ip` and `unshare`
+# for the tests' network namespaces; build-essential/python3-dev: the Cython extension.
+packages=(build-essential python3-dev python3-venv iproute2 util-linux)
+[ "$with_test" = 1 ] && packages+=(chromium)
+
+missing=()
+for package in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
+        || missing+=("$package")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    echo "install.sh: installing Debian packages: ${missing[*]}"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+        "${missing[@]}" >/dev/null
+fi
+
+python="${PYTHON:-python3}"
+"$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+    || { echo "install.sh: sfu needs Python >= 3.11 ($python is older)" >&2; exit 1; }
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
+extras=""
+[ "$with_test" = 1 ] && extras="[test]"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extras}"
+.venv/bin/python -c 'from sfu.forwarding import cython_unavailable_reason as r; \
+print("install.sh: sfu installed; Cython extension:", "built" if "not built" not in str(r()) \
+else "NOT built")'

@@ -1,0 +1,200 @@
+"""A Python participant built on aiortc: join a room, publish tracks, receive others'.
+
+For backends (bots, recorders) and for tests. Media goes through aiortc's own
+encoders and decoders here: this is a client, not the SFU.
+
+    client = Client("ws://127.0.0.1:8080/ws", room="demo", name="bot")
+    await client.join()
+    await client.publish([VideoStreamTrack()])
+    info, track = await client.next_track()
+    frame = await track.recv()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiortc import (
+    MediaStreamTrack,
+    RTCBundlePolicy,
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+
+from sfu.control import codec
+from sfu.transport.internals import HostGathering, prepare_gathering
+
+
+class ServerError(RuntimeError):
+    """The server answered a request with ``error``."""
+
+    def __init__(self, message: dict[str, Any]) -> None:
+        super().__init__(f"{message.get('code')}: {message.get('message')}")
+        self.message = message
+
+
+@dataclass(frozen=True)
+class RemoteTrack:
+    mid: str
+    track_id: str
+    participant: str
+    kind: str
+
+
+class Client:
+    def __init__(
+        self,
+        url: str,
+        *,
+        room: str,
+        name: str,
+        token: str | None = None,
+        binary: bool = False,
+        host_addresses: tuple[str, ...] = ("127.0.0.1",),
+    ) -> None:
+        """``binary`` speaks msgpack instead of JSON; ``host_addresses`` are the local
+        addresses ICE gathers on (aioice alone would skip loopback)."""
+        self.url = url
+        self.room = room
+        self.name = name
+        self.token = token
+        self.binary = binary
+        self._gathering = HostGathering(host_addresses, "", 20000, 29999)
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._session: aiohttp.ClientSession | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._offers: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._offer_task: asyncio.Task[None] | None = None
+        self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.tracks: asyncio.Queue[tuple[RemoteTrack, MediaStreamTrack]] = asyncio.Queue()
+        self.mids: dict[str, RemoteTrack] = {}
+        self.ice_servers: list[RTCIceServer] = []
+        self.participant_id: str | None = None
+        self.publish_pc: RTCPeerConnection | None = None
+        self.subscribe_pc: RTCPeerConnection | None = None
+
+    async def join(self) -> dict[str, Any]:
+        self._session = aiohttp.ClientSession()
+        self._ws = await self._session.ws_connect(self.url)
+        self._reader = asyncio.create_task(self._read_loop())
+        self._offer_task = asyncio.create_task(self._offer_loop())
+        message: dict[str, Any] = {"type": "join", "room": self.room, "name": self.name}
+        if self.token is not None:
+            message["token"] = self.token
+        joined = await self.request(message)
+        self.participant_id = joined["participant"]["id"]
+        self.ice_servers = [
+            RTCIceServer(urls=s["urls"], username=s.get("username"),
+                         credential=s.get("credential"))
+            for s in joined.get("ice_servers", [])
+        ]
+        return joined
+
+    async def publish(self, tracks: list[MediaStreamTrack]) -> dict[str, Any]:
+        """Publish tracks on the publish connection; returns the server's answer message."""
+        pc = self.publish_pc = self._new_pc()
+        for track in tracks:
+            pc.addTransceiver(track, direction="sendonly")
+        prepare_gathering(pc, self._gathering, None)
+        await pc.setLocalDescription(await pc.createOffer())
+        answer = await self.request({"type": "publish", "sdp": pc.localDescription.sdp})
+        await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
+        return answer
+
+    async def next_track(self, timeout: float = 10.0) -> tuple[RemoteTrack, MediaStreamTrack]:
+        return await asyncio.wait_for(self.tracks.get(), timeout)
+
+    async def next_event(self, event_type: str, timeout: float = 10.0) -> dict[str, Any]:
+        """The next server event of a type (earlier events of other types are dropped)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                event = await self.events.get()
+                if event["type"] == event_type:
+                    return event
+
+    async def request(self, message: dict[str, Any]) -> dict[str, Any]:
+        msg_id = next(self._ids)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[msg_id] = future
+        await self.send({**message, "id": msg_id})
+        reply = await asyncio.wait_for(future, 15)
+        if reply["type"] == "error":
+            raise ServerError(reply)
+        return reply
+
+    async def send(self, message: dict[str, Any]) -> None:
+        assert self._ws is not None, "join() first"
+        frame = codec.encode(message, self.binary)
+        if isinstance(frame, bytes):
+            await self._ws.send_bytes(frame)
+        else:
+            await self._ws.send_str(frame)
+
+    async def leave(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.request({"type": "leave"})
+        await self.close()
+
+    async def close(self) -> None:
+        for task in (self._reader, self._offer_task):
+            if task is not None:
+                task.cancel()
+        for pc in (self.publish_pc, self.subscribe_pc):
+            if pc is not None:
+                await pc.close()
+        if self._ws is not None:
+            await self._ws.close()
+        if self._session is not None:
+            await self._session.close()
+
+    def _new_pc(self) -> RTCPeerConnection:
+        # One transport per connection, as browsers do with BUNDLE.
+        return RTCPeerConnection(
+            RTCConfiguration(iceServers=self.ice_servers, bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+        )
+
+    async def _read_loop(self) -> None:
+        assert self._ws is not None
+        async for frame in self._ws:
+            if frame.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+                continue
+            message = codec.decode(frame.data, 1 << 24)
+            future = self._pending.pop(message.get("id"), None)
+            if future is not None and not future.done():
+                future.set_result(message)
+            elif message["type"] == "offer":
+                self._offers.put_nowait(message)
+            else:
+                self.events.put_nowait(message)
+
+    async def _offer_loop(self) -> None:
+        """Answer the server's subscribe offers one at a time, in order."""
+        while True:
+            offer = await self._offers.get()
+            for item in offer["tracks"]:
+                self.mids[item["mid"]] = RemoteTrack(
+                    item["mid"], item["track"], item["participant"], item["kind"]
+                )
+            if self.subscribe_pc is None:
+                self.subscribe_pc = self._new_pc()
+                self.subscribe_pc.on("track", self._on_track)
+            pc = self.subscribe_pc
+            await pc.setRemoteDescription(RTCSessionDescription(offer["sdp"], "offer"))
+            prepare_gathering(pc, self._gathering, None)
+            await pc.setLocalDescription(await pc.createAnswer())
+            await self.send({"type": "answer", "sdp": pc.localDescription.sdp})
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        assert self.subscribe_pc is not None
+        for transceiver in self.subscribe_pc.getTransceivers():
+            if transceiver.receiver.track is track and transceiver.mid in self.mids:
+                self.tracks.put_nowait((self.mids[transceiver.mid], track))

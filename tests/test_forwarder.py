@@ -1,0 +1,268 @@
+"""Forwarder behaviour with real libsrtp sessions: rewrite rules, gating, drops, RTCP.
+
+Every test runs on each implementation of the Forwarder interface that is available
+(the pure-Python twin always; the Cython one once it is built).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from pylibsrtp import Session
+
+from sfu import forwarder as python_forwarder
+from sfu import rtp
+from sfu.forwarding import cython_unavailable_reason
+from tests.srtp_helpers import PROFILES, Capture, rtp_packet, session_pair
+
+PUB, SUB = 1, 2
+PRODUCER, CONSUMER = 10, 20
+PUB_SSRC, SUB_SSRC = 0x11111111, 0x22222222
+PUB_ADDR, SUB_ADDR = ("127.0.0.1", 5000), ("127.0.0.1", 6000)
+
+
+def implementations() -> list[Any]:
+    impls: list[Any] = [pytest.param(python_forwarder.Forwarder, id="python")]
+    reason = cython_unavailable_reason()
+    if reason is None:  # pragma: no cover - lands with the Cython Forwarder
+        from sfu import _fastpath
+
+        impls.append(pytest.param(_fastpath.Forwarder, id="cython"))  # type: ignore[attr-defined]
+    return impls
+
+
+@dataclass
+class Rig:
+    """A publisher and a subscriber endpoint wired to one forwarder."""
+
+    fwd: Any
+    pub_protect: Session  # the publisher's SRTP sender
+    pub_unprotect: Session  # the publisher's receiver (for RTCP the SFU sends it)
+    sub_protect: Session  # the subscriber's sender (its RTCP)
+    sub_unprotect: Session  # the subscriber's receiver
+    to_pub: Capture
+    to_sub: Capture
+
+    def publish(self, packet: bytes, now_us: int = 0) -> int:
+        return int(self.fwd.handle_packet(PUB, self.pub_protect.protect(packet), now_us))
+
+    def received(self) -> list[bytes]:
+        """What reached the subscriber, decrypted; clears the capture."""
+        out = [self.sub_unprotect.unprotect(data) for data, _ in self.to_sub.sent]
+        self.to_sub.sent.clear()
+        return out
+
+    def rtcp_to_publisher(self) -> list[bytes]:
+        out = [self.pub_unprotect.unprotect_rtcp(data) for data, _ in self.to_pub.sent]
+        self.to_pub.sent.clear()
+        return out
+
+
+def make_rig(
+    impl: Any,
+    *,
+    profile: str = "AES128_CM_SHA1_80",
+    is_video: bool = True,
+    codec: int = rtp.CODEC_VP8,
+    ext_map: dict[int, int] | None = None,
+    mid_id: int = 0,
+    abs_send_time_id: int = 0,
+    seq_base: int = 1000,
+    ts_base: int = 50_000,
+    interval_us: int = 500_000,
+) -> Rig:
+    pub_protect, sfu_rx_pub = session_pair(profile)
+    sfu_tx_pub, pub_unprotect = session_pair(profile)
+    sub_protect, sfu_rx_sub = session_pair(profile)
+    sfu_tx_sub, sub_unprotect = session_pair(profile)
+    to_pub, to_sub = Capture(), Capture()
+    fwd = impl(interval_us)
+    fwd.add_endpoint(PUB, sfu_rx_pub, sfu_tx_pub, to_pub, -1, PUB_ADDR)
+    fwd.add_endpoint(SUB, sfu_rx_sub, sfu_tx_sub, to_sub, -1, SUB_ADDR)
+    fwd.add_producer(PRODUCER, PUB, PUB_SSRC, codec)
+    fwd.add_consumer(
+        CONSUMER, PRODUCER, SUB, SUB_SSRC, is_video, {96: 100}, ext_map or {}, b"7",
+        mid_id, abs_send_time_id, seq_base, ts_base,
+    )
+    return Rig(fwd, pub_protect, pub_unprotect, sub_protect, sub_unprotect, to_pub, to_sub)
+
+
+def header(packet: bytes) -> tuple[int, int, int, int, bool]:
+    """(payload type, seq, timestamp, ssrc, marker)."""
+    _first, second, seq, ts, ssrc = struct.unpack_from("!BBHII", packet)
+    return second & 0x7F, seq, ts, ssrc, bool(second & 0x80)
+
+
+KEY = b"\x10\x00\x00\x9d\x01\x2a" + bytes(40)  # VP8: start of partition 0, keyframe
+DELTA = b"\x10\x01\x00\x00" + bytes(40)  # VP8: start of partition 0, interframe
+
+pytestmark = pytest.mark.parametrize("impl", implementations())
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_rewrites_ssrc_pt_seq_ts_and_keeps_payload(impl: Any, profile: str) -> None:
+    rig = make_rig(impl, profile=profile)
+    for i in range(5):
+        payload = KEY if i == 0 else DELTA
+        packet = rtp_packet(seq=40000 + i, timestamp=900 + 3000 * i, ssrc=PUB_SSRC,
+                            payload=payload, marker=i == 4, csrcs=(7, 8))
+        assert rig.publish(packet) == rtp.OK
+    out = rig.received()
+    assert [header(p) for p in out] == [
+        (100, 1000 + i, 50_000 + 3000 * i, SUB_SSRC, i == 4) for i in range(5)
+    ]
+    for i, p in enumerate(out):
+        assert struct.unpack_from("!II", p, 12) == (7, 8)  # CSRCs kept
+        assert p[20:] == (KEY if i == 0 else DELTA)
+        assert rig.to_sub.sent == [] and p[0] & 0x0F == 2
+    assert rig.fwd.consumer_stats(CONSUMER)[0] == 5
+    assert rig.fwd.counters()["sent"] == 5
+
+
+def test_sequence_and_timestamp_wrap(impl: Any) -> None:
+    rig = make_rig(impl, seq_base=65534, ts_base=2**32 - 3000)
+    for i in range(5):
+        packet = rtp_packet(seq=(65533 + i) & 0xFFFF, timestamp=(2**32 - 6000 + 3000 * i)
+                            % 2**32, ssrc=PUB_SSRC, payload=KEY if i == 0 else DELTA)
+        rig.publish(packet)
+    out = [header(p) for p in rig.received()]
+    assert [h[1] for h in out] == [65534, 65535, 0, 1, 2]
+    assert [h[2] for h in out] == [(2**32 - 3000 + 3000 * i) % 2**32 for i in range(5)]
+
+
+def test_reordering_and_loss_keep_offsets(impl: Any) -> None:
+    rig = make_rig(impl)
+    order = [100, 101, 103, 102, 106, 99]  # 99 predates the first forwarded packet
+    for seq in order:
+        rig.publish(rtp_packet(seq=seq, timestamp=seq * 10, ssrc=PUB_SSRC,
+                               payload=KEY if seq == 100 else DELTA))
+    out = [header(p) for p in rig.received()]
+    assert [h[1] for h in out] == [1000, 1001, 1003, 1002, 1006]
+    assert [h[2] for h in out] == [50_000 + (s - 100) * 10 for s in (100, 101, 103, 102, 106)]
+    assert rig.fwd.counters()["skip_before_start"] == 1
+
+
+def test_video_waits_for_keyframe_and_asks_for_one(impl: Any) -> None:
+    rig = make_rig(impl, interval_us=500_000)
+    for i, now in enumerate((0, 100_000, 600_000)):
+        rig.publish(rtp_packet(seq=i, timestamp=i, ssrc=PUB_SSRC, payload=DELTA), now)
+    assert rig.received() == []
+    plis = rig.rtcp_to_publisher()
+    # Three waiting packets, but the throttle lets only two requests through.
+    assert plis == [rtp.build_pli(rtp.SFU_RTCP_SSRC, PUB_SSRC)] * 2
+    counters = rig.fwd.counters()
+    assert counters["skip_waiting_keyframe"] == 3
+    assert counters["keyframe_requests_throttled"] == 1
+    rig.publish(rtp_packet(seq=3, timestamp=3, ssrc=PUB_SSRC, payload=KEY), 700_000)
+    rig.publish(rtp_packet(seq=4, timestamp=4, ssrc=PUB_SSRC, payload=DELTA), 700_000)
+    assert [header(p)[1] for p in rig.received()] == [1000, 1001]
+    assert rig.fwd.consumer_started(CONSUMER)
+
+
+def test_audio_is_not_gated(impl: Any) -> None:
+    rig = make_rig(impl, is_video=False, codec=rtp.CODEC_OPUS)
+    rig.publish(rtp_packet(seq=5, timestamp=960, ssrc=PUB_SSRC, payload=b"\xfc\xff\xfe"))
+    assert [header(p)[1] for p in rig.received()] == [1000]
+
+
+def test_header_extensions_are_mapped_rewritten_and_dropped(impl: Any) -> None:
+    # Publisher: id 1 mid, 2 audio level (subscriber did not negotiate), 3 abs-send-time.
+    rig = make_rig(impl, ext_map={1: 4, 3: 9}, mid_id=4, abs_send_time_id=9)
+    ext = rtp.write_extensions([(1, b"0"), (2, b"\x85"), (3, b"\x00\x00\x00")])
+    packet = rtp_packet(seq=1, timestamp=1, ssrc=PUB_SSRC, payload=KEY, extensions=ext)
+    rig.publish(packet, now_us=1_500_000)
+    (out,) = rig.received()
+    layout = rtp.parse_header(out)
+    assert isinstance(layout, rtp.HeaderLayout)
+    assert rtp.read_extensions(out, layout) == [
+        (4, b"7"), (9, rtp.abs_send_time(1_500_000).to_bytes(3, "big"))
+    ]
+    assert out[layout.payload_offset :] == KEY
+
+
+def test_extension_block_removed_when_nothing_maps(impl: Any) -> None:
+    rig = make_rig(impl, ext_map={})
+    ext = rtp.write_extensions([(2, b"\x85")])
+    rig.publish(rtp_packet(seq=1, timestamp=1, ssrc=PUB_SSRC, payload=KEY, extensions=ext))
+    (out,) = rig.received()
+    assert out[0] & 0x10 == 0 and out[12:] == KEY
+
+
+def test_two_byte_extensions_and_padding(impl: Any) -> None:
+    rig = make_rig(impl, ext_map={20: 5})
+    ext = rtp.write_extensions([(20, bytes(20))])
+    packet = rtp_packet(seq=1, timestamp=1, ssrc=PUB_SSRC, payload=KEY, extensions=ext,
+                        padding=4)
+    rig.publish(packet)
+    (out,) = rig.received()
+    layout = rtp.parse_header(out)
+    assert isinstance(layout, rtp.HeaderLayout)
+    assert rtp.read_extensions(out, layout) == [(5, bytes(20))]
+    assert out[0] & 0x20 and out[-1] == 4 and out[layout.payload_offset:layout.payload_end] == KEY
+
+
+def test_unknown_payload_type_is_skipped_per_consumer(impl: Any) -> None:
+    rig = make_rig(impl)
+    rig.publish(rtp_packet(seq=1, timestamp=1, ssrc=PUB_SSRC, payload=KEY, payload_type=97))
+    assert rig.received() == []
+    assert rig.fwd.counters()["skip_payload_type"] == 1
+
+
+def test_garbage_is_dropped_and_counted(impl: Any) -> None:
+    rig = make_rig(impl)
+    fwd = rig.fwd
+    assert fwd.handle_packet(PUB, b"\x80", 0) == rtp.DROP_TOO_SHORT
+    assert fwd.handle_packet(PUB, bytes(1600), 0) == rtp.DROP_TOO_LONG
+    assert fwd.handle_packet(PUB, b"\x40" + bytes(20), 0) == rtp.DROP_BAD_VERSION
+    good = rig.pub_protect.protect(rtp_packet(seq=1, timestamp=1, ssrc=PUB_SSRC, payload=KEY))
+    tampered = good[:-1] + bytes([good[-1] ^ 1])
+    assert fwd.handle_packet(PUB, tampered, 0) == rtp.DROP_SRTP_FAIL
+    assert fwd.handle_packet(99, good, 0) == rtp.DROP_UNKNOWN_ENDPOINT
+    other = rtp_packet(seq=2, timestamp=1, ssrc=0x5555, payload=KEY)
+    assert rig.publish(other) == rtp.DROP_UNKNOWN_SSRC
+    # The subscriber cannot inject media under the publisher's SSRC: SSRCs are per endpoint.
+    hijack = rig.sub_protect.protect(rtp_packet(seq=3, timestamp=1, ssrc=PUB_SSRC, payload=KEY))
+    assert fwd.handle_packet(SUB, hijack, 0) == rtp.DROP_UNKNOWN_SSRC
+    counters = fwd.counters()
+    assert counters["drop_too_short"] == counters["drop_too_long"] == 1
+    assert counters["drop_bad_version"] == counters["drop_srtp_fail"] == 1
+    assert counters["drop_unknown_endpoint"] == 1 and counters["drop_unknown_ssrc"] == 2
+    assert rig.received() == []
+
+
+def test_subscriber_pli_and_fir_reach_the_publisher_throttled(impl: Any) -> None:
+    rig = make_rig(impl, interval_us=500_000)
+    pli = rtp.build_pli(0xABC, SUB_SSRC)
+    fir = struct.pack("!BBHII", 0x80 | rtp.PSFB_FIR, rtp.RTCP_PSFB, 4, 0xABC, 0) + struct.pack(
+        "!IB3x", SUB_SSRC, 1)
+    rr = struct.pack("!BBHI", 0x80, rtp.RTCP_RR, 1, 0xABC)
+    for data, now in ((rr + pli, 0), (fir, 100_000), (pli, 700_000)):
+        assert rig.fwd.handle_packet(SUB, rig.sub_protect.protect_rtcp(data), now) == rtp.OK
+    assert rig.rtcp_to_publisher() == [rtp.build_pli(rtp.SFU_RTCP_SSRC, PUB_SSRC)] * 2
+    counters = rig.fwd.counters()
+    assert counters["keyframe_requests_sent"] == 2
+    assert counters["keyframe_requests_throttled"] == 1
+    assert counters["rr_in"] == 1 and counters["rtcp_in"] == 3
+    bad = rig.sub_protect.protect_rtcp(b"\x81\xce\x00\x05" + pli[4:])  # says 24 bytes, has 12
+    assert rig.fwd.handle_packet(SUB, bad, 0) == rtp.DROP_BAD_RTCP
+
+
+def test_consumer_without_connected_endpoint_is_skipped(impl: Any) -> None:
+    rig = make_rig(impl)
+    rig.fwd.remove_endpoint(SUB)
+    rig.publish(rtp_packet(seq=1, timestamp=1, ssrc=PUB_SSRC, payload=KEY))
+    assert rig.fwd.counters()["skip_not_connected"] == 1
+    assert not rig.fwd.consumer_started(CONSUMER)
+
+
+def test_removing_producer_removes_its_consumers(impl: Any) -> None:
+    rig = make_rig(impl)
+    rig.fwd.remove_producer(PRODUCER)
+    assert rig.fwd.consumer_stats(CONSUMER) == (0, 0)
+    assert rig.publish(rtp_packet(seq=1, timestamp=1, ssrc=PUB_SSRC, payload=KEY)) == (
+        rtp.DROP_UNKNOWN_SSRC)
+    with pytest.raises(ValueError):
+        rig.fwd.add_consumer(CONSUMER, PRODUCER, SUB, 1, True, {}, {}, b"0", 0, 0, 0, 0)
