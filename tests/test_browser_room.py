@@ -44,9 +44,11 @@ async def browser() -> AsyncIterator[Any]:
             await instance.close()
 
 
-async def open_participant(browser: Any, port: int, room: str, name: str) -> Any:
+async def open_participant(
+    browser: Any, port: int, room: str, name: str, query: str = ""
+) -> Any:
     page = await (await browser.new_context()).new_page()
-    await page.goto(f"http://127.0.0.1:{port}/?room={room}&name={name}&autojoin=1")
+    await page.goto(f"http://127.0.0.1:{port}/?room={room}&name={name}&autojoin=1{query}")
     await page.evaluate("() => window.sfuReady")
     # Record control events from here on, for the leave assertions.
     await page.evaluate(
@@ -145,3 +147,32 @@ async def test_three_browsers_see_and_hear_each_other(server: Server, browser: A
     for name in ("alice", "bob"):
         grown = [mid for mid, value in first[name] if second[name].get(mid, value) > value]
         assert len(grown) == 2, f"{name}: streams still growing after carol left: {grown}"
+
+
+INBOUND_VIDEO_CODECS = """async () => {
+    const report = await window.sfu.subPc.getStats();
+    const codecs = [];
+    for (const s of report.values())
+        if (s.type === 'inbound-rtp' && s.kind === 'video' && s.codecId && s.framesDecoded > 0)
+            codecs.push(report.get(s.codecId).mimeType);
+    return codecs;
+}"""
+
+
+async def test_h264_publisher_reaches_a_vp8_publisher(server: Server, browser: Any) -> None:
+    """The subscriber receives the codec the publisher sends: H.264 here, VP8 back."""
+    assert server.port is not None
+    alice = await open_participant(browser, server.port, "h264", "alice", "&codec=H264")
+    bob = await open_participant(browser, server.port, "h264", "bob")
+    for page, other, codec in ((bob, "alice", "video/H264"), (alice, "bob", "video/VP8")):
+
+        async def check(page: Any = page, other: str = other, codec: str = codec
+                        ) -> tuple[bool, Any]:
+            stats = await stats_by_name(page)
+            codecs = await page.evaluate(INBOUND_VIDEO_CODECS)
+            return receiving(stats, [other]) and codecs == [codec], (codecs, stats)
+
+        await wait_for(check, MEDIA_TIMEOUT_S, f"{codec} from {other} to decode")
+    counters = server.forwarder.counters()
+    print("forwarder counters:", {k: v for k, v in counters.items() if v})
+    assert counters["drop_srtp_fail"] == 0 and counters["drop_bad_header"] == 0

@@ -125,7 +125,7 @@ async function join() {
     setStatus(`Joining ${room}…`);
     const joined = await c.join();
     setStatus('Publishing…');
-    await c.publish(localStream);
+    await c.publish(localStream, { videoCodec: params.get('codec') || undefined });
     setStatus(`In room ${room} as ${joined.participant.name}.`);
     settle.resolve(c);
   } catch (err) {

@@ -85,12 +85,15 @@ export class SfuClient extends EventTarget {
     return joined;
   }
 
-  async publish(mediaStream) {
+  // `videoCodec` (e.g. 'H264' or 'VP8') puts that codec first in the offer; the SFU
+  // answers with the first codec it supports, and subscribers receive that codec.
+  async publish(mediaStream, { videoCodec } = {}) {
     if (!this.joined) throw new Error('publish() before join()');
     if (this.pubPc) throw new Error('already published');
     const pc = (this.pubPc = this._newPc());
     for (const track of mediaStream.getTracks()) {
-      pc.addTransceiver(track, { direction: 'sendonly', streams: [mediaStream] });
+      const transceiver = pc.addTransceiver(track, { direction: 'sendonly', streams: [mediaStream] });
+      if (videoCodec && track.kind === 'video') preferCodec(transceiver, videoCodec);
     }
     await pc.setLocalDescription(await pc.createOffer());
     await gatheringComplete(pc);
@@ -257,4 +260,12 @@ export class SfuClient extends EventTarget {
     this.subPc?.close();
     if (this.ws && this.ws.readyState <= WebSocket.OPEN) this.ws.close();
   }
+}
+
+function preferCodec(transceiver, name) {
+  const wanted = `video/${name}`.toLowerCase();
+  const codecs = RTCRtpSender.getCapabilities('video').codecs;
+  const first = codecs.filter((c) => c.mimeType.toLowerCase() === wanted);
+  if (!first.length) throw new Error(`this browser cannot send ${name}`);
+  transceiver.setCodecPreferences([...first, ...codecs.filter((c) => !first.includes(c))]);
 }

@@ -1,0 +1,154 @@
+"""The control channel of a live server: replies, errors, and isolation between sessions."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import msgpack
+import orjson
+import pytest
+
+from sfu.server import Server
+
+
+class Ws:
+    """A raw WebSocket client that speaks JSON or msgpack frames."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+
+    async def send(self, message: Any, binary: bool = False) -> None:
+        if binary:
+            await self.ws.send_bytes(msgpack.packb(message))
+        else:
+            await self.ws.send_str(orjson.dumps(message).decode())
+
+    async def recv(self, timeout: float = 5.0) -> dict[str, Any]:
+        frame = await self.ws.receive(timeout=timeout)
+        if frame.type == aiohttp.WSMsgType.BINARY:
+            return msgpack.unpackb(frame.data)  # type: ignore[no-any-return]
+        assert frame.type == aiohttp.WSMsgType.TEXT, f"unexpected frame {frame}"
+        return orjson.loads(frame.data)  # type: ignore[no-any-return]
+
+    async def request(self, message: dict[str, Any], binary: bool = False) -> dict[str, Any]:
+        await self.send(message, binary)
+        return await self.recv()
+
+
+@pytest.fixture
+async def connect(server: Server) -> AsyncIterator[Any]:
+    session = aiohttp.ClientSession()
+    sockets: list[aiohttp.ClientWebSocketResponse] = []
+
+    async def open_ws() -> Ws:
+        ws = await session.ws_connect(f"http://127.0.0.1:{server.port}/ws")
+        sockets.append(ws)
+        return Ws(ws)
+
+    yield open_ws
+    for ws in sockets:
+        await ws.close()
+    await session.close()
+
+
+async def test_ping_and_ids_are_echoed(connect: Any) -> None:
+    ws = await connect()
+    assert await ws.request({"type": "ping", "id": 7}) == {"type": "pong", "id": 7}
+    assert await ws.request({"type": "ping", "id": "x"}, binary=True) == {"type": "pong", "id": "x"}
+
+
+@pytest.mark.parametrize(
+    ("frame", "code", "field"),
+    [
+        ("{not json", "bad_message", None),
+        ("[1, 2]", "bad_message", None),
+        ('{"type": 5}', "bad_field", "type"),
+        ('{"type": "dance"}', "unknown_type", "type"),
+        ('{"type": "join", "name": "a"}', "bad_field", "room"),
+        ('{"type": "join", "room": "a b", "name": "a"}', "bad_field", "room"),
+        ('{"type": "join", "room": "r", "name": ""}', "bad_field", "name"),
+        ('{"type": "ping", "id": true}', "bad_field", "id"),
+        ('{"type": "publish", "sdp": "v=0"}', "not_joined", None),
+        ('{"type": "subscribe", "tracks": []}', "bad_field", "tracks"),
+    ],
+)
+async def test_malformed_messages_get_errors_and_the_session_stays_open(
+    connect: Any, frame: str, code: str, field: str | None
+) -> None:
+    ws = await connect()
+    await ws.ws.send_str(frame)
+    error = await ws.recv()
+    assert error["type"] == "error" and error["code"] == code, error
+    assert error.get("field") == field
+    assert error["message"]
+    assert await ws.request({"type": "ping"}) == {"type": "pong"}
+
+
+async def test_bad_msgpack_and_oversize_frames(connect: Any, server: Server) -> None:
+    ws = await connect()
+    await ws.ws.send_bytes(b"\xc1")  # never used in msgpack
+    assert (await ws.recv())["code"] == "bad_message"
+    await ws.send({"type": "ping", "pad": "x" * (server.config.server.max_message_bytes + 10)})
+    # aiohttp itself closes a socket whose frame exceeds max_msg_size; either way the
+    # server neither crashes nor accepts it.
+    frame = await ws.ws.receive(timeout=5)
+    assert frame.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+    other = await connect()
+    assert await other.request({"type": "ping"}) == {"type": "pong"}
+
+
+async def test_join_events_and_leave(connect: Any, server: Server) -> None:
+    alice, bob = await connect(), await connect()
+    joined = await alice.request({"type": "join", "room": "r1", "name": "alice", "id": 1})
+    assert joined["type"] == "joined" and joined["id"] == 1
+    assert joined["participant"]["name"] == "alice" and joined["participants"] == []
+    assert joined["tracks"] == [] and joined["ice_servers"] == []
+    bob_joined = await bob.request({"type": "join", "room": "r1", "name": "bob"}, binary=True)
+    assert bob_joined["participants"] == [joined["participant"]]
+    assert await alice.recv() == {"type": "participant_joined",
+                                  "participant": bob_joined["participant"]}
+    again = await alice.request({"type": "join", "room": "r1", "name": "alice"})
+    assert again["code"] == "already_joined"
+    unknown = await alice.request({"type": "subscribe", "tracks": ["TR_nope"]})
+    assert unknown["code"] == "unknown_track"
+    assert (await bob.request({"type": "leave", "id": 9}, binary=True)) == {"type": "left", "id": 9}
+    assert await alice.recv() == {"type": "participant_left",
+                                  "participant": bob_joined["participant"]["id"]}
+    assert list(server.rooms) == ["r1"] and len(server.peers) == 1
+
+
+async def test_bad_sdp_is_an_error_not_a_crash(connect: Any) -> None:
+    ws = await connect()
+    await ws.request({"type": "join", "room": "r2", "name": "a"})
+    reply = await ws.request({"type": "publish", "sdp": "v=0\r\nnonsense\r\n", "id": 3})
+    assert reply["type"] == "error" and reply["code"] == "negotiation_failed" and reply["id"] == 3
+    reply = await ws.request({"type": "answer", "sdp": "v=0\r\n"})
+    assert reply["code"] == "negotiation_failed"
+    assert await ws.request({"type": "ping"}) == {"type": "pong"}
+
+
+async def test_room_full(connect: Any, server: Server) -> None:
+    server.config.rooms.max_participants = 1
+    first, second = await connect(), await connect()
+    await first.request({"type": "join", "room": "small", "name": "a"})
+    assert (await second.request({"type": "join", "room": "small", "name": "b"}))["code"] == (
+        "room_full")
+
+
+async def test_disconnect_without_leave_cleans_up(connect: Any, server: Server) -> None:
+    alice, bob = await connect(), await connect()
+    await alice.request({"type": "join", "room": "r3", "name": "alice"})
+    await bob.request({"type": "join", "room": "r3", "name": "bob"})
+    await alice.recv()  # participant_joined
+    await bob.ws.close()
+    left = await alice.recv()
+    assert left["type"] == "participant_left"
+    await alice.ws.close()
+    for _ in range(50):
+        if not server.rooms:
+            break
+        await asyncio.sleep(0.05)
+    assert server.rooms == {} and server.peers == {}

@@ -1,0 +1,67 @@
+"""Explicit subscribe/unsubscribe with auto-subscribe off, and keyframes for late joiners."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from aiortc import VideoStreamTrack
+
+from sfu.client import Client
+from sfu.server import Server
+from tests.conftest import make_config, requires_isolated_network
+
+pytestmark = requires_isolated_network
+
+
+async def test_subscribe_unsubscribe_resubscribe() -> None:
+    config = make_config()
+    config.rooms.auto_subscribe = False
+    server = Server(config)
+    await server.start()
+    url = f"ws://127.0.0.1:{server.port}/ws"
+    alice = Client(url, room="subs", name="alice")
+    bob = Client(url, room="subs", name="bob")
+    try:
+        await alice.join()
+        await bob.join()
+        answer = await alice.publish([VideoStreamTrack()])
+        (track,) = answer["tracks"]
+        published = await bob.next_event("track_published")
+        assert published["track"] == track
+        await asyncio.sleep(3.0)  # the publisher's first keyframe is long gone
+        assert bob.subscribe_pc is None and bob.tracks.empty()  # nothing without subscribe
+
+        started = time.monotonic()
+        await bob.send({"type": "subscribe", "tracks": [track["id"]]})
+        info, remote = await bob.next_track()
+        assert info.track_id == track["id"]
+        await asyncio.wait_for(remote.recv(), 5)
+        first_frame_s = time.monotonic() - started
+        print(f"late subscriber: first decoded frame {first_frame_s:.2f} s after subscribe")
+        # Subscribe, offer/answer, ICE, DTLS, keyframe request, keyframe, decode.
+        assert first_frame_s < 1.0
+        counters = server.forwarder.counters()
+        assert counters["keyframe_requests_sent"] >= 1
+
+        bob_peer = server.peers[bob.participant_id or ""]
+        subscription = bob_peer.subscriptions[track["id"]]
+        sent_before = server.forwarder.consumer_stats(subscription.consumer)[0]
+        assert sent_before > 0
+        await bob.send({"type": "unsubscribe", "tracks": [track["id"]]})
+        for _ in range(50):
+            await asyncio.sleep(0.05)
+            if not bob_peer.offer_outstanding and track["id"] not in bob_peer.subscriptions:
+                break
+        assert track["id"] not in bob_peer.subscriptions
+        assert server.forwarder.consumer_stats(subscription.consumer) == (0, 0)  # removed
+        assert subscription.transceiver.direction == "inactive"
+
+        await bob.send({"type": "subscribe", "tracks": [track["id"]]})
+        info2, remote2 = await bob.next_track()
+        assert info2.track_id == track["id"] and info2.mid != info.mid  # a fresh m-line
+        await asyncio.wait_for(remote2.recv(), 5)
+    finally:
+        await alice.close()
+        await bob.close()
+        await server.stop()
