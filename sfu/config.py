@@ -152,10 +152,10 @@ def load(path: str | Path | None = None, env: Mapping[str, str] | None = None) -
     config = Config()
     if path is not None:
         try:
-            data = tomllib.loads(Path(path).read_text())
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except OSError as exc:
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
-        except tomllib.TOMLDecodeError as exc:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: {exc}") from exc
         _apply_mapping(config, data, str(path))
     _apply_env(config, os.environ if env is None else env)

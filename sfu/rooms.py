@@ -151,10 +151,11 @@ class Room:
         """Subscribe to tracks; already-subscribed ones are left as they are."""
         participant = self._participant(participant_id)
         tracks = [self._track(t) for t in track_ids]
-        events: list[Event] = []
         for track in tracks:
             if track.participant == participant_id:
                 raise RoomError("bad_field", f"cannot subscribe to own track {track.id}")
+        events: list[Event] = []
+        for track in tracks:
             if track.id not in participant.subscriptions:
                 participant.subscriptions.add(track.id)
                 events.append(Subscribed(self.name, participant_id, track))

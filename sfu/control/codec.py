@@ -12,7 +12,10 @@ from sfu.control.schema import ProtocolError
 
 def decode(frame: str | bytes, max_bytes: int) -> Any:
     """The object in a frame: ``str`` is JSON, ``bytes`` is msgpack."""
-    if len(frame) > max_bytes:
+    # A str's UTF-8 form is at least as long as the str: count its bytes only when it may fit.
+    if len(frame) > max_bytes or (
+        isinstance(frame, str) and len(frame.encode("utf-8", "surrogatepass")) > max_bytes
+    ):
         raise ProtocolError("bad_message", f"message larger than {max_bytes} bytes")
     if isinstance(frame, str):
         try:

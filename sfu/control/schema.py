@@ -64,7 +64,11 @@ def _candidate(value: Any) -> str | None:
         and (value.get("sdpMid") is None or isinstance(value.get("sdpMid"), str))
         and (
             value.get("sdpMLineIndex") is None
-            or (isinstance(value.get("sdpMLineIndex"), int) and value["sdpMLineIndex"] >= 0)
+            or (
+                isinstance(value.get("sdpMLineIndex"), int)
+                and not isinstance(value["sdpMLineIndex"], bool)
+                and value["sdpMLineIndex"] >= 0
+            )
         )
     ):
         return None
