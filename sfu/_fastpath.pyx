@@ -1,15 +1,131 @@
-# cython: language_level=3
-"""The Cython fast path. So far: the sequence/time arithmetic in C.
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""The Cython forwarder: ``sfu.forwarder.Forwarder``'s interface and rules, in C.
 
-The Cython ``Forwarder`` (libsrtp called from C, pooled buffers, sendto from C) is
-the next step (issue #4). Until it exists ``sfu.forwarding`` selects the pure-Python
-``sfu.forwarder.Forwarder`` and says why.
+Per incoming packet: one copy into a pooled buffer, libsrtp unprotect in place (the
+libsrtp pylibsrtp bundles, called through the C pointers its cffi binding exposes),
+then per Consumer: one copy into the send buffer, header rewrite, libsrtp protect in
+place, ``sendto`` from C on the subscriber's ICE socket. No Python object is created
+per outgoing packet (except on TURN-relayed endpoints, which have no plain socket).
+
+The pure-Python twin is the reference: tests/test_forwarder_diff.py holds the two to
+byte-identical output and identical counters.
 """
 
-from libc.stdint cimport int64_t, uint16_t, uint32_t, uint64_t
+import socket
+import struct
 
-# False until this module has a Forwarder with the twin's interface.
-HAS_FORWARDER = False
+from libc.stdint cimport int16_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
+from libc.string cimport memcpy, memset
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+
+from sfu import rtp as _rtp
+
+cdef extern from "<sys/socket.h>" nogil:
+    struct sockaddr:
+        pass
+    ssize_t c_sendto "sendto" (int fd, const void *buf, size_t n, int flags,
+                               const sockaddr *addr, unsigned int addrlen)
+    int MSG_DONTWAIT
+
+HAS_FORWARDER = True
+
+# -- constants shared with sfu/rtp.py (one source of truth, read at import) -------------
+
+cdef int OK = _rtp.OK
+cdef int DROP_TOO_SHORT = _rtp.DROP_TOO_SHORT
+cdef int DROP_BAD_VERSION = _rtp.DROP_BAD_VERSION
+cdef int DROP_BAD_HEADER = _rtp.DROP_BAD_HEADER
+cdef int DROP_UNKNOWN_ENDPOINT = _rtp.DROP_UNKNOWN_ENDPOINT
+cdef int DROP_SRTP_FAIL = _rtp.DROP_SRTP_FAIL
+cdef int DROP_UNKNOWN_SSRC = _rtp.DROP_UNKNOWN_SSRC
+cdef int DROP_BAD_RTCP = _rtp.DROP_BAD_RTCP
+cdef int DROP_TOO_LONG = _rtp.DROP_TOO_LONG
+cdef int C_SENT = _rtp.C_SENT
+cdef int C_SENT_BYTES = _rtp.C_SENT_BYTES
+cdef int C_SKIP_PAYLOAD_TYPE = _rtp.C_SKIP_PAYLOAD_TYPE
+cdef int C_SKIP_WAITING_KEYFRAME = _rtp.C_SKIP_WAITING_KEYFRAME
+cdef int C_SKIP_BEFORE_START = _rtp.C_SKIP_BEFORE_START
+cdef int C_SEND_ERROR = _rtp.C_SEND_ERROR
+cdef int C_PROTECT_ERROR = _rtp.C_PROTECT_ERROR
+cdef int C_RTP_IN = _rtp.C_RTP_IN
+cdef int C_RTCP_IN = _rtp.C_RTCP_IN
+cdef int C_KEYFRAME_REQUESTS_SENT = _rtp.C_KEYFRAME_REQUESTS_SENT
+cdef int C_KEYFRAME_REQUESTS_THROTTLED = _rtp.C_KEYFRAME_REQUESTS_THROTTLED
+cdef int C_NACK_IN = _rtp.C_NACK_IN
+cdef int C_RR_IN = _rtp.C_RR_IN
+cdef int C_SR_IN = _rtp.C_SR_IN
+cdef int C_REMB_IN = _rtp.C_REMB_IN
+cdef int C_SKIP_NOT_CONNECTED = _rtp.C_SKIP_NOT_CONNECTED
+cdef int C_SKIP_TOO_LONG = _rtp.C_SKIP_TOO_LONG
+cdef int N_COUNTERS = len(_rtp.COUNTER_NAMES)
+cdef int MAX_PACKET_SIZE = _rtp.MAX_PACKET_SIZE
+cdef int MAX_PROTECT_SIZE = _rtp.MAX_PROTECT_SIZE
+cdef int CODEC_VP8 = _rtp.CODEC_VP8
+cdef int CODEC_H264 = _rtp.CODEC_H264
+cdef uint32_t SFU_RTCP_SSRC = _rtp.SFU_RTCP_SSRC
+assert N_COUNTERS <= 64, "Forwarder._counters is too small"
+
+# -- libsrtp, from pylibsrtp's cffi binding -------------------------------------------
+
+cdef srtp_fn c_protect = NULL
+cdef srtp_fn c_unprotect = NULL
+cdef srtp_fn c_protect_rtcp = NULL
+cdef srtp_fn c_unprotect_rtcp = NULL
+
+
+def _bind_libsrtp():
+    """Take libsrtp's C entry points from pylibsrtp, checking the declared signatures."""
+    global c_protect, c_unprotect, c_protect_rtcp, c_unprotect_rtcp
+    from pylibsrtp._binding import ffi, lib
+
+    expected = "srtp_err_status_t(*)(struct srtp_ctx_t_ *, void *, int *)"
+    pointers = []
+    for name in ("srtp_protect", "srtp_unprotect", "srtp_protect_rtcp", "srtp_unprotect_rtcp"):
+        function = ffi.addressof(lib, name)
+        if ffi.typeof(function).cname != expected:
+            raise ImportError(f"pylibsrtp declares {name} as {ffi.typeof(function).cname}")
+        pointers.append(int(ffi.cast("uintptr_t", function)))
+    cdef uintptr_t address
+    address = pointers[0]
+    c_protect = <srtp_fn>address
+    address = pointers[1]
+    c_unprotect = <srtp_fn>address
+    address = pointers[2]
+    c_protect_rtcp = <srtp_fn>address
+    address = pointers[3]
+    c_unprotect_rtcp = <srtp_fn>address
+
+
+_bind_libsrtp()
+
+
+cdef void *_srtp_ctx(object session) except? NULL:
+    """The srtp_t inside a pylibsrtp Session."""
+    from pylibsrtp._binding import ffi
+
+    return <void *><uintptr_t>int(ffi.cast("uintptr_t", session._srtp[0]))
+
+
+# -- small helpers ----------------------------------------------------------------------
+
+cdef inline uint16_t _u16(const uint8_t *p) noexcept nogil:
+    return (p[0] << 8) | p[1]
+
+
+cdef inline uint32_t _u32(const uint8_t *p) noexcept nogil:
+    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
+
+
+cdef inline void _put16(uint8_t *p, uint16_t v) noexcept nogil:
+    p[0] = v >> 8
+    p[1] = v & 0xFF
+
+
+cdef inline void _put32(uint8_t *p, uint32_t v) noexcept nogil:
+    p[0] = v >> 24
+    p[1] = (v >> 16) & 0xFF
+    p[2] = (v >> 8) & 0xFF
+    p[3] = v & 0xFF
 
 
 cdef inline int64_t c_extend_seq(int64_t highest, uint16_t seq) noexcept nogil:
@@ -24,6 +140,60 @@ cdef inline uint32_t c_abs_send_time(uint64_t now_us) noexcept nogil:
     return <uint32_t>(((now_us % 64000000) << 18) // 1000000)
 
 
+cdef bint _vp8_keyframe_start(const uint8_t *p, int size) noexcept nogil:
+    # RFC 7741 §4.2 payload descriptor, then §4.3 payload header (P bit 0 = keyframe).
+    if size < 1:
+        return False
+    cdef uint8_t first = p[0]
+    if not (first & 0x10) or (first & 0x07):
+        return False
+    cdef int pos = 1
+    cdef uint8_t ext
+    if first & 0x80:
+        if pos >= size:
+            return False
+        ext = p[pos]
+        pos += 1
+        if ext & 0x80:
+            if pos >= size:
+                return False
+            pos += 2 if p[pos] & 0x80 else 1
+        if ext & 0x40:
+            pos += 1
+        if ext & 0x30:
+            pos += 1
+    return pos < size and not (p[pos] & 0x01)
+
+
+cdef bint _h264_keyframe(const uint8_t *p, int size) noexcept nogil:
+    # RFC 6184 §5: IDR (5) or SPS (7), alone, in a STAP-A (24) or starting an FU-A (28).
+    if size < 1:
+        return False
+    cdef int nal_type = p[0] & 0x1F
+    cdef int pos, nal_size
+    if nal_type == 5 or nal_type == 7:
+        return True
+    if nal_type == 24:
+        pos = 1
+        while pos + 2 < size:
+            nal_size = (p[pos] << 8) | p[pos + 1]
+            if (p[pos + 2] & 0x1F) == 5 or (p[pos + 2] & 0x1F) == 7:
+                return True
+            pos += 2 + nal_size
+        return False
+    if nal_type == 28 and size >= 2:
+        return (p[1] & 0x80) != 0 and ((p[1] & 0x1F) == 5 or (p[1] & 0x1F) == 7)
+    return False
+
+
+cdef bint _is_keyframe_start(int codec, const uint8_t *p, int size) noexcept nogil:
+    if codec == CODEC_VP8:
+        return _vp8_keyframe_start(p, size)
+    if codec == CODEC_H264:
+        return _h264_keyframe(p, size)
+    return True
+
+
 def extend_seq(int64_t highest, int seq):
     """Same contract as ``sfu.rtp.extend_seq`` (RFC 3550 A.1)."""
     return c_extend_seq(highest, <uint16_t>(seq & 0xFFFF))
@@ -32,3 +202,591 @@ def extend_seq(int64_t highest, int seq):
 def abs_send_time(uint64_t now_us):
     """Same contract as ``sfu.rtp.abs_send_time``."""
     return c_abs_send_time(now_us)
+
+
+def _sockaddr(addr):
+    """A sockaddr_in / sockaddr_in6 for (host, port), as the kernel wants it."""
+    host, port = addr[0], addr[1]
+    try:
+        packed = socket.inet_pton(socket.AF_INET, host)
+        return struct.pack("=H", socket.AF_INET) + struct.pack("!H", port) + packed + bytes(8)
+    except OSError:
+        packed = socket.inet_pton(socket.AF_INET6, host)
+        return (struct.pack("=H", socket.AF_INET6) + struct.pack("!HI", port, 0) + packed
+                + struct.pack("=I", 0))
+
+
+# -- tables -----------------------------------------------------------------------------
+
+cdef class _Endpoint:
+    pass
+
+
+cdef class _Producer:
+    pass
+
+
+cdef class _Consumer:
+    pass
+
+
+cdef class Forwarder:
+    """Routes diverted SRTP between endpoints. Same interface as ``sfu.forwarder.Forwarder``."""
+
+    implementation = "cython"
+
+    def __init__(self, int64_t keyframe_request_interval_us=500_000):
+        self.keyframe_request_interval_us = keyframe_request_interval_us
+        self._endpoints = {}
+        self._producers = {}
+        self._consumers = {}
+        memset(self._counters, 0, sizeof(self._counters))
+
+    def add_endpoint(self, int64_t endpoint, rx, tx, sendto, int fd, addr):
+        """Register a transport: pylibsrtp sessions, and where to send.
+
+        With ``fd`` >= 0 packets go out by ``sendto(2)`` on that socket to ``addr``;
+        with -1 (a TURN allocation) through the ``sendto`` callable.
+        """
+        cdef _Endpoint ep = _Endpoint()
+        cdef bytes sa = _sockaddr(addr)
+        ep.id = endpoint
+        ep.rx_session = rx
+        ep.tx_session = tx
+        ep.rx_ctx = _srtp_ctx(rx)
+        ep.tx_ctx = _srtp_ctx(tx)
+        ep.py_sendto = sendto
+        ep.addr = addr
+        ep.fd = fd
+        memcpy(ep.sockaddr, PyBytes_AS_STRING(sa), len(sa))
+        ep.sockaddr_len = len(sa)
+        ep.producers = []
+        ep.consumers = []
+        self.remove_endpoint(endpoint)
+        self._endpoints[endpoint] = ep
+        # Bind the tables that name this endpoint, so no lookup happens per packet.
+        cdef _Producer prod
+        cdef _Consumer cons
+        for prod in self._producers.values():
+            if prod.endpoint_id == endpoint:
+                prod.endpoint = ep
+                ep.producers.append(prod)
+        for cons in self._consumers.values():
+            if cons.endpoint_id == endpoint:
+                cons.endpoint = ep
+                ep.consumers.append(cons)
+
+    def remove_endpoint(self, int64_t endpoint):
+        cdef _Endpoint ep = self._endpoints.pop(endpoint, None)
+        cdef _Producer prod
+        cdef _Consumer cons
+        if ep is None:
+            return
+        for prod in ep.producers:
+            prod.endpoint = None
+        for cons in ep.consumers:
+            cons.endpoint = None
+        ep.producers = []
+        ep.consumers = []
+
+    def add_producer(self, int64_t producer, int64_t endpoint, uint32_t ssrc, int codec):
+        if producer in self._producers:
+            raise ValueError(f"producer {producer} exists")
+        cdef _Producer prod = _Producer()
+        prod.id = producer
+        prod.endpoint_id = endpoint
+        prod.ssrc = ssrc
+        prod.codec = codec
+        prod.consumers = []
+        prod.requested = False
+        prod.endpoint = self._endpoints.get(endpoint)
+        if prod.endpoint is not None:
+            prod.endpoint.producers.append(prod)
+        self._producers[producer] = prod
+
+    def remove_producer(self, int64_t producer):
+        cdef _Producer prod = self._producers.pop(producer, None)
+        cdef _Consumer cons
+        if prod is None:
+            return
+        if prod.endpoint is not None:
+            prod.endpoint.producers.remove(prod)
+        for cons in list(prod.consumers):
+            self.remove_consumer(cons.id)
+
+    def add_consumer(self, int64_t consumer, int64_t producer, int64_t endpoint, uint32_t ssrc,
+                     bint is_video, dict payload_types, dict ext_map, bytes mid, int mid_id,
+                     int abs_send_time_id, int seq_base, int64_t ts_base):
+        """Forward ``producer`` to ``endpoint`` as SSRC ``ssrc`` (see the twin's docstring)."""
+        if consumer in self._consumers:
+            raise ValueError(f"consumer {consumer} exists")
+        cdef _Producer prod = self._producers.get(producer)
+        if prod is None:
+            raise ValueError(f"unknown producer {producer}")
+        _rtp.check_consumer_tables(payload_types, ext_map, mid, mid_id, abs_send_time_id)
+        cdef _Consumer cons = _Consumer()
+        cons.id = consumer
+        cons.endpoint_id = endpoint
+        cons.producer = prod
+        cons.ssrc = ssrc
+        cons.is_video = is_video
+        for i in range(128):
+            cons.payload_types[i] = -1
+        for key, value in payload_types.items():
+            cons.payload_types[key] = value
+        memset(cons.ext_map, 0, sizeof(cons.ext_map))
+        for key, value in ext_map.items():
+            cons.ext_map[key] = value
+        memcpy(cons.mid, PyBytes_AS_STRING(mid), len(mid))
+        cons.mid_len = len(mid)
+        cons.mid_id = mid_id
+        cons.abs_send_time_id = abs_send_time_id
+        cons.seq_base = seq_base & 0xFFFF
+        cons.ts_base = ts_base & 0xFFFFFFFF
+        cons.started = False
+        cons.start_ext_seq = 0
+        cons.highest_ext_seq = 0
+        cons.ts_offset = 0
+        cons.packets_sent = 0
+        cons.bytes_sent = 0
+        cons.endpoint = self._endpoints.get(endpoint)
+        if cons.endpoint is not None:
+            cons.endpoint.consumers.append(cons)
+        self._consumers[consumer] = cons
+        prod.consumers.append(cons)
+
+    def remove_consumer(self, int64_t consumer):
+        cdef _Consumer cons = self._consumers.pop(consumer, None)
+        if cons is None:
+            return
+        if cons.endpoint is not None:
+            cons.endpoint.consumers.remove(cons)
+        cons.producer.consumers.remove(cons)
+
+    # -- observation ------------------------------------------------------------------
+
+    def counters(self):
+        return {name: self._counters[i] for i, name in enumerate(_rtp.COUNTER_NAMES)}
+
+    def consumer_stats(self, int64_t consumer):
+        """(packets, bytes) sent to a consumer; (0, 0) when it does not exist."""
+        cdef _Consumer cons = self._consumers.get(consumer)
+        if cons is None:
+            return (0, 0)
+        return (cons.packets_sent, cons.bytes_sent)
+
+    def consumer_started(self, int64_t consumer):
+        cdef _Consumer cons = self._consumers.get(consumer)
+        return cons is not None and cons.started
+
+    def buffer_pool(self):
+        """The forwarder's buffers: allocated once, never grown per packet."""
+        return {"buffers": 3, "bytes": 3 * BUFFER_SIZE}
+
+    # -- the packet path --------------------------------------------------------------
+
+    def handle_packet(self, endpoint, bytes data, int64_t now_us):
+        """Take one SRTP or SRTCP datagram from ``endpoint``; return OK or a DROP_* reason.
+
+        ``endpoint`` stays the caller's int object: converting it to C and back for
+        the table lookup would allocate a new int per packet.
+        """
+        cdef int length = PyBytes_GET_SIZE(data)
+        cdef int status
+        cdef _Endpoint ep
+        if length < 12:
+            status = DROP_TOO_SHORT
+        elif length > MAX_PACKET_SIZE:
+            status = DROP_TOO_LONG
+        elif (<uint8_t>PyBytes_AS_STRING(data)[0]) >> 6 != 2:
+            status = DROP_BAD_VERSION
+        else:
+            ep = self._endpoints.get(endpoint)
+            if ep is None:
+                status = DROP_UNKNOWN_ENDPOINT
+            else:
+                # The one copy of the incoming packet: libsrtp decrypts in place.
+                memcpy(self._rx, PyBytes_AS_STRING(data), length)
+                status = self._handle(ep, length, now_us)
+        self._counters[status] += 1
+        return status
+
+    def request_keyframe(self, int64_t producer, int64_t now_us):
+        """Ask the publisher for a keyframe (PLI), unless one was asked for too recently."""
+        cdef _Producer prod = self._producers.get(producer)
+        if prod is None:
+            return False
+        return self._request_keyframe(prod, now_us)
+
+    cdef int _handle(self, _Endpoint ep, int length, int64_t now_us):
+        cdef uint8_t *p = self._rx
+        cdef int n = length
+        if 192 <= p[1] <= 223:  # RTCP (RFC 5761 §4)
+            self._counters[C_RTCP_IN] += 1
+            if c_unprotect_rtcp(ep.rx_ctx, p, &n) != 0:
+                return DROP_SRTP_FAIL
+            return self._handle_rtcp(ep, n, now_us)
+        self._counters[C_RTP_IN] += 1
+        if c_unprotect(ep.rx_ctx, p, &n) != 0:
+            return DROP_SRTP_FAIL
+        # Header layout (RFC 3550 §5.1), as sfu.rtp.parse_header.
+        if n < 12:
+            return DROP_TOO_SHORT
+        if p[0] >> 6 != 2:
+            return DROP_BAD_VERSION
+        cdef int offset = 12 + 4 * (p[0] & 0x0F)
+        cdef int ext_profile = 0, ext_offset = 0, ext_length = 0
+        if p[0] & 0x10:
+            if offset + 4 > n:
+                return DROP_BAD_HEADER
+            ext_profile = _u16(p + offset)
+            ext_length = 4 * _u16(p + offset + 2)
+            ext_offset = offset + 4
+            offset = ext_offset + ext_length
+        if offset > n:
+            return DROP_BAD_HEADER
+        cdef int end = n
+        cdef int padding
+        if p[0] & 0x20:
+            padding = p[n - 1]
+            if padding == 0 or offset + padding > n:
+                return DROP_BAD_HEADER
+            end = n - padding
+        # Find the Producer: an SSRC only counts on the endpoint that publishes it.
+        cdef uint32_t ssrc = _u32(p + 8)
+        cdef _Producer prod = None
+        cdef _Producer candidate
+        for candidate in ep.producers:
+            if candidate.ssrc == ssrc:
+                prod = candidate
+                break
+        if prod is None:
+            return DROP_UNKNOWN_SSRC
+        # Extension elements (RFC 8285), as sfu.rtp.read_extensions.
+        cdef int pos = ext_offset, ext_end = ext_offset + ext_length, count = 0
+        cdef int ext_id, el_length
+        if ext_profile == 0xBEDE:
+            while pos < ext_end:
+                if p[pos] == 0:
+                    pos += 1
+                    continue
+                ext_id = p[pos] >> 4
+                if ext_id == 15:
+                    break
+                el_length = (p[pos] & 0x0F) + 1
+                if pos + 1 + el_length > ext_end:
+                    return DROP_BAD_HEADER
+                self._el_id[count] = ext_id
+                self._el_offset[count] = pos + 1
+                self._el_length[count] = el_length
+                count += 1
+                pos += 1 + el_length
+        elif (ext_profile & 0xFFF0) == 0x1000:
+            while pos < ext_end:
+                ext_id = p[pos]
+                if ext_id == 0:
+                    pos += 1
+                    continue
+                if pos + 2 > ext_end:
+                    return DROP_BAD_HEADER
+                el_length = p[pos + 1]
+                if pos + 2 + el_length > ext_end:
+                    return DROP_BAD_HEADER
+                self._el_id[count] = ext_id
+                self._el_offset[count] = pos + 2
+                self._el_length[count] = el_length
+                count += 1
+                pos += 2 + el_length
+        self._el_count = count
+        cdef _Consumer cons
+        for cons in prod.consumers:
+            self._forward(cons, n, offset, end, now_us)
+        return OK
+
+    cdef void _forward(self, _Consumer cons, int length, int payload_offset, int payload_end,
+                       int64_t now_us):
+        cdef uint64_t *counters = self._counters
+        cdef _Endpoint ep = cons.endpoint
+        if ep is None:  # the subscriber's DTLS has not completed yet
+            counters[C_SKIP_NOT_CONNECTED] += 1
+            return
+        cdef const uint8_t *src = self._rx
+        cdef int out_pt = cons.payload_types[src[1] & 0x7F]
+        if out_pt < 0:
+            counters[C_SKIP_PAYLOAD_TYPE] += 1
+            return
+        cdef uint16_t seq = _u16(src + 2)
+        cdef uint32_t timestamp = _u32(src + 4)
+        if not cons.started:
+            if cons.is_video and not _is_keyframe_start(
+                    cons.producer.codec, src + payload_offset, payload_end - payload_offset):
+                counters[C_SKIP_WAITING_KEYFRAME] += 1
+                self._request_keyframe(cons.producer, now_us)
+                return
+            cons.started = True
+            cons.start_ext_seq = cons.highest_ext_seq = 0x10000 + seq
+            cons.ts_offset = cons.ts_base - timestamp
+        cdef int64_t ext_seq = c_extend_seq(cons.highest_ext_seq, seq)
+        if ext_seq < cons.start_ext_seq:
+            counters[C_SKIP_BEFORE_START] += 1
+            return
+        if ext_seq > cons.highest_ext_seq:
+            cons.highest_ext_seq = ext_seq
+
+        # Size first, so nothing is written past the buffer: rewriting can grow a packet
+        # (a longer mid, one-byte elements turned two-byte).
+        cdef int i, out_id, value_length
+        cdef int count = self._el_count
+        cdef int body = 0, elements = 0
+        cdef bint one_byte = True
+        for i in range(count):
+            out_id = cons.ext_map[self._el_id[i]]
+            if out_id == 0:
+                continue
+            if out_id == cons.mid_id:
+                value_length = cons.mid_len
+            elif out_id == cons.abs_send_time_id:
+                value_length = 3
+            else:
+                value_length = self._el_length[i]
+            if not (1 <= out_id <= 14 and 1 <= value_length <= 16):
+                one_byte = False
+            elements += 1
+            body += value_length
+        cdef int header_end = 12 + 4 * (src[0] & 0x0F)
+        cdef int ext_block = 0
+        if elements:
+            body += elements if one_byte else 2 * elements
+            body = (body + 3) & ~3
+            ext_block = 4 + body
+        cdef int out_length = header_end + ext_block + (length - payload_offset)
+        if out_length > MAX_PROTECT_SIZE:
+            counters[C_SKIP_TOO_LONG] += 1
+            return
+
+        # The one copy per subscriber: SRTP encrypts in place and keys differ per Consumer.
+        cdef uint8_t *out = self._tx
+        memcpy(out, src, header_end)
+        out[0] = (src[0] & ~0x10) | (0x10 if elements else 0)
+        out[1] = (src[1] & 0x80) | out_pt
+        _put16(out + 2, <uint16_t>((ext_seq - cons.start_ext_seq + cons.seq_base) & 0xFFFF))
+        _put32(out + 4, timestamp + cons.ts_offset)
+        _put32(out + 8, cons.ssrc)
+        cdef int pos = header_end
+        cdef uint32_t send_time
+        if elements:
+            _put16(out + pos, 0xBEDE if one_byte else 0x1000)
+            _put16(out + pos + 2, body // 4)
+            pos += 4
+            for i in range(count):
+                out_id = cons.ext_map[self._el_id[i]]
+                if out_id == 0:
+                    continue
+                if one_byte:
+                    pos += 1  # the id/length byte is written below, once the length is known
+                else:
+                    out[pos] = out_id
+                    pos += 2
+                if out_id == cons.mid_id:
+                    value_length = cons.mid_len
+                    memcpy(out + pos, cons.mid, value_length)
+                elif out_id == cons.abs_send_time_id:
+                    value_length = 3
+                    send_time = c_abs_send_time(now_us)
+                    out[pos] = send_time >> 16
+                    out[pos + 1] = (send_time >> 8) & 0xFF
+                    out[pos + 2] = send_time & 0xFF
+                else:
+                    value_length = self._el_length[i]
+                    memcpy(out + pos, src + self._el_offset[i], value_length)
+                if one_byte:
+                    out[pos - 1] = (out_id << 4) | (value_length - 1)
+                else:
+                    out[pos - 1] = value_length
+                pos += value_length
+            while pos < header_end + ext_block:
+                out[pos] = 0
+                pos += 1
+        memcpy(out + pos, src + payload_offset, length - payload_offset)
+
+        cdef int n = out_length
+        if c_protect(ep.tx_ctx, out, &n) != 0:
+            counters[C_PROTECT_ERROR] += 1
+            return
+        if self._send(ep, out, n) != 0:
+            counters[C_SEND_ERROR] += 1
+            return
+        cons.packets_sent += 1
+        cons.bytes_sent += n
+        counters[C_SENT] += 1
+        counters[C_SENT_BYTES] += n
+
+    cdef int _handle_rtcp(self, _Endpoint ep, int length, int64_t now_us):
+        cdef const uint8_t *p = self._rx
+        cdef int pos = 0, packet_length
+        # Validate the whole compound first, as sfu.rtp.iter_rtcp does.
+        while pos < length:
+            if pos + 4 > length or p[pos] >> 6 != 2:
+                return DROP_BAD_RTCP
+            packet_length = 4 * (_u16(p + pos + 2) + 1)
+            if pos + packet_length > length:
+                return DROP_BAD_RTCP
+            pos += packet_length
+        cdef int packet_type, fmt, ssrc_offset
+        cdef uint32_t ssrc
+        cdef _Consumer cons, candidate
+        pos = 0
+        while pos < length:
+            packet_type = p[pos + 1]
+            fmt = p[pos] & 0x1F
+            packet_length = 4 * (_u16(p + pos + 2) + 1)
+            if packet_type == 206 and (fmt == 1 or fmt == 4):
+                # PLI names the media SSRC at +8; FIR names it in each FCI entry (+12).
+                ssrc_offset = pos + (8 if fmt == 1 else 12)
+                if ssrc_offset + 4 > pos + packet_length:
+                    return DROP_BAD_RTCP
+                ssrc = _u32(p + ssrc_offset)
+                cons = None
+                for candidate in ep.consumers:
+                    if candidate.ssrc == ssrc:
+                        cons = candidate
+                        break
+                if cons is not None:
+                    self._request_keyframe(cons.producer, now_us)
+            elif packet_type == 206 and fmt == 15:
+                self._counters[C_REMB_IN] += 1
+            elif packet_type == 205 and fmt == 1:
+                self._counters[C_NACK_IN] += 1
+            elif packet_type == 201:
+                self._counters[C_RR_IN] += 1
+            elif packet_type == 200:
+                self._counters[C_SR_IN] += 1
+            pos += packet_length
+        return OK
+
+    cdef bint _request_keyframe(self, _Producer prod, int64_t now_us):
+        if prod.requested and now_us - prod.last_keyframe_request_us < (
+                self.keyframe_request_interval_us):
+            self._counters[C_KEYFRAME_REQUESTS_THROTTLED] += 1
+            return False
+        cdef _Endpoint ep = prod.endpoint
+        if ep is None:
+            return False
+        prod.requested = True
+        prod.last_keyframe_request_us = now_us
+        self._counters[C_KEYFRAME_REQUESTS_SENT] += 1
+        # Picture Loss Indication (RFC 4585 §6.3.1): PSFB, FMT 1, no FCI.
+        cdef uint8_t *out = self._rtcp
+        out[0] = 0x81
+        out[1] = 206
+        _put16(out + 2, 2)
+        _put32(out + 4, SFU_RTCP_SSRC)
+        _put32(out + 8, prod.ssrc)
+        cdef int n = 12
+        if c_protect_rtcp(ep.tx_ctx, out, &n) != 0:
+            self._counters[C_PROTECT_ERROR] += 1
+        elif self._send(ep, out, n) != 0:
+            self._counters[C_SEND_ERROR] += 1
+        return True
+
+    cdef int _send(self, _Endpoint ep, uint8_t *data, int length):
+        """0 when sent; -1 when the socket refused it (full buffer: dropped, as UDP may)."""
+        cdef ssize_t sent
+        if ep.fd >= 0:
+            sent = c_sendto(ep.fd, data, length, MSG_DONTWAIT, <const sockaddr *>ep.sockaddr,
+                            ep.sockaddr_len)
+            return 0 if sent == length else -1
+        try:
+            ep.py_sendto(PyBytes_FromStringAndSize(<char *>data, length), ep.addr)
+        except OSError:
+            return -1
+        return 0
+
+
+# -- the floor, for bench/fastpath.py ---------------------------------------------------
+
+def floor_forward(list packets, list sessions, list fds, list addrs):
+    """What forwarding cannot go below: per (packet, subscriber) one copy, one libsrtp
+    protect and one sendto, with no parsing or rewriting. Returns packets sent.
+
+    ``packets`` are plaintext RTP; each subscriber gets every packet with the same
+    sequence number, which libsrtp accepts from sessions with allow_repeat_tx.
+    """
+    cdef int count = len(sessions)
+    if count > 64 or len(fds) != count or len(addrs) != count:
+        raise ValueError("1 to 64 subscribers, with one fd and address each")
+    cdef void *contexts[64]
+    cdef int c_fds[64]
+    cdef uint8_t sockaddrs[64][28]
+    cdef unsigned int sockaddr_lengths[64]
+    cdef int i, j, n, sent = 0
+    cdef uint8_t buffer[1500 + 160]
+    cdef bytes packet, sa
+    for j in range(count):
+        contexts[j] = _srtp_ctx(sessions[j])
+        c_fds[j] = fds[j]
+        sa = _sockaddr(addrs[j])
+        memcpy(sockaddrs[j], PyBytes_AS_STRING(sa), len(sa))
+        sockaddr_lengths[j] = len(sa)
+    for packet in packets:
+        for j in range(count):
+            n = PyBytes_GET_SIZE(packet)
+            memcpy(buffer, PyBytes_AS_STRING(packet), n)
+            if c_protect(contexts[j], buffer, &n) != 0:
+                continue
+            if c_sendto(c_fds[j], buffer, n, MSG_DONTWAIT, <const sockaddr *>sockaddrs[j],
+                        sockaddr_lengths[j]) == n:
+                sent += 1
+    return sent
+
+
+def _session(bytes key, int profile, int ssrc_type):
+    from pylibsrtp import Policy, Session
+
+    policy = Policy(key=key, ssrc_type=ssrc_type, srtp_profile=profile)
+    policy.allow_repeat_tx = True
+    return Session(policy)
+
+
+def self_check():
+    """None when C protect/unprotect interoperate with pylibsrtp's Python API for every
+    profile this pylibsrtp offers; otherwise what went wrong."""
+    import os
+    from pylibsrtp import Error, Policy
+
+    profiles = {
+        "AES128_CM_SHA1_80": (Policy.SRTP_PROFILE_AES128_CM_SHA1_80, 30),
+        "AEAD_AES_128_GCM": (Policy.SRTP_PROFILE_AEAD_AES_128_GCM, 28),
+        "AEAD_AES_256_GCM": (Policy.SRTP_PROFILE_AEAD_AES_256_GCM, 44),
+    }
+    rtp_packet = bytes.fromhex("80601234000003e8deadbeef") + os.urandom(160)
+    rtcp_packet = bytes.fromhex("81ce000200000001deadbeef")
+    cdef uint8_t buffer[1500 + 160]
+    cdef int n
+    for name, (profile, key_length) in profiles.items():
+        key = os.urandom(key_length)
+        for is_rtcp, plain in ((False, rtp_packet), (True, rtcp_packet)):
+            c_sender = _session(key, profile, Policy.SSRC_ANY_OUTBOUND)
+            py_receiver = _session(key, profile, Policy.SSRC_ANY_INBOUND)
+            n = len(plain)
+            memcpy(buffer, PyBytes_AS_STRING(plain), n)
+            if (c_protect_rtcp if is_rtcp else c_protect)(_srtp_ctx(c_sender), buffer, &n):
+                return f"{name}: libsrtp protect from C failed"
+            protected = PyBytes_FromStringAndSize(<char *>buffer, n)
+            try:
+                back = (py_receiver.unprotect_rtcp if is_rtcp else py_receiver.unprotect)(
+                    protected)
+            except Error as exc:
+                return f"{name}: pylibsrtp cannot unprotect what C protected: {exc}"
+            if back != plain:
+                return f"{name}: C protect and pylibsrtp unprotect disagree"
+            py_sender = _session(key, profile, Policy.SSRC_ANY_OUTBOUND)
+            c_receiver = _session(key, profile, Policy.SSRC_ANY_INBOUND)
+            protected = (py_sender.protect_rtcp if is_rtcp else py_sender.protect)(plain)
+            n = len(protected)
+            memcpy(buffer, PyBytes_AS_STRING(protected), n)
+            if (c_unprotect_rtcp if is_rtcp else c_unprotect)(_srtp_ctx(c_receiver), buffer, &n):
+                return f"{name}: libsrtp unprotect from C rejected pylibsrtp's packet"
+            if PyBytes_FromStringAndSize(<char *>buffer, n) != plain:
+                return f"{name}: pylibsrtp protect and C unprotect disagree"
+    return None

@@ -176,8 +176,7 @@ class Forwarder:
         prod = self._producers.get(producer)
         if prod is None:
             raise ValueError(f"unknown producer {producer}")
-        if not 1 <= len(mid) <= 16:
-            raise ValueError("mid must be 1 to 16 bytes")
+        rtp.check_consumer_tables(payload_types, ext_map, mid, mid_id, abs_send_time_id)
         cons = _Consumer(
             consumer, prod, endpoint, ssrc, is_video, dict(payload_types), dict(ext_map),
             mid, mid_id, abs_send_time_id, seq_base & 0xFFFF, ts_base & 0xFFFFFFFF,
@@ -202,6 +201,10 @@ class Forwarder:
         """(packets, bytes) sent to a consumer; (0, 0) when it does not exist."""
         cons = self._consumers.get(consumer)
         return (cons.packets_sent, cons.bytes_sent) if cons else (0, 0)
+
+    def buffer_pool(self) -> dict[str, int]:
+        """Buffers held for reuse: none, this implementation allocates per packet."""
+        return {"buffers": 0, "bytes": 0}
 
     def consumer_started(self, consumer: int) -> bool:
         """Whether media flows to the consumer (for video: a keyframe has been sent)."""
@@ -326,6 +329,9 @@ class Forwarder:
         struct.pack_into("!HII", packet, 2, out_seq, out_ts, cons.ssrc)
         packet += ext_block
         packet += plain[layout.payload_offset :]
+        if len(packet) > rtp.MAX_PROTECT_SIZE:
+            counters[rtp.C_SKIP_TOO_LONG] += 1
+            return
 
         try:
             protected = endpoint.tx.protect(bytes(packet))

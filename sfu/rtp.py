@@ -14,8 +14,10 @@ RTP_VERSION = 2
 RTP_HEADER_SIZE = 12
 # Largest datagram the forwarder handles (Ethernet MTU minus IP/UDP headers, rounded up).
 MAX_PACKET_SIZE = 1500
-# Room left after a packet for libsrtp's trailer (auth tag; SRTCP index + tag).
-SRTP_MAX_TRAILER = 16 + 4
+# Largest plaintext RTP packet the forwarder protects and sends. pylibsrtp's Session
+# refuses more (a 1500-byte buffer less its 144-byte trailer reserve), so both
+# forwarders hold to it; a rewritten packet that grew past it is skipped and counted.
+MAX_PROTECT_SIZE = 1500 - 144
 
 # RTCP packet types (RFC 3550 §12.1, RFC 4585 §6.1).
 RTCP_SR = 200
@@ -82,6 +84,7 @@ C_RR_IN = C_SENT + 12
 C_SR_IN = C_SENT + 13
 C_REMB_IN = C_SENT + 14
 C_SKIP_NOT_CONNECTED = C_SENT + 15
+C_SKIP_TOO_LONG = C_SENT + 16
 COUNTER_NAMES = (
     *(f"drop_{name}" if name != "ok" else "accepted" for name in DROP_REASONS),
     "sent",
@@ -100,6 +103,7 @@ COUNTER_NAMES = (
     "sr_in",
     "remb_in",
     "skip_not_connected",
+    "skip_too_long",
 )
 
 
@@ -313,3 +317,18 @@ def iter_rtcp(data: bytes) -> list[tuple[int, int, int, int]] | None:
         packets.append((data[pos + 1], data[pos] & 0x1F, pos, length))
         pos += length
     return packets
+
+
+def check_consumer_tables(
+    payload_types: dict[int, int], ext_map: dict[int, int], mid: bytes, mid_id: int,
+    abs_send_time_id: int,
+) -> None:
+    """Raise ValueError for tables no RTP packet could use (both forwarders call this)."""
+    if not all(0 <= k <= 127 and 0 <= v <= 127 for k, v in payload_types.items()):
+        raise ValueError("payload types must be 0..127")
+    if not all(1 <= k <= 255 and 1 <= v <= 255 for k, v in ext_map.items()):
+        raise ValueError("header extension ids must be 1..255")
+    if not 1 <= len(mid) <= 16:
+        raise ValueError("mid must be 1 to 16 bytes")
+    if not (0 <= mid_id <= 255 and 0 <= abs_send_time_id <= 255):
+        raise ValueError("extension ids must be 0..255")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
 from sfu.config import Config
+from sfu.forwarding import cython_unavailable_reason
 from sfu.server import Server
 
 CHROMIUM = "/usr/bin/chromium"
@@ -44,9 +46,17 @@ def make_config(**rtc: object) -> Config:
     return config
 
 
-@pytest.fixture
-async def server() -> AsyncIterator[Server]:
-    instance = Server(make_config())
+def _forwarder_params() -> list[Any]:
+    reason = cython_unavailable_reason()
+    cython_marks = [] if reason is None else [pytest.mark.skip(reason=reason)]
+    return [pytest.param("cython", marks=cython_marks), pytest.param("python")]
+
+
+@pytest.fixture(params=_forwarder_params())
+async def server(request: pytest.FixtureRequest) -> AsyncIterator[Server]:
+    """A running server on a free port, once with each forwarder."""
+    instance = Server(make_config(forwarder=request.param))
+    assert instance.forwarder.implementation == request.param
     await instance.start()
     try:
         yield instance

@@ -6,7 +6,11 @@ import os
 import struct
 from typing import Any
 
+import pytest
 from pylibsrtp import Policy, Session
+
+from sfu import forwarder as python_forwarder
+from sfu.forwarding import cython_unavailable_reason
 
 PROFILES = {
     "AES128_CM_SHA1_80": (Policy.SRTP_PROFILE_AES128_CM_SHA1_80, 30),
@@ -15,10 +19,26 @@ PROFILES = {
 }
 
 
-def session_pair(profile: str = "AES128_CM_SHA1_80") -> tuple[Session, Session]:
+def implementations() -> list[Any]:
+    """pytest params of every Forwarder implementation (the Cython one skips with a
+    reason when it is not usable)."""
+    impls: list[Any] = [pytest.param(python_forwarder.Forwarder, id="python")]
+    reason = cython_unavailable_reason()
+    if reason is None:
+        from sfu import _fastpath
+
+        impls.append(pytest.param(_fastpath.Forwarder, id="cython"))
+    else:
+        impls.append(pytest.param(None, id="cython", marks=pytest.mark.skip(reason=reason)))
+    return impls
+
+
+def session_pair(
+    profile: str = "AES128_CM_SHA1_80", key: bytes | None = None
+) -> tuple[Session, Session]:
     """(sender, receiver) sessions sharing one key, as both ends of a DTLS-SRTP link."""
     libsrtp_profile, key_length = PROFILES[profile]
-    key = os.urandom(key_length)
+    key = key or os.urandom(key_length)
     sessions = []
     for ssrc_type in (Policy.SSRC_ANY_OUTBOUND, Policy.SSRC_ANY_INBOUND):
         policy = Policy(key=key, ssrc_type=ssrc_type, srtp_profile=libsrtp_profile)

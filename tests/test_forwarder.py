@@ -13,25 +13,13 @@ from typing import Any
 import pytest
 from pylibsrtp import Session
 
-from sfu import forwarder as python_forwarder
 from sfu import rtp
-from sfu.forwarding import cython_unavailable_reason
-from tests.srtp_helpers import PROFILES, Capture, rtp_packet, session_pair
+from tests.srtp_helpers import PROFILES, Capture, implementations, rtp_packet, session_pair
 
 PUB, SUB = 1, 2
 PRODUCER, CONSUMER = 10, 20
 PUB_SSRC, SUB_SSRC = 0x11111111, 0x22222222
 PUB_ADDR, SUB_ADDR = ("127.0.0.1", 5000), ("127.0.0.1", 6000)
-
-
-def implementations() -> list[Any]:
-    impls: list[Any] = [pytest.param(python_forwarder.Forwarder, id="python")]
-    reason = cython_unavailable_reason()
-    if reason is None:  # pragma: no cover - lands with the Cython Forwarder
-        from sfu import _fastpath
-
-        impls.append(pytest.param(_fastpath.Forwarder, id="cython"))  # type: ignore[attr-defined]
-    return impls
 
 
 @dataclass

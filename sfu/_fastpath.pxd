@@ -1,0 +1,87 @@
+# C-level types of the Cython forwarder (sfu/_fastpath.pyx).
+
+from libc.stdint cimport int16_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+
+# libsrtp 2.x in-place API, as pylibsrtp's cffi binding declares it:
+# srtp_err_status_t fn(srtp_t ctx, void *packet, int *len)
+ctypedef int (*srtp_fn)(void *ctx, void *packet, int *length) noexcept nogil
+
+cdef enum:
+    # Every buffer the forwarder owns: one datagram plus libsrtp's largest trailer
+    # (SRTCP index + tag + MKI), rounded up.
+    BUFFER_SIZE = 1500 + 160
+    # Most extension elements a 1500-byte packet can hold (two bytes each at least).
+    MAX_ELEMENTS = 750
+
+
+cdef class _Endpoint:
+    cdef readonly int64_t id
+    cdef object rx_session      # pylibsrtp.Session: keeps its srtp_t alive
+    cdef object tx_session
+    cdef void *rx_ctx           # srtp_t
+    cdef void *tx_ctx
+    cdef object py_sendto       # used when there is no plain UDP socket (TURN)
+    cdef object addr
+    cdef int fd
+    cdef uint8_t sockaddr[28]   # sockaddr_in or sockaddr_in6, ready for sendto
+    cdef unsigned int sockaddr_len
+    cdef list producers         # _Producer published on this endpoint
+    cdef list consumers         # _Consumer sent on this endpoint
+
+
+cdef class _Producer:
+    cdef readonly int64_t id
+    cdef int64_t endpoint_id
+    cdef uint32_t ssrc
+    cdef int codec
+    cdef list consumers
+    cdef bint requested
+    cdef int64_t last_keyframe_request_us
+    cdef _Endpoint endpoint     # None until that endpoint is added
+
+
+cdef class _Consumer:
+    cdef readonly int64_t id
+    cdef int64_t endpoint_id
+    cdef _Producer producer
+    cdef _Endpoint endpoint     # None until that endpoint is added
+    cdef uint32_t ssrc
+    cdef bint is_video
+    cdef int16_t payload_types[128]   # publisher PT -> subscriber PT, -1: none
+    cdef uint8_t ext_map[256]         # publisher ext id -> subscriber id, 0: drop
+    cdef uint8_t mid[16]
+    cdef int mid_len
+    cdef int mid_id
+    cdef int abs_send_time_id
+    cdef uint16_t seq_base
+    cdef uint32_t ts_base
+    cdef bint started
+    cdef int64_t start_ext_seq
+    cdef int64_t highest_ext_seq
+    cdef uint32_t ts_offset
+    cdef uint64_t packets_sent
+    cdef uint64_t bytes_sent
+
+
+cdef class Forwarder:
+    cdef readonly int64_t keyframe_request_interval_us
+    cdef dict _endpoints        # id -> _Endpoint
+    cdef dict _producers        # id -> _Producer
+    cdef dict _consumers        # id -> _Consumer
+    cdef uint64_t _counters[64]
+    # The buffer pool: fixed at construction, never grown.
+    cdef uint8_t _rx[BUFFER_SIZE]     # an incoming packet, unprotected in place
+    cdef uint8_t _tx[BUFFER_SIZE]     # one outgoing copy, rewritten and protected in place
+    cdef uint8_t _rtcp[BUFFER_SIZE]   # RTCP the SFU originates
+    # Extension elements of the packet being forwarded: id, offset, length.
+    cdef uint16_t _el_id[MAX_ELEMENTS]
+    cdef uint16_t _el_offset[MAX_ELEMENTS]
+    cdef uint16_t _el_length[MAX_ELEMENTS]
+    cdef int _el_count
+
+    cdef int _handle(self, _Endpoint endpoint, int length, int64_t now_us)
+    cdef int _handle_rtcp(self, _Endpoint endpoint, int length, int64_t now_us)
+    cdef void _forward(self, _Consumer consumer, int length, int payload_offset,
+                       int payload_end, int64_t now_us)
+    cdef bint _request_keyframe(self, _Producer producer, int64_t now_us)
+    cdef int _send(self, _Endpoint endpoint, uint8_t *data, int length)
