@@ -27,7 +27,17 @@ def main(argv: list[str] | None = None) -> int:
     token.add_argument("--no-publish", action="store_true")
     token.add_argument("--no-subscribe", action="store_true")
 
-    args = parser.parse_args(argv)
+    commands.add_parser(
+        "bench", help="forwarding-throughput benchmark (see `sfu bench --help`)", add_help=False
+    )
+
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "bench":
+        from bench.run import main as bench_main
+
+        return bench_main(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         config = sfu_config.load(args.config)
     except sfu_config.ConfigError as exc:

@@ -1,0 +1,197 @@
+"""A load-generator participant: aiortc for ICE and DTLS only, SRTP in and out by hand.
+
+Publishing replays the recording, re-stamped and SRTP-protected once before the
+timed phase, at its recorded pace times ``rate``. Receiving logs the clear RTP header
+of every packet (SSRC, sequence number, arrival time) and decrypts one packet in
+``SAMPLE_EVERY`` to check it and to identify which sent packet it is (bench/analysis.py).
+This keeps the generator's per-packet cost well below the server's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from array import array
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.rtcconfiguration import RTCBundlePolicy
+from aiortc.rtcrtpparameters import RTCRtpCodecCapability
+
+from bench.recording import AUDIO_CLOCK, VIDEO_CLOCK, Recording
+from sfu import rtp
+from sfu.transport import internals
+
+SAMPLE_EVERY = 64
+
+OPUS = RTCRtpCodecCapability(mimeType="audio/opus", clockRate=48000, channels=2)
+VP8 = RTCRtpCodecCapability(mimeType="video/VP8", clockRate=90000)
+
+
+@dataclass
+class ReceivedStream:
+    """Everything one subscriber got on one SSRC."""
+
+    seqs: array = field(default_factory=lambda: array("H"))  # type: ignore[type-arg]
+    times: array = field(default_factory=lambda: array("d"))  # type: ignore[type-arg]
+    octets: int = 0
+    # (index into seqs, decrypted payload) of sampled packets
+    samples: list[tuple[int, bytes]] = field(default_factory=list)
+    sample_failures: int = 0
+
+
+@dataclass
+class SentStream:
+    kind: str
+    seq_base: int
+    times: array = field(default_factory=lambda: array("d"))  # type: ignore[type-arg]
+    positions: array = field(default_factory=lambda: array("I"))  # type: ignore[type-arg]
+
+
+class MediaConnection:
+    """One peer connection of the load generator."""
+
+    def __init__(self, gathering: internals.HostGathering) -> None:
+        self.pc = RTCPeerConnection(
+            RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+        )
+        self._gathering = gathering
+        self.received: dict[int, ReceivedStream] = {}
+        self.rtcp_packets = 0
+        self._rx: Any = None
+        self._pair: internals.SelectedPair | None = None
+        self._prepared = False
+
+    def prepare(self) -> None:
+        """Once transceivers exist: our host candidates, and SRTP diverted to us."""
+        if not self._prepared:
+            internals.prepare_gathering(self.pc, self._gathering, self._datagram_received)
+            self._prepared = True
+        for transceiver in self.pc.getTransceivers():
+            internals.silence_rtcp(transceiver)
+
+    async def wait_connected(self, timeout: float = 20.0) -> None:
+        async with asyncio.timeout(timeout):
+            while self.pc.connectionState != "connected":
+                if self.pc.connectionState in ("failed", "closed"):
+                    raise ConnectionError(f"peer connection {self.pc.connectionState}")
+                await asyncio.sleep(0.02)
+        dtls = internals.dtls_transport(self.pc)
+        self._rx, _ = internals.srtp_sessions(dtls)
+        self._pair = internals.selected_pair(self.pc)
+
+    def tx_session(self) -> Any:
+        return internals.srtp_sessions(internals.dtls_transport(self.pc))[1]
+
+    def sendto(self, datagram: bytes) -> None:
+        assert self._pair is not None
+        self._pair.sendto(datagram, self._pair.remote_addr)
+
+    def _datagram_received(self, data: bytes, addr: Any) -> None:
+        if len(data) < 12:
+            return
+        if 192 <= data[1] <= 223:
+            self.rtcp_packets += 1
+            return
+        ssrc = int.from_bytes(data[8:12], "big")
+        stream = self.received.get(ssrc)
+        if stream is None:
+            stream = self.received[ssrc] = ReceivedStream()
+        index = len(stream.seqs)
+        stream.seqs.append((data[2] << 8) | data[3])
+        stream.times.append(time.monotonic())
+        stream.octets += len(data)
+        if index % SAMPLE_EVERY == 0 and self._rx is not None:
+            try:
+                plain = self._rx.unprotect(data)
+            except Exception:
+                stream.sample_failures += 1
+                return
+            layout = rtp.parse_header(plain)
+            if isinstance(layout, rtp.HeaderLayout):
+                stream.samples.append((index, plain[layout.payload_offset:layout.payload_end]))
+            else:
+                stream.sample_failures += 1
+
+    async def close(self) -> None:
+        await self.pc.close()
+
+
+class Publisher:
+    """Replays the recording on a publish connection."""
+
+    def __init__(self, connection: MediaConnection) -> None:
+        self.connection = connection
+        self.sent: dict[str, SentStream] = {}
+        self._plan: list[tuple[float, bytes, str]] = []
+
+    def add_transceivers(self) -> None:
+        pc = self.connection.pc
+        for kind, codec in (("audio", OPUS), ("video", VP8)):
+            transceiver = pc.addTransceiver(kind, direction="sendonly")
+            transceiver.setCodecPreferences([codec])
+
+    def plan(self, recording: Recording, seconds: float, rate: float) -> None:
+        """Re-stamp and protect every packet of the run now, before anything is timed."""
+        tx = self.connection.tx_session()
+        streams = {}
+        for transceiver in self.connection.pc.getTransceivers():
+            codecs = internals.negotiated_codecs(transceiver)
+            streams[transceiver.kind] = (internals.sender_ssrc(transceiver),
+                                         codecs[0].payload_type)
+        clocks = {"audio": AUDIO_CLOCK, "video": VIDEO_CLOCK}
+        counts = {kind: 0 for kind in streams}
+        for kind in streams:
+            self.sent[kind] = SentStream(kind, random.getrandbits(16))
+        loop_clock = {k: recording.duration_us * c // 1_000_000 for k, c in clocks.items()}
+        plan = []
+        total_us = seconds * 1e6 * rate  # recording time covered by the run
+        i = 0
+        while True:
+            loop, position = divmod(i, len(recording.packets))
+            packet = recording.packets[position]
+            offset = loop * recording.duration_us + packet.offset_us
+            if offset >= total_us:
+                break
+            i += 1
+            if packet.kind not in streams:
+                continue
+            ssrc, payload_type = streams[packet.kind]
+            sent = self.sent[packet.kind]
+            seq = (sent.seq_base + counts[packet.kind]) & 0xFFFF
+            counts[packet.kind] += 1
+            timestamp = (packet.timestamp + loop * loop_clock[packet.kind]) & 0xFFFFFFFF
+            header = bytes([0x80, (0x80 if packet.marker else 0) | payload_type])
+            header += seq.to_bytes(2, "big") + timestamp.to_bytes(4, "big")
+            header += ssrc.to_bytes(4, "big")
+            plan.append((offset / rate / 1e6, tx.protect(header + packet.payload), packet.kind))
+            sent.positions.append(position)
+        self._plan = plan
+
+    async def run(self) -> None:
+        """Send the plan on time; records the actual send time of every packet."""
+        start = time.monotonic()
+        sendto = self.connection.sendto
+        sent = self.sent
+        behind = 0
+        for due, datagram, kind in self._plan:
+            now = time.monotonic() - start
+            if due > now:
+                behind = 0
+                await asyncio.sleep(due - now)
+            else:
+                behind += 1
+                if behind % 32 == 0:  # running late: still let the receivers in
+                    await asyncio.sleep(0)
+            sendto(datagram)
+            sent[kind].times.append(time.monotonic())
+
+    @property
+    def planned(self) -> int:
+        return len(self._plan)
+
+
+def set_remote(pc: RTCPeerConnection, sdp: str, kind: str) -> Any:
+    return pc.setRemoteDescription(RTCSessionDescription(sdp, kind))

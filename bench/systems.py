@@ -1,0 +1,178 @@
+"""Systems under test: how the bench starts, addresses, measures and stops each one.
+
+Each system runs as its own process(es); the bench reads their CPU time and memory
+from /proc, so the load generator's cost is never counted as the server's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import os
+import socket
+import sys
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import aiohttp
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class System(Protocol):
+    name: str
+
+    def skip_reason(self, address: str) -> str | None:
+        """Why this system cannot run here (missing binary, no root, ...), or None."""
+
+    async def start(self, address: str) -> None: ...
+
+    def job(self, room: str) -> dict[str, Any]:
+        """What the load generator needs: ``signalling`` ("module:Class" of a
+        bench.signalling.Signalling) and ``signalling_args`` (its keyword arguments)."""
+
+    def pids(self) -> list[int]:
+        """The processes whose CPU and memory count as the system's."""
+
+    async def stop(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Usage:
+    cpu_seconds: float
+    rss_bytes: int
+    peak_rss_bytes: int
+
+
+def usage(pids: list[int]) -> Usage:
+    """Total user+system CPU, RSS and peak RSS of processes (threads included)."""
+    cpu = 0.0
+    rss = peak = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        cpu += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    rss += int(line.split()[1]) * 1024
+                elif line.startswith("VmHWM:"):
+                    peak += int(line.split()[1]) * 1024
+    return Usage(cpu, rss, peak)
+
+
+def free_port(address: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((address, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def wait_http(url: str, timeout: float = 20.0) -> None:
+    async with asyncio.timeout(timeout), aiohttp.ClientSession() as session:
+        while True:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.get(url) as response:
+                    if response.status < 500:
+                        return
+            await asyncio.sleep(0.1)
+
+
+class SfuSystem:
+    """This project's server, as `sfu serve` in its own process."""
+
+    def __init__(self, forwarder: str) -> None:
+        self.forwarder = forwarder
+        self.name = f"sfu-{forwarder}"
+        self._process: asyncio.subprocess.Process | None = None
+        self._url = ""
+
+    def skip_reason(self, address: str) -> str | None:
+        if self.forwarder == "cython":
+            from sfu.forwarding import cython_unavailable_reason
+
+            return cython_unavailable_reason()
+        return None
+
+    async def start(self, address: str) -> None:
+        port = free_port(address)
+        env = {
+            **os.environ,
+            "SFU_SERVER_HOST": address if address.startswith("127.") else "127.0.0.1",
+            "SFU_SERVER_PORT": str(port),
+            "SFU_SERVER_LOG_LEVEL": "warning",
+            "SFU_RTC_FORWARDER": self.forwarder,
+            "SFU_RTC_LISTEN_IPS": address,
+            "SFU_ROOMS_MAX_PARTICIPANTS": "1000",
+        }
+        env.pop("SFU_PUREPYTHON", None)
+        self._process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "sfu", "serve", env=env,
+            stdout=asyncio.subprocess.DEVNULL,
+        )
+        host = env["SFU_SERVER_HOST"]
+        await wait_http(f"http://{host}:{port}/healthz")
+        self._url = f"ws://{host}:{port}/ws"
+
+    def job(self, room: str) -> dict[str, Any]:
+        return {"signalling": "bench.signalling:SfuSignalling",
+                "signalling_args": {"url": self._url, "room": room}}
+
+    def pids(self) -> list[int]:
+        assert self._process is not None
+        return [self._process.pid]
+
+    async def stop(self) -> None:
+        if self._process is not None and self._process.returncode is None:
+            self._process.terminate()
+            try:
+                await asyncio.wait_for(self._process.wait(), 10)
+            except TimeoutError:
+                self._process.kill()
+                await self._process.wait()
+        self._process = None
+
+
+# Systems that live in their own modules: name → "module:Class".
+OTHER_SYSTEMS = {
+    "janus": "bench.janus:JanusSystem",
+    "mediarelay": "bench.mediarelay:MediaRelaySystem",
+}
+
+
+class Unavailable:
+    """A system whose module cannot be imported: always skipped, with the reason."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        self.name = name
+        self.reason = reason
+
+    def skip_reason(self, address: str) -> str | None:
+        return self.reason
+
+    async def start(self, address: str) -> None:
+        raise RuntimeError(self.reason)
+
+    def job(self, room: str) -> dict[str, Any]:
+        raise RuntimeError(self.reason)
+
+    def pids(self) -> list[int]:
+        return []
+
+    async def stop(self) -> None:
+        return None
+
+
+def all_systems() -> dict[str, System]:
+    systems: dict[str, System] = {
+        "sfu-cython": SfuSystem("cython"),
+        "sfu-python": SfuSystem("python"),
+    }
+    for name, target in OTHER_SYSTEMS.items():
+        module_name, class_name = target.split(":")
+        try:
+            systems[name] = getattr(importlib.import_module(module_name), class_name)()
+        except (ImportError, AttributeError) as exc:
+            systems[name] = Unavailable(name, f"{target} cannot be loaded: {exc}")
+    return systems
