@@ -23,6 +23,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 from bench.recording import AUDIO_CLOCK, VIDEO_CLOCK, Recording
 from sfu import rtp
 from sfu.transport import internals
+from sfu.transport.peer import SilentTrack
 
 SAMPLE_EVERY = 64
 
@@ -130,7 +131,7 @@ class Publisher:
     def add_transceivers(self) -> None:
         pc = self.connection.pc
         for kind, codec in (("audio", OPUS), ("video", VP8)):
-            transceiver = pc.addTransceiver(kind, direction="sendonly")
+            transceiver = pc.addTransceiver(SilentTrack(kind), direction="sendonly")
             transceiver.setCodecPreferences([codec])
 
     def plan(self, recording: Recording, seconds: float, rate: float) -> None:

@@ -15,7 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from aiortc import RTCRtpTransceiver, RTCSessionDescription
+from aiortc import MediaStreamTrack, RTCRtpTransceiver, RTCSessionDescription
+from av.frame import Frame
 
 from sfu.transport import internals
 from sfu.transport.internals import CodecInfo, HostGathering
@@ -153,6 +154,20 @@ class PublishTransport(PeerTransport):
         return self.pc.localDescription.sdp, media
 
 
+class SilentTrack(MediaStreamTrack):
+    """A track that never produces a frame, for send-only transceivers whose media the
+    forwarder sends. Without a track aiortc's sender polls for one every 20 ms; with
+    this one it waits on recv() forever, at no cost."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+
+    async def recv(self) -> Frame:
+        await asyncio.Event().wait()
+        raise ConnectionError("unreachable: SilentTrack never produces a frame")
+
+
 @dataclass(frozen=True)
 class DownTrack:
     """What the forwarder needs to rewrite a publisher's packets for one subscriber."""
@@ -168,7 +183,7 @@ class SubscribeTransport(PeerTransport):
 
     def add_track(self, kind: str, codec: CodecInfo) -> RTCRtpTransceiver:
         """A send-only transceiver that offers exactly the publisher's codec."""
-        transceiver = self.pc.addTransceiver(kind, direction="sendonly")
+        transceiver = self.pc.addTransceiver(SilentTrack(kind), direction="sendonly")
         transceiver.setCodecPreferences(internals.codec_preferences(kind, codec))
         internals.silence_rtcp(transceiver)
         self._prepare()
