@@ -35,6 +35,8 @@ class AuthConfig:
     # "jwt": every join carries an HS256 token signed with `secret`.
     mode: str = "development"
     secret: str = ""
+    # Origins allowed to open the WebSocket (browsers send one); empty: any.
+    allowed_origins: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -60,11 +62,35 @@ class RoomsConfig:
 
 
 @dataclass
+class LimitsConfig:
+    # Control messages per connection: a token bucket refilled at this rate.
+    messages_per_second: int = 20
+    message_burst: int = 60
+    max_rooms: int = 100
+    max_tracks_per_participant: int = 8
+    max_sdp_bytes: int = 65_536
+    max_sdp_mlines: int = 32
+
+
+@dataclass
+class LivenessConfig:
+    # The server pings each WebSocket this often; a connection silent for timeout_s
+    # (no message, no pong) is dropped.
+    ping_interval_s: int = 30
+    timeout_s: int = 90
+    # After its WebSocket drops, a participant keeps its publications and peer
+    # connections this long for the same identity to resume; then it is removed.
+    reconnect_grace_s: int = 20
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     rtc: RtcConfig = field(default_factory=RtcConfig)
     rooms: RoomsConfig = field(default_factory=RoomsConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    liveness: LivenessConfig = field(default_factory=LivenessConfig)
 
     def validate(self) -> None:
         _check(self.server.port, 0 <= self.server.port <= 65535, "server.port", "0..65535")
@@ -116,6 +142,24 @@ class Config:
             self.rtc.keyframe_request_interval_ms >= 0,
             "rtc.keyframe_request_interval_ms",
             ">= 0",
+        )
+        for key, value, low, high in (
+            ("limits.messages_per_second", self.limits.messages_per_second, 1, 10_000),
+            ("limits.message_burst", self.limits.message_burst, 1, 100_000),
+            ("limits.max_rooms", self.limits.max_rooms, 1, 100_000),
+            ("limits.max_tracks_per_participant", self.limits.max_tracks_per_participant, 1, 64),
+            ("limits.max_sdp_bytes", self.limits.max_sdp_bytes, 1024, 1_048_576),
+            ("limits.max_sdp_mlines", self.limits.max_sdp_mlines, 1, 512),
+            ("liveness.ping_interval_s", self.liveness.ping_interval_s, 1, 3600),
+            ("liveness.timeout_s", self.liveness.timeout_s, 2, 36_000),
+            ("liveness.reconnect_grace_s", self.liveness.reconnect_grace_s, 0, 3600),
+        ):
+            _check(value, low <= value <= high, key, f"{low}..{high}")
+        _check(
+            self.liveness.timeout_s,
+            self.liveness.timeout_s > self.liveness.ping_interval_s,
+            "liveness.timeout_s",
+            "more than liveness.ping_interval_s",
         )
         _check(
             self.rooms.max_participants,

@@ -23,7 +23,7 @@ from sfu import rooms, rtp
 from sfu.auth import AuthError, Grants, verify_token
 from sfu.config import Config
 from sfu.control.schema import ProtocolError
-from sfu.control.websocket import ControlConnection
+from sfu.control.websocket import ConnectionLimits, ControlConnection
 from sfu.forwarding import make_forwarder
 from sfu.metrics import metrics_handler
 from sfu.transport.internals import HostGathering
@@ -65,15 +65,24 @@ class Peer:
 
     id: str
     name: str
+    identity: str
     room: rooms.Room
     grants: Grants
-    control: ControlConnection
+    # None while the WebSocket is gone and the participant may still resume.
+    control: ControlConnection | None
     publish: PublishTransport | None = None
     subscribe: SubscribeTransport | None = None
     subscriptions: dict[str, Subscription] = field(default_factory=dict)
     offer_outstanding: bool = False
     renegotiate: bool = False
     leaving: bool = False
+    grace: asyncio.TimerHandle | None = None
+
+    def send(self, message: dict[str, Any]) -> None:
+        """To the participant's WebSocket; dropped while it is disconnected (a resumed
+        participant gets the room's state again in `joined`)."""
+        if self.control is not None:
+            self.control.send(message)
 
 
 class Session:
@@ -106,7 +115,7 @@ class Session:
         if msg_type == "join":
             if self.peer is not None:
                 raise ProtocolError("already_joined", "this connection has joined already")
-            self.peer = self.server.join(self, message)
+            self.peer = await self.server.join(self, message)
             return None  # join() sent `joined` before the events it caused
         peer = self.peer
         if peer is None:
@@ -132,8 +141,9 @@ class Session:
         raise ProtocolError("unknown_type", f"unknown message type {msg_type!r}", "type")
 
     async def closed(self) -> None:
+        """The WebSocket ended without `leave`: the participant may resume."""
         if self.peer is not None:
-            await self.server.leave(self.peer)
+            await self.server.disconnected(self.peer, self.control)
             self.peer = None
 
 
@@ -151,6 +161,8 @@ class Server:
         self.rooms: dict[str, rooms.Room] = {}
         self.peers: dict[str, Peer] = {}
         self.publications: dict[str, Publication] = {}
+        # Transport endpoint → the participant it belongs to.
+        self._endpoint_owner: dict[int, str] = {}
         self._ids = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: web.AppRunner | None = None
@@ -183,8 +195,10 @@ class Server:
 
     async def stop(self) -> None:
         for peer in list(self.peers.values()):
+            control = peer.control
             await self.leave(peer)
-            await peer.control.close()
+            if control is not None:
+                await control.close()
         for task in list(self._tasks):
             task.cancel()
         if self._runner is not None:
@@ -203,11 +217,23 @@ class Server:
             raise web.HTTPNotFound()
         return web.FileResponse(path)
 
-    async def _websocket(self, request: web.Request) -> web.WebSocketResponse:
+    async def _websocket(self, request: web.Request) -> web.StreamResponse:
+        allowed = self.config.auth.allowed_origins
+        origin = request.headers.get("Origin")
+        if allowed and origin not in allowed:
+            raise web.HTTPForbidden(text=f"origin {origin!r} is not allowed")
         max_bytes = self.config.server.max_message_bytes
-        ws = web.WebSocketResponse(max_msg_size=max_bytes + 1, heartbeat=30.0)
+        # autoping off: pongs are the liveness signal ControlConnection watches.
+        ws = web.WebSocketResponse(max_msg_size=max_bytes + 1, autoping=False)
         await ws.prepare(request)
-        control = ControlConnection(ws, max_bytes)
+        limits, liveness = self.config.limits, self.config.liveness
+        control = ControlConnection(ws, ConnectionLimits(
+            max_message_bytes=max_bytes,
+            messages_per_second=limits.messages_per_second,
+            message_burst=limits.message_burst,
+            ping_interval_s=liveness.ping_interval_s,
+            timeout_s=liveness.timeout_s,
+        ))
         session = Session(self, control)
         try:
             async for message in control.messages():
@@ -219,11 +245,27 @@ class Server:
 
     # -- joining and leaving -----------------------------------------------------------
 
-    def join(self, session: Session, message: dict[str, Any]) -> Peer:
+    async def join(self, session: Session, message: dict[str, Any]) -> Peer:
         room_name: str = message["room"]
         grants = self._authorize(room_name, message.get("token"))
+        # The identity is the token's subject; in development mode, the display name.
+        identity = grants.identity or message["name"]
+        existing = self._peer_by_identity(room_name, identity)
+        if existing is not None and existing.control is None:
+            return self._resume(existing, session, message)
+        if existing is not None:
+            # The same identity again while connected: the newcomer wins (no ghosts).
+            existing.send({"type": "error", "code": "replaced",
+                           "message": "the same identity joined from another connection"})
+            old_control = existing.control
+            await self.leave(existing)
+            if old_control is not None:
+                await old_control.close()
         room = self.rooms.get(room_name)
         if room is None:
+            if len(self.rooms) >= self.config.limits.max_rooms:
+                raise ProtocolError("too_many_rooms",
+                                    f"the server has {self.config.limits.max_rooms} rooms")
             room = rooms.Room(
                 room_name,
                 auto_subscribe=self.config.rooms.auto_subscribe,
@@ -237,23 +279,67 @@ class Server:
             if not room.participants:
                 del self.rooms[room_name]
             raise
-        peer = Peer(participant_id, message["name"], room, grants, session.control)
+        peer = Peer(participant_id, message["name"], identity, room, grants, session.control)
         self.peers[participant_id] = peer
-        joined: dict[str, Any] = {
-            "type": "joined",
-            "participant": {"id": participant_id, "name": peer.name},
-            "participants": [
-                p.describe() for p in room.participants.values() if p.id != participant_id
-            ],
-            "tracks": [t.describe() for t in room.tracks.values()],
-            "ice_servers": [],
-        }
-        if "id" in message:
-            joined["id"] = message["id"]
-        session.control.send(joined)
+        session.control.send(self._joined(peer, message))
         self._apply(events)
         logger.info("%s (%s) joined room %s", participant_id, peer.name, room_name)
         return peer
+
+    def _joined(self, peer: Peer, message: dict[str, Any], resumed: bool = False
+                ) -> dict[str, Any]:
+        room = peer.room
+        joined: dict[str, Any] = {
+            "type": "joined",
+            "participant": {"id": peer.id, "name": peer.name},
+            "participants": [p.describe() for p in room.participants.values() if p.id != peer.id],
+            "tracks": [t.describe() for t in room.tracks.values()],
+            "ice_servers": [],
+        }
+        if resumed:
+            joined["resumed"] = True
+        if "id" in message:
+            joined["id"] = message["id"]
+        return joined
+
+    def _peer_by_identity(self, room: str, identity: str) -> Peer | None:
+        for peer in self.peers.values():
+            if peer.room.name == room and peer.identity == identity and not peer.leaving:
+                return peer
+        return None
+
+    def _resume(self, peer: Peer, session: Session, message: dict[str, Any]) -> Peer:
+        """A participant whose WebSocket dropped is back within the grace period:
+        its publications, subscriptions and peer connections carry on."""
+        if peer.grace is not None:
+            peer.grace.cancel()
+            peer.grace = None
+        peer.control = session.control
+        peer.name = message["name"]
+        session.control.send(self._joined(peer, message, resumed=True))
+        if peer.offer_outstanding and peer.subscribe is not None:
+            # The offer may have been lost with the old socket: send it again.
+            self._spawn(self._send_offer(peer, resend=True))
+        logger.info("%s resumed in room %s", peer.id, peer.room.name)
+        return peer
+
+    async def disconnected(self, peer: Peer, control: ControlConnection) -> None:
+        """The WebSocket of a joined participant ended without `leave`."""
+        if peer.control is not control or peer.leaving:
+            return  # already replaced by a newer connection, or leaving
+        peer.control = None
+        grace = self.config.liveness.reconnect_grace_s
+        if grace <= 0:
+            await self.leave(peer)
+            return
+        loop = asyncio.get_running_loop()
+        peer.grace = loop.call_later(grace, lambda: self._spawn(self._grace_over(peer)))
+        logger.info("%s disconnected; may resume for %s s", peer.id, grace)
+
+    async def _grace_over(self, peer: Peer) -> None:
+        peer.grace = None
+        if peer.control is None:
+            await self.leave(peer)
 
     def _authorize(self, room: str, token: str | None) -> Grants:
         auth = self.config.auth
@@ -267,11 +353,15 @@ class Server:
         if peer.leaving or peer.id not in self.peers:
             return
         peer.leaving = True
+        if peer.grace is not None:
+            peer.grace.cancel()
+            peer.grace = None
         room = peer.room
         self._apply(room.leave(peer.id))
         del self.peers[peer.id]
         for transport in (peer.publish, peer.subscribe):
             if transport is not None:
+                self._endpoint_owner.pop(transport.endpoint, None)
                 await transport.close()
         if not room.participants:
             self.rooms.pop(room.name, None)
@@ -282,10 +372,22 @@ class Server:
     async def publish(self, peer: Peer, offer_sdp: str) -> dict[str, Any]:
         if not peer.grants.can_publish:
             raise ProtocolError("forbidden", "the token does not allow publishing")
+        self._check_sdp(offer_sdp)
+        limits = self.config.limits
+        media_lines = sum(
+            line.startswith(("m=audio", "m=video")) for line in offer_sdp.splitlines()
+        )
+        if media_lines > limits.max_tracks_per_participant:
+            raise ProtocolError(
+                "too_many_tracks",
+                f"{media_lines} tracks offered; at most {limits.max_tracks_per_participant}",
+                "sdp",
+            )
         if peer.publish is None:
             peer.publish = PublishTransport(
                 next(self._ids), self.forwarder, self.gathering, self._connection_state
             )
+            self._endpoint_owner[peer.publish.endpoint] = peer.id
         try:
             answer_sdp, media = await peer.publish.answer(offer_sdp)
         except Exception as exc:
@@ -326,6 +428,7 @@ class Server:
             peer.subscribe = SubscribeTransport(
                 next(self._ids), self.forwarder, self.gathering, self._connection_state
             )
+            self._endpoint_owner[peer.subscribe.endpoint] = peer.id
         transceiver = peer.subscribe.add_track(track.kind, publication.media.codec)
         peer.subscriptions[track.id] = Subscription(track, transceiver, next(self._ids))
         self._negotiate(peer)
@@ -347,10 +450,13 @@ class Server:
         peer.offer_outstanding = True
         self._spawn(self._send_offer(peer))
 
-    async def _send_offer(self, peer: Peer) -> None:
+    async def _send_offer(self, peer: Peer, resend: bool = False) -> None:
         transport = peer.subscribe
         assert transport is not None
-        sdp = await transport.create_offer()
+        if resend:
+            sdp = transport.pc.localDescription.sdp
+        else:
+            sdp = await transport.create_offer()
         mapping = [
             {
                 "mid": s.transceiver.mid,
@@ -360,9 +466,11 @@ class Server:
             }
             for s in peer.subscriptions.values()
         ]
-        peer.control.send({"type": "offer", "sdp": sdp, "tracks": mapping})
+        peer.send({"type": "offer", "sdp": sdp, "tracks": mapping})
 
     async def subscribe_answer(self, peer: Peer, answer_sdp: str) -> None:
+        if len(answer_sdp) > self.config.limits.max_sdp_bytes:
+            raise ProtocolError("bad_field", "sdp too large", "sdp")
         transport = peer.subscribe
         if transport is None or not peer.offer_outstanding:
             raise ProtocolError("negotiation_failed", "no subscribe offer is outstanding")
@@ -431,7 +539,24 @@ class Server:
         await transport.pc.addIceCandidate(parsed)
 
     def _connection_state(self, transport: PeerTransport, state: str) -> None:
+        """ICE or DTLS failed (consent expired included): the participant is gone."""
         logger.debug("endpoint %d: %s", transport.endpoint, state)
+        if state != "failed":
+            return
+        peer = self.peers.get(self._endpoint_owner.get(transport.endpoint, ""))
+        if peer is not None and not peer.leaving:
+            logger.info("%s: peer connection failed; removing the participant", peer.id)
+            self._spawn(self.leave(peer))
+
+    def _check_sdp(self, sdp: str) -> None:
+        limits = self.config.limits
+        if len(sdp) > limits.max_sdp_bytes:
+            raise ProtocolError("bad_field", f"sdp larger than {limits.max_sdp_bytes} bytes",
+                                "sdp")
+        mlines = sum(line.startswith("m=") for line in sdp.splitlines())
+        if mlines > limits.max_sdp_mlines:
+            raise ProtocolError("bad_field", f"sdp has more than {limits.max_sdp_mlines} "
+                                "m-lines", "sdp")
 
     # -- room events -------------------------------------------------------------------
 
@@ -468,7 +593,7 @@ class Server:
         for participant_id in room.participants:
             peer = self.peers.get(participant_id)
             if participant_id != exclude and peer is not None:
-                peer.control.send(message)
+                peer.send(message)
 
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro)

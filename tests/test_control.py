@@ -139,6 +139,7 @@ async def test_room_full(connect: Any, server: Server) -> None:
 
 
 async def test_disconnect_without_leave_cleans_up(connect: Any, server: Server) -> None:
+    server.config.liveness.reconnect_grace_s = 0  # no resume: removed at once
     alice, bob = await connect(), await connect()
     await alice.request({"type": "join", "room": "r3", "name": "alice"})
     await bob.request({"type": "join", "room": "r3", "name": "bob"})
@@ -152,3 +153,47 @@ async def test_disconnect_without_leave_cleans_up(connect: Any, server: Server) 
             break
         await asyncio.sleep(0.05)
     assert server.rooms == {} and server.peers == {}
+
+
+async def test_resume_within_grace_keeps_the_participant(connect: Any, server: Server) -> None:
+    server.config.liveness.reconnect_grace_s = 1
+    alice, bob = await connect(), await connect()
+    await alice.request({"type": "join", "room": "g", "name": "alice"})
+    first = await bob.request({"type": "join", "room": "g", "name": "bob"})
+    await alice.recv()  # participant_joined
+    await bob.ws.close()
+    await asyncio.sleep(0.3)
+    assert len(server.peers) == 2  # still there, disconnected
+    again = await connect()
+    resumed = await again.request({"type": "join", "room": "g", "name": "bob"})
+    assert resumed["resumed"] is True
+    assert resumed["participant"]["id"] == first["participant"]["id"]
+    assert resumed["participants"] == [{"id": server.peers[next(
+        p for p in server.peers if p != first["participant"]["id"])].id, "name": "alice"}]
+    # alice saw neither a leave nor a join.
+    assert await alice.request({"type": "ping"}) == {"type": "pong"}
+    # Gone for longer than the grace period: removed, and alice is told.
+    await again.ws.close()
+    left = await alice.recv(timeout=5)
+    assert left == {"type": "participant_left", "participant": first["participant"]["id"]}
+    assert len(server.peers) == 1
+
+
+async def test_same_identity_replaces_the_connected_session(connect: Any, server: Server) -> None:
+    alice, carol, carol_again = await connect(), await connect(), await connect()
+    await alice.request({"type": "join", "room": "dup", "name": "alice"})
+    first = await carol.request({"type": "join", "room": "dup", "name": "carol"})
+    assert (await alice.recv())["type"] == "participant_joined"
+    second = await carol_again.request({"type": "join", "room": "dup", "name": "carol"})
+    assert second["type"] == "joined" and "resumed" not in second
+    assert second["participant"]["id"] != first["participant"]["id"]
+    replaced = await carol.recv()
+    assert replaced["type"] == "error" and replaced["code"] == "replaced"
+    assert (await carol.ws.receive(timeout=5)).type in (
+        aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING)
+    events = [await alice.recv(), await alice.recv()]
+    assert events == [
+        {"type": "participant_left", "participant": first["participant"]["id"]},
+        {"type": "participant_joined", "participant": second["participant"]},
+    ]
+    assert [p.name for p in server.peers.values()].count("carol") == 1

@@ -6,11 +6,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
 from sfu.control import codec
+from sfu.control.ratelimit import TokenBucket
 from sfu.control.schema import ProtocolError, validate
 
 logger = logging.getLogger(__name__)
@@ -20,14 +22,34 @@ logger = logging.getLogger(__name__)
 MAX_QUEUED_MESSAGES = 1024
 
 
+@dataclass(frozen=True)
+class ConnectionLimits:
+    max_message_bytes: int
+    messages_per_second: int
+    message_burst: int
+    ping_interval_s: float
+    timeout_s: float
+
+
 class ControlConnection:
-    def __init__(self, ws: web.WebSocketResponse, max_message_bytes: int) -> None:
+    """Frames in and out of one WebSocket, rate-limited, with liveness.
+
+    The server pings every ``ping_interval_s``; a client that sends nothing (no
+    message, no pong) for ``timeout_s`` is disconnected.
+    """
+
+    def __init__(self, ws: web.WebSocketResponse, limits: ConnectionLimits) -> None:
         self.ws = ws
-        self.max_message_bytes = max_message_bytes
+        self.limits = limits
+        self.max_message_bytes = limits.max_message_bytes
         # Replies use the encoding of the client's latest frame: msgpack or JSON.
         self.binary = False
+        loop = asyncio.get_running_loop()
+        self._bucket = TokenBucket(limits.messages_per_second, limits.message_burst, loop.time())
+        self.last_seen = loop.time()
         self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self._writer = asyncio.create_task(self._write_loop())
+        self._watchdog = asyncio.create_task(self._watch())
 
     def send(self, message: dict[str, Any]) -> None:
         """Queue a message; never blocks the caller (media and room logic call this)."""
@@ -51,14 +73,25 @@ class ControlConnection:
 
     async def messages(self) -> AsyncIterator[dict[str, Any]]:
         """Valid messages, in order; malformed ones are answered with ``error`` here."""
+        loop = asyncio.get_running_loop()
         async for frame in self.ws:
+            self.last_seen = loop.time()
             if frame.type == WSMsgType.TEXT:
                 self.binary = False
                 data: str | bytes = frame.data
             elif frame.type == WSMsgType.BINARY:
                 self.binary = True
                 data = frame.data
+            elif frame.type == WSMsgType.PING:
+                await self.ws.pong(frame.data)
+                continue
             else:
+                continue
+            if not self._bucket.allow(self.last_seen):
+                self.send_error(ProtocolError(
+                    "rate_limited",
+                    f"more than {self.limits.messages_per_second} messages per second",
+                ))
                 continue
             try:
                 raw = codec.decode(data, self.max_message_bytes)
@@ -74,8 +107,20 @@ class ControlConnection:
                     msg_id = None
                 self.send_error(exc, ref, msg_id)
 
+    async def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self.ws.closed:
+            await asyncio.sleep(self.limits.ping_interval_s)
+            if loop.time() - self.last_seen > self.limits.timeout_s:
+                logger.info("control connection silent for %ss: closing", self.limits.timeout_s)
+                await self.ws.close(code=1001, message=b"timeout")
+                return
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await self.ws.ping()
+
     async def close(self) -> None:
         """Flush what is queued, then close the socket."""
+        self._watchdog.cancel()
         self._queue.put_nowait(None)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.shield(self._writer), timeout=2)
