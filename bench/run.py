@@ -85,6 +85,7 @@ async def run_case(
         "server_cpu_cores": round(server_cpu / send_seconds, 3),
         "server_cpu_us_per_forwarded_packet": (
             round(server_cpu * 1e6 / forwarded, 3) if forwarded else None),
+        "generator_cpu_cores": round(result["generator_cpu_seconds"] / send_seconds, 3),
         "server_rss_mib": round(u1.rss_bytes / 2**20, 1),
         "server_peak_rss_mib": round(u1.peak_rss_bytes / 2**20, 1),
         **{k: v for k, v in result.items() if k not in ("event", "per_stream")},
@@ -182,6 +183,8 @@ async def run_sweep(system: System, scenario: dict[str, Any], rates: list[float]
         "saturated": bool(last) and (last is not best),
         "saturation_forwarded_pps": best["forwarded_pps"] if best else None,
         "saturation_server_cpu_cores": best["server_cpu_cores"] if best else None,
+        # The load generator shares the machine: at saturation, how much it used.
+        "saturation_generator_cpu_cores": best["generator_cpu_cores"] if best else None,
         "saturation_pps_per_core": (
             round(best["forwarded_pps"] / max(best["server_cpu_cores"], 1e-3))
             if best else None),
@@ -218,7 +221,8 @@ def print_table(report: dict[str, Any]) -> None:
         print(f"{name}: {reached} ({sweep['scenario']}, loss < {sweep['loss_limit']:.0%}): "
               f"{_num(sweep['saturation_forwarded_pps'])} forwarded pkt/s using "
               f"{_num(sweep['saturation_server_cpu_cores'])} cores = "
-              f"{_num(sweep['saturation_pps_per_core'])} pkt/s per core")
+              f"{_num(sweep['saturation_pps_per_core'])} pkt/s per core (load generator: "
+              f"{_num(sweep['saturation_generator_cpu_cores'])} cores)")
     for name, reason in report["skipped"].items():
         print(f"{name}: skipped: {reason}")
     for failure in report["failures"]:

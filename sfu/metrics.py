@@ -37,6 +37,13 @@ class ServerCollector(Collector):
         for name, value in server.forwarder.counters().items():
             packets.add_metric([name], value)
         yield packets
+        drops = CounterMetricFamily(
+            "sfu_transport_drops", "Media dropped before the forwarder, by reason",
+            labels=["reason"],
+        )
+        for reason in ("unvalidated_source",):
+            drops.add_metric([reason], server.transport_drops[reason])
+        yield drops
 
 
 def metrics_handler(server: Server) -> Callable[[web.Request], Awaitable[web.Response]]:

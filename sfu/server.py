@@ -11,6 +11,7 @@ import itertools
 import logging
 import random
 import secrets
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,6 +162,8 @@ class Server:
         self.rooms: dict[str, rooms.Room] = {}
         self.peers: dict[str, Peer] = {}
         self.publications: dict[str, Publication] = {}
+        # Media dropped by the transports before the forwarder, by reason.
+        self.transport_drops: Counter[str] = Counter()
         # Transport endpoint → the participant it belongs to.
         self._endpoint_owner: dict[int, str] = {}
         self._ids = itertools.count(1)
@@ -385,7 +388,8 @@ class Server:
             )
         if peer.publish is None:
             peer.publish = PublishTransport(
-                next(self._ids), self.forwarder, self.gathering, self._connection_state
+                next(self._ids), self.forwarder, self.gathering, self._connection_state,
+                self.transport_drops,
             )
             self._endpoint_owner[peer.publish.endpoint] = peer.id
         try:
@@ -426,7 +430,8 @@ class Server:
         publication = self.publications[track.id]
         if peer.subscribe is None:
             peer.subscribe = SubscribeTransport(
-                next(self._ids), self.forwarder, self.gathering, self._connection_state
+                next(self._ids), self.forwarder, self.gathering, self._connection_state,
+                self.transport_drops,
             )
             self._endpoint_owner[peer.subscribe.endpoint] = peer.id
         transceiver = peer.subscribe.add_track(track.kind, publication.media.codec)
@@ -452,7 +457,8 @@ class Server:
 
     async def _send_offer(self, peer: Peer, resend: bool = False) -> None:
         transport = peer.subscribe
-        assert transport is not None
+        if transport is None or peer.leaving or transport.pc.connectionState == "closed":
+            return  # the participant left while this offer waited its turn
         if resend:
             sdp = transport.pc.localDescription.sdp
         else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -66,8 +67,11 @@ class PeerTransport:
         forwarder: ForwarderTables,
         gathering: HostGathering,
         on_connection_state: Callable[[PeerTransport, str], None],
+        drops: Counter[str] | None = None,
     ) -> None:
         self.endpoint = endpoint
+        # Media dropped before the forwarder, by reason (shared server-wide).
+        self.drops: Counter[str] = drops if drops is not None else Counter()
         self.pc = internals.new_peer_connection()
         self._forwarder = forwarder
         self._gathering = gathering
@@ -86,6 +90,7 @@ class PeerTransport:
     def _datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         if self._remote_addr is not None and addr[:2] != self._remote_addr[:2]:
             self.drops_unvalidated_source += 1
+            self.drops["unvalidated_source"] += 1
             return
         self._forwarder.handle_packet(self.endpoint, data, now_us())
 
