@@ -254,10 +254,11 @@ class Server:
         # The identity is the token's subject; in development mode, the display name.
         identity = grants.identity or message["name"]
         existing = self._peer_by_identity(room_name, identity)
-        if existing is not None and existing.control is None:
+        if existing is not None and existing.control is None and (
+                message.get("resume") == existing.id):
             return self._resume(existing, session, message)
         if existing is not None:
-            # The same identity again while connected: the newcomer wins (no ghosts).
+            # The same identity again, not resuming: the newcomer wins (no ghosts).
             existing.send({"type": "error", "code": "replaced",
                            "message": "the same identity joined from another connection"})
             old_control = existing.control

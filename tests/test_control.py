@@ -165,7 +165,8 @@ async def test_resume_within_grace_keeps_the_participant(connect: Any, server: S
     await asyncio.sleep(0.3)
     assert len(server.peers) == 2  # still there, disconnected
     again = await connect()
-    resumed = await again.request({"type": "join", "room": "g", "name": "bob"})
+    resumed = await again.request({"type": "join", "room": "g", "name": "bob",
+                                   "resume": first["participant"]["id"]})
     assert resumed["resumed"] is True
     assert resumed["participant"]["id"] == first["participant"]["id"]
     assert resumed["participants"] == [{"id": server.peers[next(
@@ -197,3 +198,21 @@ async def test_same_identity_replaces_the_connected_session(connect: Any, server
         {"type": "participant_joined", "participant": second["participant"]},
     ]
     assert [p.name for p in server.peers.values()].count("carol") == 1
+
+
+async def test_fresh_join_replaces_a_disconnected_participant(connect: Any,
+                                                              server: Server) -> None:
+    """Without `resume`, a new client with the same identity gets a fresh participant:
+    the ghost's peer connections are not handed to a client that never had them."""
+    server.config.liveness.reconnect_grace_s = 30
+    alice, bob = await connect(), await connect()
+    await alice.request({"type": "join", "room": "f", "name": "alice"})
+    first = await bob.request({"type": "join", "room": "f", "name": "bob"})
+    await alice.recv()
+    await bob.ws.close()
+    await asyncio.sleep(0.2)
+    fresh = await (await connect()).request({"type": "join", "room": "f", "name": "bob"})
+    assert "resumed" not in fresh and fresh["participant"]["id"] != first["participant"]["id"]
+    assert await alice.recv() == {"type": "participant_left",
+                                  "participant": first["participant"]["id"]}
+    assert len(server.peers) == 2

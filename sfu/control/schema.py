@@ -79,7 +79,7 @@ def _candidate(value: Any) -> str | None:
 SCHEMA: dict[str, tuple[dict[str, Check], dict[str, Check]]] = {
     "join": (
         {"room": _string(64, ROOM_NAME), "name": _string(64)},
-        {"token": _string(4096)},
+        {"token": _string(4096), "resume": _string(64)},
     ),
     "publish": ({"sdp": _string(MAX_SDP_BYTES)}, {}),
     "answer": ({"sdp": _string(MAX_SDP_BYTES)}, {}),

@@ -120,6 +120,25 @@ def prepare_gathering(
 
     # Replacing methods on instances is this module's job: setattr says so to mypy.
     setattr(connection, "gather_candidates", gather_candidates)  # noqa: B010
+    guard_consent(connection)
+
+
+def guard_consent(connection: aioice_ice.Connection) -> None:
+    """Work around an aioice 0.13 race that leaks a task per closed connection.
+
+    connect() starts the consent-freshness loop (RFC 7675) once ICE completes. If
+    close() runs after ICE completed but before connect() resumes, close() finds no
+    loop to cancel and connect() then starts one on a closed connection, where it
+    runs forever. The churn test (participants leaving while ICE completes) saw it.
+    """
+    query_consent = connection.query_consent
+
+    async def guarded() -> None:
+        if connection._closing:
+            return
+        await query_consent()
+
+    setattr(connection, "query_consent", guarded)  # noqa: B010
 
 
 async def _bind_host(
@@ -253,7 +272,7 @@ def check_internals(pc: RTCPeerConnection) -> None:
     connection = _ice_connection(pc)
     for name in (
         "_protocols", "_nominated", "_components", "_local_candidates",
-        "_local_candidates_start", "_local_candidates_end",
+        "_local_candidates_start", "_local_candidates_end", "_closing", "query_consent",
     ):
         assert hasattr(connection, name), f"aioice Connection.{name} is gone"
     assert connection._nominated.get(1) is not None, "no nominated pair for component 1"
