@@ -6,8 +6,11 @@ payload is found in the recording pins which sent packet it was; every other pac
 on that stream then maps by its sequence-number distance from the sample, and its
 latency is arrival time minus that packet's send time (one machine, one monotonic
 clock). Further samples check the mapping. A system that re-encodes (aiortc's
-MediaRelay) sends payloads that are not in the recording: its loss is counted from
-sequence-number gaps alone and it has no latency figure.
+MediaRelay) sends payloads that are not in the recording, so it has no latency figure,
+and sequence gaps alone would hide frames it never got to (it numbers what it does
+emit without gaps). Its audio is re-encoded one packet per 20 ms packet sent, so audio
+loss is counted against what the publisher sent; its video (re-encoded at its own
+bitrate) can only count gaps.
 """
 
 from __future__ import annotations
@@ -75,10 +78,12 @@ def analyse_stream(
             anchor = (index, max(before, key=lambda k: sent.times[k]))
             break
     if anchor is None:
-        # Not our payloads (re-encoded): loss from sequence gaps only.
+        # Not our payloads (re-encoded): see the module docstring.
         distinct = len(set(ext))
         result.received = distinct
         result.expected = max(ext) - min(ext) + 1
+        if kind == "audio":
+            result.expected = max(result.expected, len(sent.times))
         return result
 
     result.mapped = True
@@ -96,7 +101,9 @@ def analyse_stream(
             seen.add(k)
             result.latencies_ms.append((received.times[index] - sent.times[k]) * 1000)
     result.received = len(seen)
-    result.expected = len(sent.times) - min(seen) if seen else len(sent.times)
+    # Publishers only send once every connection is up, so everything sent in the
+    # media phase was due at every subscriber.
+    result.expected = len(sent.times)
     return result
 
 

@@ -9,10 +9,11 @@ cd "$(dirname "$0")/.."
 with_test=0
 [ "${1:-}" = "--test" ] && with_test=1
 
-# chromium: the demo page's browser in tests; iproute2/util-linux: `ip` and `unshare`
-# for the tests' network namespaces; build-essential/python3-dev: the Cython extension.
+# chromium: the demo page's browser in tests; janus: a system `sfu bench` compares
+# with; iproute2/util-linux: `ip` and `unshare` for the tests' network namespaces;
+# build-essential/python3-dev: the Cython extension.
 packages=(build-essential python3-dev python3-venv iproute2 util-linux)
-[ "$with_test" = 1 ] && packages+=(chromium)
+[ "$with_test" = 1 ] && packages+=(chromium janus)
 
 missing=()
 for package in "${packages[@]}"; do
@@ -26,6 +27,10 @@ if [ "${#missing[@]}" -gt 0 ]; then
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
         "${missing[@]}" >/dev/null
+    # Debian's janus enables a system-wide service; the bench starts its own Janus.
+    if [[ " ${missing[*]} " == *" janus "* ]] && command -v systemctl >/dev/null; then
+        $sudo systemctl disable --now janus >/dev/null 2>&1 || true
+    fi
 fi
 
 python="${PYTHON:-python3}"
