@@ -37,6 +37,7 @@ cdef class _Producer:
     cdef list consumers
     cdef bint requested
     cdef int64_t last_keyframe_request_us
+    cdef bint paused
     cdef _Endpoint endpoint     # None until that endpoint is added
 
 
@@ -56,6 +57,7 @@ cdef class _Consumer:
     cdef uint16_t seq_base
     cdef uint32_t ts_base
     cdef bint started
+    cdef bint restart           # its producer resumed: start again at a keyframe
     cdef int64_t start_ext_seq
     cdef int64_t highest_ext_seq
     cdef uint32_t ts_offset

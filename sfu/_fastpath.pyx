@@ -57,6 +57,7 @@ cdef int C_SR_IN = _rtp.C_SR_IN
 cdef int C_REMB_IN = _rtp.C_REMB_IN
 cdef int C_SKIP_NOT_CONNECTED = _rtp.C_SKIP_NOT_CONNECTED
 cdef int C_SKIP_TOO_LONG = _rtp.C_SKIP_TOO_LONG
+cdef int C_SKIP_PAUSED = _rtp.C_SKIP_PAUSED
 cdef int N_COUNTERS = len(_rtp.COUNTER_NAMES)
 cdef int MAX_PACKET_SIZE = _rtp.MAX_PACKET_SIZE
 cdef int MAX_PROTECT_SIZE = _rtp.MAX_PROTECT_SIZE
@@ -299,6 +300,7 @@ cdef class Forwarder:
         prod.codec = codec
         prod.consumers = []
         prod.requested = False
+        prod.paused = False
         prod.endpoint = self._endpoints.get(endpoint)
         if prod.endpoint is not None:
             prod.endpoint.producers.append(prod)
@@ -344,6 +346,7 @@ cdef class Forwarder:
         cons.seq_base = seq_base & 0xFFFF
         cons.ts_base = ts_base & 0xFFFFFFFF
         cons.started = False
+        cons.restart = False
         cons.start_ext_seq = 0
         cons.highest_ext_seq = 0
         cons.ts_offset = 0
@@ -354,6 +357,17 @@ cdef class Forwarder:
             cons.endpoint.consumers.append(cons)
         self._consumers[consumer] = cons
         prod.consumers.append(cons)
+
+    def set_producer_paused(self, int64_t producer, bint paused):
+        """Stop (or resume) forwarding a producer (see the twin's docstring)."""
+        cdef _Producer prod = self._producers.get(producer)
+        cdef _Consumer cons
+        if prod is None:
+            raise ValueError(f"unknown producer {producer}")
+        if prod.paused and not paused:
+            for cons in prod.consumers:
+                cons.restart = cons.started
+        prod.paused = paused
 
     def remove_consumer(self, int64_t consumer):
         cdef _Consumer cons = self._consumers.pop(consumer, None)
@@ -462,6 +476,9 @@ cdef class Forwarder:
                 break
         if prod is None:
             return DROP_UNKNOWN_SSRC
+        if prod.paused:
+            self._counters[C_SKIP_PAUSED] += 1
+            return OK
         # Extension elements (RFC 8285), as sfu.rtp.read_extensions.
         cdef int pos = ext_offset, ext_end = ext_offset + ext_length, count = 0
         cdef int ext_id, el_length
@@ -517,15 +534,22 @@ cdef class Forwarder:
             return
         cdef uint16_t seq = _u16(src + 2)
         cdef uint32_t timestamp = _u32(src + 4)
-        if not cons.started:
+        if not cons.started or cons.restart:
             if cons.is_video and not _is_keyframe_start(
                     cons.producer.codec, src + payload_offset, payload_end - payload_offset):
                 counters[C_SKIP_WAITING_KEYFRAME] += 1
                 self._request_keyframe(cons.producer, now_us)
                 return
-            cons.started = True
-            cons.start_ext_seq = cons.highest_ext_seq = 0x10000 + seq
-            cons.ts_offset = cons.ts_base - timestamp
+            if not cons.started:
+                cons.started = True
+                cons.start_ext_seq = cons.highest_ext_seq = 0x10000 + seq
+                cons.ts_offset = cons.ts_base - timestamp
+            else:  # resuming: number on from the last packet sent
+                cons.seq_base = <uint16_t>(
+                    (cons.highest_ext_seq - cons.start_ext_seq + cons.seq_base + 1) & 0xFFFF)
+                cons.start_ext_seq = cons.highest_ext_seq = c_extend_seq(
+                    cons.highest_ext_seq, seq)
+                cons.restart = False
         cdef int64_t ext_seq = c_extend_seq(cons.highest_ext_seq, seq)
         if ext_seq < cons.start_ext_seq:
             counters[C_SKIP_BEFORE_START] += 1

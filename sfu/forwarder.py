@@ -37,7 +37,9 @@ class _Endpoint:
 class _Producer:
     """An incoming track: one publisher SSRC on one endpoint."""
 
-    __slots__ = ("codec", "consumers", "endpoint", "id", "last_keyframe_request_us", "ssrc")
+    __slots__ = (
+        "codec", "consumers", "endpoint", "id", "last_keyframe_request_us", "paused", "ssrc",
+    )
 
     def __init__(self, producer_id: int, endpoint: int, ssrc: int, codec: int) -> None:
         self.id = producer_id
@@ -46,6 +48,7 @@ class _Producer:
         self.codec = codec
         self.consumers: list[_Consumer] = []
         self.last_keyframe_request_us: int | None = None
+        self.paused = False
 
 
 class _Consumer:
@@ -64,6 +67,7 @@ class _Consumer:
         "packets_sent",
         "payload_types",
         "producer",
+        "restart",
         "seq_base",
         "ssrc",
         "start_ext_seq",
@@ -101,6 +105,8 @@ class _Consumer:
         # Set by the first packet forwarded (the first keyframe, for video).
         self.start_ext_seq: int | None = None
         self.highest_ext_seq = 0
+        # Set when its producer resumes: start again at a keyframe, numbering on.
+        self.restart = False
         self.ts_offset = 0
         self.packets_sent = 0
         self.bytes_sent = 0
@@ -185,6 +191,21 @@ class Forwarder:
         self._consumer_by_ssrc[(endpoint << 32) | ssrc] = cons
         prod.consumers.append(cons)
 
+    def set_producer_paused(self, producer: int, paused: bool) -> None:
+        """Stop (or resume) forwarding a producer to all its consumers (server-side mute).
+
+        On resume each consumer starts again at a keyframe (for video), its sequence
+        numbers continuing from the last one it sent, so receivers see no gap, and its
+        timestamps keeping their offset, so they reflect the time that passed.
+        """
+        prod = self._producers.get(producer)
+        if prod is None:
+            raise ValueError(f"unknown producer {producer}")
+        if prod.paused and not paused:
+            for cons in prod.consumers:
+                cons.restart = cons.start_ext_seq is not None
+        prod.paused = paused
+
     def remove_consumer(self, consumer: int) -> None:
         cons = self._consumers.pop(consumer, None)
         if cons is None:
@@ -265,6 +286,9 @@ class Forwarder:
         prod = self._producer_by_ssrc.get((endpoint_id << 32) | ssrc)
         if prod is None:
             return rtp.DROP_UNKNOWN_SSRC
+        if prod.paused:
+            self._counters[rtp.C_SKIP_PAUSED] += 1
+            return rtp.OK
         elements = rtp.read_extensions(plain, layout) if layout.ext_profile else []
         if elements is None:
             return rtp.DROP_BAD_HEADER
@@ -291,15 +315,22 @@ class Forwarder:
             return
         seq = (plain[2] << 8) | plain[3]
         timestamp = struct.unpack_from("!I", plain, 4)[0]
-        if cons.start_ext_seq is None:
+        if cons.start_ext_seq is None or cons.restart:
             if cons.is_video and not rtp.is_keyframe_start(
                 cons.producer.codec, plain[layout.payload_offset : layout.payload_end]
             ):
                 counters[rtp.C_SKIP_WAITING_KEYFRAME] += 1
                 self.request_keyframe(cons.producer.id, now_us)
                 return
-            cons.start_ext_seq = cons.highest_ext_seq = 0x10000 + seq
-            cons.ts_offset = (cons.ts_base - timestamp) & 0xFFFFFFFF
+            if cons.start_ext_seq is None:
+                cons.start_ext_seq = cons.highest_ext_seq = 0x10000 + seq
+                cons.ts_offset = (cons.ts_base - timestamp) & 0xFFFFFFFF
+            else:  # resuming: number on from the last packet sent
+                cons.seq_base = (
+                    cons.highest_ext_seq - cons.start_ext_seq + cons.seq_base + 1) & 0xFFFF
+                cons.start_ext_seq = cons.highest_ext_seq = rtp.extend_seq(
+                    cons.highest_ext_seq, seq)
+                cons.restart = False
         ext_seq = rtp.extend_seq(cons.highest_ext_seq, seq)
         if ext_seq < cons.start_ext_seq:
             counters[rtp.C_SKIP_BEFORE_START] += 1

@@ -85,6 +85,7 @@ C_SR_IN = C_SENT + 13
 C_REMB_IN = C_SENT + 14
 C_SKIP_NOT_CONNECTED = C_SENT + 15
 C_SKIP_TOO_LONG = C_SENT + 16
+C_SKIP_PAUSED = C_SENT + 17
 COUNTER_NAMES = (
     *(f"drop_{name}" if name != "ok" else "accepted" for name in DROP_REASONS),
     "sent",
@@ -104,6 +105,7 @@ COUNTER_NAMES = (
     "remb_in",
     "skip_not_connected",
     "skip_too_long",
+    "skip_paused",
 )
 
 

@@ -254,3 +254,27 @@ def test_removing_producer_removes_its_consumers(impl: Any) -> None:
         rtp.DROP_UNKNOWN_SSRC)
     with pytest.raises(ValueError):
         rig.fwd.add_consumer(CONSUMER, PRODUCER, SUB, 1, True, {}, {}, b"0", 0, 0, 0, 0)
+
+
+def test_pause_and_resume_continue_numbering_at_a_keyframe(impl: Any) -> None:
+    rig = make_rig(impl, seq_base=65534)
+    for i in range(3):  # out 65534, 65535, 0
+        rig.publish(rtp_packet(seq=100 + i, timestamp=1000 * i, ssrc=PUB_SSRC,
+                               payload=KEY if i == 0 else DELTA))
+    rig.fwd.set_producer_paused(PRODUCER, True)
+    for i in range(3, 50):  # muted: nothing goes out
+        assert rig.publish(rtp_packet(seq=100 + i, timestamp=1000 * i, ssrc=PUB_SSRC,
+                                      payload=DELTA)) == rtp.OK
+    rig.fwd.set_producer_paused(PRODUCER, False)
+    rig.publish(rtp_packet(seq=150, timestamp=50_000, ssrc=PUB_SSRC, payload=DELTA))  # no key
+    for i in (151, 152):
+        rig.publish(rtp_packet(seq=i, timestamp=1000 * (i - 100), ssrc=PUB_SSRC,
+                               payload=KEY if i == 151 else DELTA))
+    out = [header(p) for p in rig.received()]
+    assert [h[1] for h in out] == [65534, 65535, 0, 1, 2]  # no gap across the mute
+    # Timestamps keep their offset: 51 packets' worth of time passed.
+    assert [h[2] for h in out] == [50_000 + 1000 * i for i in (0, 1, 2, 51, 52)]
+    counters = rig.fwd.counters()
+    assert counters["skip_paused"] == 47 and counters["skip_waiting_keyframe"] == 1
+    with pytest.raises(ValueError):
+        rig.fwd.set_producer_paused(999, True)

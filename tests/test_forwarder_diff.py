@@ -2,10 +2,10 @@
 
 Hypothesis generates sequences of publisher RTP (random payloads and sizes, CSRCs,
 one- and two-byte header extensions, padding, sequence and timestamp wraps,
-reordering, duplicates, loss), garbage and truncated packets, and subscriber RTCP.
-Both forwarders get the same bytes with the same keys; they must return the same
-statuses, send byte-identical SRTP (and so identical plaintext after unprotect) and
-end with identical counters. Run on every SRTP profile.
+reordering, duplicates, loss), garbage and truncated packets, subscriber RTCP, and
+pausing and resuming the producer. Both forwarders get the same bytes with the same
+keys; they must return the same statuses, send byte-identical SRTP (and so identical
+plaintext after unprotect) and end with identical counters. Run on every SRTP profile.
 """
 
 from __future__ import annotations
@@ -111,15 +111,18 @@ def media_packets(draw: st.DrawFn, seq: int, timestamp: int) -> bytes:
 
 @st.composite
 def scenarios(draw: st.DrawFn) -> list[tuple[str, Any, int]]:
-    """(kind, data, now_us) events, kind in media/raw/truncate/tamper/rtcp."""
+    """(kind, data, now_us) events: media, raw, truncate, tamper, rtcp, pause, resume."""
     seq = draw(st.integers(0, 0xFFFF))
     timestamp = draw(st.integers(0, 2**32 - 1))
     now = draw(st.integers(0, 2**40))
     events: list[tuple[str, Any, int]] = []
     for _ in range(draw(st.integers(1, 40))):
         now += draw(st.sampled_from([0, 1_000, 20_000, 300_000]))
-        kind = draw(st.sampled_from(["media"] * 6 + ["raw", "truncate", "tamper", "rtcp"]))
-        if kind == "media":
+        kind = draw(st.sampled_from(["media"] * 6 + ["raw", "truncate", "tamper", "rtcp",
+                                                      "pause", "resume"]))
+        if kind in ("pause", "resume"):
+            events.append((kind, None, now))
+        elif kind == "media":
             seq += draw(st.sampled_from([1, 1, 1, 2, 5, 0, -1, -3, 3000, 40000]))
             timestamp += draw(st.sampled_from([0, 3000, 90000, 2**31]))
             events.append((kind, draw(media_packets(seq, timestamp)), now))
@@ -146,6 +149,10 @@ def run(sides: list[Side], keys: dict[int, tuple[bytes, bytes]], profile: str,
     publisher, _ = session_pair(profile, keys[PUB][0])
     subscribers = {e: session_pair(profile, keys[e][0])[0] for e in (SUB_A, SUB_B)}
     for kind, data, now in events:
+        if kind in ("pause", "resume"):
+            for side in sides:
+                side.fwd.set_producer_paused(PRODUCER, kind == "pause")
+            continue
         if kind == "rtcp":
             endpoint, packet = data
             datagram = subscribers[endpoint].protect_rtcp(packet)
