@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 scripts/install.sh --test
 
 echo "== ruff"
-.venv/bin/ruff check sfu tests bench
+.venv/bin/ruff check sfu tests bench examples
 echo "== mypy"
 .venv/bin/mypy
 

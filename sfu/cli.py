@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import signal
 import sys
 
 from sfu import config as sfu_config
+from sfu import logs
 from sfu.auth import mint_token
 
 
@@ -21,11 +21,13 @@ def main(argv: list[str] | None = None) -> int:
 
     token = commands.add_parser("token", help="mint a join token (HS256 JWT)")
     token.add_argument("--config", help="TOML config file holding auth.secret")
-    token.add_argument("--room", required=True)
-    token.add_argument("--identity", required=True)
+    token.add_argument("--room")
+    token.add_argument("--identity")
     token.add_argument("--ttl", type=int, default=3600, help="seconds (default 3600)")
     token.add_argument("--no-publish", action="store_true")
     token.add_argument("--no-subscribe", action="store_true")
+    token.add_argument("--admin", action="store_true",
+                       help="an admin-API token instead (--room/--identity ignored)")
 
     commands.add_parser(
         "bench", help="forwarding-throughput benchmark (see `sfu bench --help`)", add_help=False
@@ -48,16 +50,21 @@ def main(argv: list[str] | None = None) -> int:
         if not config.auth.secret:
             print("sfu: auth.secret is not set (config or SFU_AUTH_SECRET)", file=sys.stderr)
             return 2
+        if args.admin:
+            from sfu.control.admin import mint_admin_token
+
+            print(mint_admin_token(config.auth.secret, args.ttl))
+            return 0
+        if not args.room or not args.identity:
+            print("sfu: token needs --room and --identity (or --admin)", file=sys.stderr)
+            return 2
         print(mint_token(
             config.auth.secret, room=args.room, identity=args.identity, ttl_seconds=args.ttl,
             can_publish=not args.no_publish, can_subscribe=not args.no_subscribe,
         ))
         return 0
 
-    logging.basicConfig(
-        level=config.server.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(config.server.log_level, config.server.log_format)
     try:
         import uvloop
     except ImportError:

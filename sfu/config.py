@@ -25,6 +25,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     log_level: str = "info"
+    log_format: str = "plain"  # or "json": one JSON object per line
     # Largest control message accepted, in bytes.
     max_message_bytes: int = 262_144
 
@@ -84,6 +85,18 @@ class LivenessConfig:
 
 
 @dataclass
+class WebhooksConfig:
+    # Backend URLs that receive every event as a signed POST; empty: no webhooks.
+    urls: list[str] = field(default_factory=list)
+    # HMAC-SHA256 key for X-Sfu-Signature; "" uses auth.secret.
+    secret: str = ""
+    timeout_s: int = 5
+    retries: int = 3
+    retry_delay_s: float = 0.5
+    queue_size: int = 1000
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
@@ -91,6 +104,7 @@ class Config:
     rooms: RoomsConfig = field(default_factory=RoomsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     liveness: LivenessConfig = field(default_factory=LivenessConfig)
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
 
     def validate(self) -> None:
         _check(self.server.port, 0 <= self.server.port <= 65535, "server.port", "0..65535")
@@ -100,6 +114,8 @@ class Config:
             "server.log_level",
             "debug, info, warning or error",
         )
+        _check(self.server.log_format, self.server.log_format in {"plain", "json"},
+               "server.log_format", "plain or json")
         _check(
             self.server.max_message_bytes,
             self.server.max_message_bytes >= 1024,
@@ -153,8 +169,19 @@ class Config:
             ("liveness.ping_interval_s", self.liveness.ping_interval_s, 1, 3600),
             ("liveness.timeout_s", self.liveness.timeout_s, 2, 36_000),
             ("liveness.reconnect_grace_s", self.liveness.reconnect_grace_s, 0, 3600),
+            ("webhooks.timeout_s", self.webhooks.timeout_s, 1, 300),
+            ("webhooks.retries", self.webhooks.retries, 0, 20),
+            ("webhooks.queue_size", self.webhooks.queue_size, 1, 1_000_000),
         ):
             _check(value, low <= value <= high, key, f"{low}..{high}")
+        for url in self.webhooks.urls:
+            _check(url, url.startswith(("http://", "https://")), "webhooks.urls",
+                   "http:// or https:// URLs")
+        if self.webhooks.urls:
+            _check("<hidden>", bool(self.webhooks.secret or self.auth.secret),
+                   "webhooks.secret", "a secret (or auth.secret) to sign webhooks with")
+        _check(self.webhooks.retry_delay_s, 0 <= self.webhooks.retry_delay_s <= 60,
+               "webhooks.retry_delay_s", "0..60")
         _check(
             self.liveness.timeout_s,
             self.liveness.timeout_s > self.liveness.ping_interval_s,
@@ -242,6 +269,9 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif hint is str:
         ok = isinstance(value, str)
+    elif hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
     else:  # list[str]
         ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
     if ok:
@@ -264,12 +294,17 @@ def _coerce_text(text: str, hint: Any, key: str) -> Any:
             pass
     elif hint is str:
         return text
+    elif hint is float:
+        try:
+            return float(text)
+        except ValueError:
+            pass
     elif hint == list[str]:
         return [part.strip() for part in text.split(",") if part.strip()]
     raise ConfigError(f"{key} = {text!r}: expected {_type_name(hint)}")
 
 
 def _type_name(hint: Any) -> str:
-    return {bool: "a boolean", int: "an integer", str: "a string"}.get(
+    return {bool: "a boolean", int: "an integer", str: "a string", float: "a number"}.get(
         hint, "a list of strings"
     )

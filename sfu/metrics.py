@@ -2,23 +2,56 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 from prometheus_client.registry import Collector, CollectorRegistry
 
 if TYPE_CHECKING:
     from sfu.server import Server
+
+# Upper bounds of the time-to-connect histogram buckets, in seconds.
+CONNECT_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+class ConnectionStats:
+    """ICE outcomes by selected candidate types, and time to connect (no I/O)."""
+
+    def __init__(self) -> None:
+        # (local candidate type, remote candidate type, outcome) → count
+        self.outcomes: Counter[tuple[str, str, str]] = Counter()
+        self.bucket_counts = [0] * len(CONNECT_BUCKETS)
+        self.connect_seconds_sum = 0.0
+        self.connect_count = 0
+
+    def connected(self, local: str, remote: str, seconds: float) -> None:
+        self.outcomes[(local, remote, "connected")] += 1
+        self.connect_count += 1
+        self.connect_seconds_sum += seconds
+        for i, bound in enumerate(CONNECT_BUCKETS):
+            if seconds <= bound:
+                self.bucket_counts[i] += 1
+
+    def not_connected(self, outcome: str) -> None:
+        """``outcome`` is "failed" or "timeout"; no pair was selected."""
+        self.outcomes[("none", "none", outcome)] += 1
 
 
 class ServerCollector(Collector):
     def __init__(self, server: Server) -> None:
         self.server = server
 
-    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    def collect(
+        self,
+    ) -> Iterator[GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily]:
         server = self.server
         yield GaugeMetricFamily("sfu_rooms", "Rooms with at least one participant",
                                 value=len(server.rooms))
@@ -44,6 +77,41 @@ class ServerCollector(Collector):
         for reason in ("unvalidated_source",):
             drops.add_metric([reason], server.transport_drops[reason])
         yield drops
+        packets_by_kind = CounterMetricFamily(
+            "sfu_forwarded_packets", "Packets forwarded to subscribers", labels=["kind"])
+        bytes_by_kind = CounterMetricFamily(
+            "sfu_forwarded_bytes", "Bytes (SRTP) forwarded to subscribers", labels=["kind"])
+        for kind, (count, octets) in server.forwarded_by_kind().items():
+            packets_by_kind.add_metric([kind], count)
+            bytes_by_kind.add_metric([kind], octets)
+        yield packets_by_kind
+        yield bytes_by_kind
+        stats = server.connections
+        outcomes = CounterMetricFamily(
+            "sfu_ice_connections", "Peer connections by selected candidate types and outcome",
+            labels=["local_candidate", "remote_candidate", "outcome"],
+        )
+        for (local, remote, outcome), count in sorted(stats.outcomes.items()):
+            outcomes.add_metric([local, remote, outcome], count)
+        yield outcomes
+        buckets = [(str(bound), count) for bound, count in zip(
+            CONNECT_BUCKETS, stats.bucket_counts, strict=True)]
+        yield HistogramMetricFamily(
+            "sfu_ice_connect_seconds", "Time from creating a peer connection to connected",
+            buckets=[*buckets, ("+Inf", stats.connect_count)],
+            sum_value=stats.connect_seconds_sum,
+        )
+        yield GaugeMetricFamily("sfu_event_loop_lag_seconds",
+                                "Largest event-loop delay over the last few seconds",
+                                value=server.loop_lag)
+        yield CounterMetricFamily("sfu_events_dropped",
+                                  "Events dropped because a listener fell behind",
+                                  value=server.events.dropped)
+        webhooks = CounterMetricFamily("sfu_webhook_deliveries",
+                                       "Webhook deliveries by outcome", labels=["outcome"])
+        for outcome in ("delivered", "failed", "dropped"):
+            webhooks.add_metric([outcome], server.webhook_outcomes[outcome])
+        yield webhooks
 
 
 def metrics_handler(server: Server) -> Callable[[web.Request], Awaitable[web.Response]]:

@@ -11,22 +11,24 @@ import itertools
 import logging
 import random
 import secrets
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 from aiortc import RTCRtpTransceiver
 from aiortc.sdp import candidate_from_sdp
 
-from sfu import rooms, rtp
-from sfu.auth import AuthError, Grants, verify_token
+from sfu import events, rooms, rtp
+from sfu.auth import AuthError, Grants, mint_token, verify_token
 from sfu.config import Config
+from sfu.control import admin
 from sfu.control.schema import ProtocolError
 from sfu.control.websocket import ConnectionLimits, ControlConnection
 from sfu.forwarding import make_forwarder
-from sfu.metrics import metrics_handler
+from sfu.metrics import ConnectionStats, metrics_handler
 from sfu.transport.internals import HostGathering
 from sfu.transport.peer import (
     PeerTransport,
@@ -35,10 +37,14 @@ from sfu.transport.peer import (
     SubscribeTransport,
     now_us,
 )
+from sfu.webhooks import Webhooks
 
 logger = logging.getLogger(__name__)
 
 WEB_DIR = Path(__file__).parent / "web"
+# A peer connection not connected this long after it was made counts as a timeout.
+CONNECT_TIMEOUT_S = 20.0
+PeerTransportT = TypeVar("PeerTransportT", bound=PeerTransport)
 
 
 @dataclass
@@ -48,6 +54,7 @@ class Publication:
     track: rooms.Track
     producer: int
     media: PublishedMedia
+    muted: bool = False  # server-side: forwarding paused
 
 
 @dataclass
@@ -136,7 +143,7 @@ class Session:
             self.server.change_subscriptions(peer, message["tracks"], subscribe=False)
             return None
         if msg_type == "leave":
-            await self.server.leave(peer)
+            await self.server.leave(peer, "left")
             self.peer = None
             return {"type": "left"}
         raise ProtocolError("unknown_type", f"unknown message type {msg_type!r}", "type")
@@ -160,8 +167,19 @@ class Server:
             tuple(rtc.listen_ips), rtc.announced_ip, rtc.port_min, rtc.port_max
         )
         self.rooms: dict[str, rooms.Room] = {}
+        # Rooms created through the API stay (empty) until closed through it.
+        self._kept_rooms: set[str] = set()
+        self.events = events.EventBus()
+        self.webhooks = Webhooks(self.config.webhooks, self.events, self._webhook_outcome,
+                                 self.config.auth.secret)
         self.peers: dict[str, Peer] = {}
         self.publications: dict[str, Publication] = {}
+        # What removed consumers had forwarded: (kind, "packets" | "bytes") → total.
+        self.forwarded_retired: Counter[tuple[str, str]] = Counter()
+        self.connections = ConnectionStats()
+        self.webhook_outcomes: Counter[str] = Counter()
+        self.loop_lag = 0.0
+        self._ready = False
         # Media dropped by the transports before the forwarder, by reason.
         self.transport_drops: Counter[str] = Counter()
         # Transport endpoint → the participant it belongs to.
@@ -178,35 +196,67 @@ class Server:
         app = web.Application()
         app.router.add_get("/ws", self._websocket)
         app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", metrics_handler(self))
+        app.add_subapp("/admin", admin.routes(self))
         app.router.add_get("/", self._index)
         app.router.add_get(r"/{name:[A-Za-z0-9_-]+\.(?:js|css|html)}", self._web_file)
         return app
 
-    async def start(self) -> None:
-        self._runner = web.AppRunner(self.app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.server.host, self.config.server.port)
-        await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else self.config.server.port
-        logger.info(
-            "sfu listening on http://%s:%s (forwarder: %s)",
-            self.config.server.host, self.port, self.forwarder.implementation,
-        )
+    async def start(self, serve: bool = True) -> None:
+        """Start the server in the running event loop.
+
+        With ``serve`` False no HTTP site is opened: mount ``server.app`` into your own
+        aiohttp application (``your_app.add_subapp("/sfu", server.app)``) instead.
+        """
+        self._spawn(self._watch_loop_lag())
+        self.webhooks.start()
+        if serve:
+            self._runner = web.AppRunner(self.app)
+            await self._runner.setup()
+            site = web.TCPSite(self._runner, self.config.server.host, self.config.server.port)
+            await site.start()
+            sockets = getattr(site._server, "sockets", None) or []
+            self.port = sockets[0].getsockname()[1] if sockets else self.config.server.port
+            logger.info(
+                "sfu listening on http://%s:%s (forwarder: %s)",
+                self.config.server.host, self.port, self.forwarder.implementation,
+            )
+        self._ready = True
 
     async def stop(self) -> None:
+        self._ready = False
         for peer in list(self.peers.values()):
             control = peer.control
-            await self.leave(peer)
+            await self.leave(peer, "server_stopped")
             if control is not None:
                 await control.close()
+        await self.webhooks.stop()
+        await self.events.close()
         for task in list(self._tasks):
             task.cancel()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+    def _webhook_outcome(self, outcome: str) -> None:
+        self.webhook_outcomes[outcome] += 1
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        """Ready to take participants: started, and not stopping."""
+        status = 200 if self._ready else 503
+        return web.json_response({"ready": self._ready, "rooms": len(self.rooms),
+                                  "participants": len(self.peers)}, status=status)
+
+    async def _watch_loop_lag(self) -> None:
+        """How late the event loop wakes: the cost a slow callback puts on every packet."""
+        loop = asyncio.get_running_loop()
+        worst: list[float] = []
+        while True:
+            started = loop.time()
+            await asyncio.sleep(0.25)
+            worst = [*worst[-11:], max(0.0, loop.time() - started - 0.25)]
+            self.loop_lag = max(worst)
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "forwarder": self.forwarder.implementation})
@@ -262,33 +312,46 @@ class Server:
             existing.send({"type": "error", "code": "replaced",
                            "message": "the same identity joined from another connection"})
             old_control = existing.control
-            await self.leave(existing)
+            await self.leave(existing, "replaced")
             if old_control is not None:
                 await old_control.close()
-        room = self.rooms.get(room_name)
-        if room is None:
-            if len(self.rooms) >= self.config.limits.max_rooms:
-                raise ProtocolError("too_many_rooms",
-                                    f"the server has {self.config.limits.max_rooms} rooms")
-            room = rooms.Room(
-                room_name,
-                auto_subscribe=self.config.rooms.auto_subscribe,
-                max_participants=self.config.rooms.max_participants,
-            )
-            self.rooms[room_name] = room
+        room = self.rooms.get(room_name) or self._start_room(room_name)
         participant_id = "PA_" + secrets.token_hex(6)
         try:
-            events = room.join(participant_id, message["name"])
+            room_events = room.join(participant_id, message["name"])
         except rooms.RoomError:
-            if not room.participants:
-                del self.rooms[room_name]
+            if not room.participants and room_name not in self._kept_rooms:
+                self._finish_room(room_name)
             raise
         peer = Peer(participant_id, message["name"], identity, room, grants, session.control)
         self.peers[participant_id] = peer
         session.control.send(self._joined(peer, message))
-        self._apply(events)
-        logger.info("%s (%s) joined room %s", participant_id, peer.name, room_name)
+        self.events.publish(events.ParticipantJoined(room_name, participant=participant_id,
+                                                     identity=identity, name=peer.name))
+        self._apply(room_events)
+        logger.info("%s (%s) joined room %s", participant_id, peer.name, room_name,
+                    extra={"room": room_name, "participant": participant_id})
         return peer
+
+    def _start_room(self, name: str, max_participants: int | None = None,
+                    auto_subscribe: bool | None = None) -> rooms.Room:
+        if len(self.rooms) >= self.config.limits.max_rooms:
+            raise ProtocolError("too_many_rooms",
+                                f"the server has {self.config.limits.max_rooms} rooms")
+        room = rooms.Room(
+            name,
+            auto_subscribe=(self.config.rooms.auto_subscribe if auto_subscribe is None
+                            else auto_subscribe),
+            max_participants=(self.config.rooms.max_participants if max_participants is None
+                              else max_participants),
+        )
+        self.rooms[name] = room
+        self.events.publish(events.RoomStarted(name))
+        return room
+
+    def _finish_room(self, name: str) -> None:
+        if self.rooms.pop(name, None) is not None:
+            self.events.publish(events.RoomFinished(name))
 
     def _joined(self, peer: Peer, message: dict[str, Any], resumed: bool = False
                 ) -> dict[str, Any]:
@@ -334,7 +397,7 @@ class Server:
         peer.control = None
         grace = self.config.liveness.reconnect_grace_s
         if grace <= 0:
-            await self.leave(peer)
+            await self.leave(peer, "disconnected")
             return
         loop = asyncio.get_running_loop()
         peer.grace = loop.call_later(grace, lambda: self._spawn(self._grace_over(peer)))
@@ -343,7 +406,7 @@ class Server:
     async def _grace_over(self, peer: Peer) -> None:
         peer.grace = None
         if peer.control is None:
-            await self.leave(peer)
+            await self.leave(peer, "disconnected")
 
     def _authorize(self, room: str, token: str | None) -> Grants:
         auth = self.config.auth
@@ -353,7 +416,8 @@ class Server:
             raise AuthError("a token is required to join")
         return verify_token(auth.secret, token, room)
 
-    async def leave(self, peer: Peer) -> None:
+    async def leave(self, peer: Peer, reason: str = "left") -> None:
+        """Remove a participant: its tracks, subscriptions and peer connections go."""
         if peer.leaving or peer.id not in self.peers:
             return
         peer.leaving = True
@@ -367,9 +431,12 @@ class Server:
             if transport is not None:
                 self._endpoint_owner.pop(transport.endpoint, None)
                 await transport.close()
-        if not room.participants:
-            self.rooms.pop(room.name, None)
-        logger.info("%s left room %s", peer.id, room.name)
+        self.events.publish(events.ParticipantLeft(room.name, participant=peer.id,
+                                                   identity=peer.identity, reason=reason))
+        if not room.participants and room.name not in self._kept_rooms:
+            self._finish_room(room.name)
+        logger.info("%s left room %s (%s)", peer.id, room.name, reason,
+                    extra={"room": room.name, "participant": peer.id})
 
     # -- publishing --------------------------------------------------------------------
 
@@ -388,17 +455,13 @@ class Server:
                 "sdp",
             )
         if peer.publish is None:
-            peer.publish = PublishTransport(
-                next(self._ids), self.forwarder, self.gathering, self._connection_state,
-                self.transport_drops,
-            )
-            self._endpoint_owner[peer.publish.endpoint] = peer.id
+            peer.publish = self._new_transport(peer, PublishTransport)
         try:
             answer_sdp, media = await peer.publish.answer(offer_sdp)
         except Exception as exc:
             logger.info("publish offer from %s failed: %s", peer.id, exc)
             raise ProtocolError("negotiation_failed", f"cannot apply the offer: {exc}") from None
-        events: list[rooms.Event] = []
+        room_events: list[rooms.Event] = []
         tracks = []
         for item in media:
             track_id = "TR_" + secrets.token_hex(6)
@@ -407,11 +470,11 @@ class Server:
                 item.codec.mime_type.split("/")[-1].lower(), rtp.CODEC_OTHER
             )
             self.forwarder.add_producer(producer, peer.publish.endpoint, item.ssrc, codec)
-            events += peer.room.publish(peer.id, track_id, item.kind)
+            room_events += peer.room.publish(peer.id, track_id, item.kind)
             self.publications[track_id] = Publication(peer.room.tracks[track_id], producer, item)
             tracks.append(peer.room.tracks[track_id].describe())
         # The events only send to other participants, so the answer may follow them.
-        self._apply(events)
+        self._apply(room_events)
         return {"type": "answer", "sdp": answer_sdp, "tracks": tracks}
 
     # -- subscribing -------------------------------------------------------------------
@@ -420,21 +483,17 @@ class Server:
         if subscribe and not peer.grants.can_subscribe:
             raise ProtocolError("forbidden", "the token does not allow subscribing")
         if subscribe:
-            events = peer.room.subscribe(peer.id, track_ids)
+            room_events = peer.room.subscribe(peer.id, track_ids)
         else:
-            events = peer.room.unsubscribe(peer.id, track_ids)
-        self._apply(events)
+            room_events = peer.room.unsubscribe(peer.id, track_ids)
+        self._apply(room_events)
 
     def _subscribe(self, peer: Peer, track: rooms.Track) -> None:
         if not peer.grants.can_subscribe:
             return
         publication = self.publications[track.id]
         if peer.subscribe is None:
-            peer.subscribe = SubscribeTransport(
-                next(self._ids), self.forwarder, self.gathering, self._connection_state,
-                self.transport_drops,
-            )
-            self._endpoint_owner[peer.subscribe.endpoint] = peer.id
+            peer.subscribe = self._new_transport(peer, SubscribeTransport)
         transceiver = peer.subscribe.add_track(track.kind, publication.media.codec)
         peer.subscriptions[track.id] = Subscription(track, transceiver, next(self._ids))
         self._negotiate(peer)
@@ -443,6 +502,7 @@ class Server:
         subscription = peer.subscriptions.pop(track.id, None)
         if subscription is None or peer.subscribe is None:
             return
+        self._retire(subscription)
         self.forwarder.remove_consumer(subscription.consumer)
         peer.subscribe.stop_track(subscription.transceiver)
         if not peer.leaving:
@@ -545,15 +605,44 @@ class Server:
         parsed.sdpMLineIndex = candidate.get("sdpMLineIndex")
         await transport.pc.addIceCandidate(parsed)
 
+    def _new_transport(self, peer: Peer, kind: type[PeerTransportT]) -> PeerTransportT:
+        transport = kind(next(self._ids), self.forwarder, self.gathering,
+                         self._connection_state, self.transport_drops)
+        self._endpoint_owner[transport.endpoint] = peer.id
+        asyncio.get_running_loop().call_later(CONNECT_TIMEOUT_S, self._connect_timeout,
+                                              transport)
+        return transport
+
+    def _connect_timeout(self, transport: PeerTransport) -> None:
+        if not transport.connected.is_set() and transport.pc.connectionState != "closed":
+            self.connections.not_connected("timeout")
+
     def _connection_state(self, transport: PeerTransport, state: str) -> None:
-        """ICE or DTLS failed (consent expired included): the participant is gone."""
+        """Statistics and events; ICE or DTLS failure (consent expiry included) removes
+        the participant."""
         logger.debug("endpoint %d: %s", transport.endpoint, state)
-        if state != "failed":
-            return
+        selected = transport.selected
+        if state == "connected" and selected is not None:
+            self.connections.connected(selected.local_type, selected.remote_type,
+                                       time.monotonic() - transport.created)
+        elif state in ("failed", "closed") and not transport.closing and (
+                not transport.connected.is_set()):
+            self.connections.not_connected("failed")
         peer = self.peers.get(self._endpoint_owner.get(transport.endpoint, ""))
+        if peer is not None:
+            self.events.publish(events.ConnectionStateChanged(
+                peer.room.name, participant=peer.id, connection=transport.role, state=state,
+                local_candidate=selected.local_type if selected else None,
+                remote_candidate=selected.remote_type if selected else None,
+            ))
+        # aiortc reports ICE consent expiry (RFC 7675) as "closed" when ICE had not
+        # reached "completed": a close we did not ask for is a failure too.
+        lost = state == "failed" or (state == "closed" and not transport.closing)
+        if not lost:
+            return
         if peer is not None and not peer.leaving:
             logger.info("%s: peer connection failed; removing the participant", peer.id)
-            self._spawn(self.leave(peer))
+            self._spawn(self.leave(peer, "failed"))
 
     def _check_sdp(self, sdp: str) -> None:
         limits = self.config.limits
@@ -565,10 +654,146 @@ class Server:
             raise ProtocolError("bad_field", f"sdp has more than {limits.max_sdp_mlines} "
                                 "m-lines", "sdp")
 
+    # -- the embedding API (also behind the admin HTTP API) ------------------------------
+
+    def create_room(self, name: str, *, max_participants: int | None = None,
+                    auto_subscribe: bool | None = None) -> rooms.Room:
+        """Create a room with its own options; it stays, empty or not, until close_room."""
+        if name in self.rooms:
+            raise ValueError(f"room {name!r} exists")
+        room = self._start_room(name, max_participants, auto_subscribe)
+        self._kept_rooms.add(name)
+        return room
+
+    async def close_room(self, name: str) -> None:
+        """Remove everyone from a room and the room itself."""
+        room = self._room(name)
+        self._kept_rooms.discard(name)
+        for participant_id in list(room.participants):
+            await self._remove(self.peers[participant_id], "room_closed")
+        self._finish_room(name)
+
+    async def kick(self, room: str, participant: str) -> None:
+        """Remove a participant now: its media stops reaching everyone."""
+        await self._remove(self._peer(room, participant), "kicked")
+
+    def mute(self, room: str, track: str, muted: bool) -> None:
+        """Pause (or resume) forwarding a track to every subscriber, server-side."""
+        publication = self.publications.get(track)
+        if publication is None or publication.track.id not in self._room(room).tracks:
+            raise KeyError(f"no track {track!r} in room {room!r}")
+        if publication.muted == muted:
+            return
+        publication.muted = muted
+        self.forwarder.set_producer_paused(publication.producer, muted)
+        if not muted and publication.track.kind == "video":
+            self.forwarder.request_keyframe(publication.producer, now_us())
+        self._broadcast(room, "", {"type": "track_muted", "track": track, "muted": muted})
+        self.events.publish(events.TrackMuted(room, participant=publication.track.participant,
+                                              track=track, muted=muted))
+
+    def update_permissions(self, room: str, participant: str, *,
+                           can_publish: bool | None = None,
+                           can_subscribe: bool | None = None) -> None:
+        """Change a participant's grants; what it may no longer do stops now."""
+        peer = self._peer(room, participant)
+        grants = peer.grants
+        peer.grants = Grants(
+            identity=grants.identity, room=grants.room,
+            can_publish=grants.can_publish if can_publish is None else can_publish,
+            can_subscribe=grants.can_subscribe if can_subscribe is None else can_subscribe,
+        )
+        room_events: list[rooms.Event] = []
+        if not peer.grants.can_publish:
+            for track_id in list(peer.room.participants[peer.id].tracks):
+                room_events += peer.room.unpublish(track_id)
+        if not peer.grants.can_subscribe:
+            room_events += peer.room.unsubscribe(
+                peer.id, sorted(peer.room.participants[peer.id].subscriptions))
+        elif can_subscribe and peer.room.auto_subscribe:
+            others = [t.id for t in peer.room.tracks.values() if t.participant != peer.id]
+            room_events += peer.room.subscribe(peer.id, others)
+        self._apply(room_events)
+
+    def mint_token(self, room: str, identity: str, *, ttl_seconds: int = 3600,
+                   can_publish: bool = True, can_subscribe: bool = True) -> str:
+        if not self.config.auth.secret:
+            raise ValueError("auth.secret is not set")
+        return mint_token(self.config.auth.secret, room=room, identity=identity,
+                          ttl_seconds=ttl_seconds, can_publish=can_publish,
+                          can_subscribe=can_subscribe)
+
+    def room_info(self, name: str) -> dict[str, Any]:
+        """A room's participants, tracks and per-subscription forwarding stats."""
+        room = self._room(name)
+        participants = []
+        for participant in room.participants.values():
+            peer = self.peers[participant.id]
+            subscriptions = []
+            for track_id, subscription in peer.subscriptions.items():
+                packets, octets = self.forwarder.consumer_stats(subscription.consumer)
+                subscriptions.append({"track": track_id, "packets": packets, "bytes": octets,
+                                      "active": subscription.active})
+            participants.append({
+                "id": peer.id, "identity": peer.identity, "name": peer.name,
+                "connected": peer.control is not None,
+                "can_publish": peer.grants.can_publish,
+                "can_subscribe": peer.grants.can_subscribe,
+                "tracks": [self._track_info(t) for t in participant.tracks],
+                "subscriptions": subscriptions,
+            })
+        return {"name": name, "max_participants": room.max_participants,
+                "auto_subscribe": room.auto_subscribe, "participants": participants}
+
+    def rooms_info(self) -> list[dict[str, Any]]:
+        return [{"name": name, "participants": len(room.participants),
+                 "tracks": len(room.tracks)} for name, room in self.rooms.items()]
+
+    def forwarded_by_kind(self) -> dict[str, tuple[int, int]]:
+        """kind → (packets, bytes) forwarded to subscribers, since the start."""
+        totals = {kind: [self.forwarded_retired[(kind, "packets")],
+                         self.forwarded_retired[(kind, "bytes")]] for kind in ("audio", "video")}
+        for peer in self.peers.values():
+            for subscription in peer.subscriptions.values():
+                packets, octets = self.forwarder.consumer_stats(subscription.consumer)
+                totals[subscription.track.kind][0] += packets
+                totals[subscription.track.kind][1] += octets
+        return {kind: (p, b) for kind, (p, b) in totals.items()}
+
+    def _retire(self, subscription: Subscription) -> None:
+        packets, octets = self.forwarder.consumer_stats(subscription.consumer)
+        self.forwarded_retired[(subscription.track.kind, "packets")] += packets
+        self.forwarded_retired[(subscription.track.kind, "bytes")] += octets
+
+    def _track_info(self, track_id: str) -> dict[str, Any]:
+        publication = self.publications[track_id]
+        return {"id": track_id, "kind": publication.track.kind, "muted": publication.muted,
+                "codec": publication.media.codec.mime_type}
+
+    def _room(self, name: str) -> rooms.Room:
+        room = self.rooms.get(name)
+        if room is None:
+            raise KeyError(f"no room {name!r}")
+        return room
+
+    def _peer(self, room: str, participant: str) -> Peer:
+        peer = self.peers.get(participant)
+        if peer is None or peer.room.name != room:
+            raise KeyError(f"no participant {participant!r} in room {room!r}")
+        return peer
+
+    async def _remove(self, peer: Peer, reason: str) -> None:
+        """Server-initiated removal: tell the client why, then close its socket."""
+        control = peer.control
+        peer.send({"type": "error", "code": reason, "message": f"removed: {reason}"})
+        await self.leave(peer, reason)
+        if control is not None:
+            await control.close()
+
     # -- room events -------------------------------------------------------------------
 
-    def _apply(self, events: list[rooms.Event]) -> None:
-        for event in events:
+    def _apply(self, room_events: list[rooms.Event]) -> None:
+        for event in room_events:
             if isinstance(event, rooms.ParticipantJoined):
                 self._broadcast(event.room, event.participant.id, {
                     "type": "participant_joined", "participant": event.participant.describe(),
@@ -581,6 +806,9 @@ class Server:
                 self._broadcast(event.room, event.track.participant, {
                     "type": "track_published", "track": event.track.describe(),
                 })
+                self.events.publish(events.TrackPublished(
+                    event.room, participant=event.track.participant, track=event.track.id,
+                    kind=event.track.kind))
             elif isinstance(event, rooms.TrackUnpublished):
                 publication = self.publications.pop(event.track.id, None)
                 if publication is not None:
@@ -588,6 +816,9 @@ class Server:
                 self._broadcast(event.room, event.track.participant, {
                     "type": "track_unpublished", "track": event.track.id,
                 })
+                self.events.publish(events.TrackUnpublished(
+                    event.room, participant=event.track.participant, track=event.track.id,
+                    kind=event.track.kind))
             elif isinstance(event, rooms.Subscribed):
                 self._subscribe(self.peers[event.subscriber], event.track)
             elif isinstance(event, rooms.Unsubscribed):

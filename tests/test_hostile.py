@@ -173,3 +173,31 @@ async def test_datagrams_from_unvalidated_addresses_are_dropped(call: Call) -> N
     counters_after = call.server.forwarder.counters()
     # None of them reached the forwarder: no SRTP failures, nothing new accepted from them.
     assert counters_after["drop_srtp_fail"] == counters_before["drop_srtp_fail"]
+
+
+async def test_ice_consent_failure_removes_the_participant(
+    call: Call, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The laptop lid closes but the WebSocket lingers (say, behind a proxy): ICE
+    consent (RFC 7675) expires and the server removes the participant anyway."""
+    import aioice.ice
+
+    # aioice checks consent every 5 s and gives up after 6 failures: shorten both.
+    monkeypatch.setattr(aioice.ice, "CONSENT_INTERVAL", 0.2)
+    monkeypatch.setattr(aioice.ice, "CONSENT_FAILURES", 3)
+    alice_id = call.alice.participant_id or ""
+    peer = call.server.peers[alice_id]
+    assert peer.publish is not None and peer.control is not None
+    # Restart the server's consent loop for alice so it runs on the short interval.
+    connection = peer.publish.pc.getTransceivers()[0].receiver.transport.transport._connection
+    assert connection._query_consent_task is not None
+    connection._query_consent_task.cancel()
+    connection._query_consent_task = asyncio.create_task(connection.query_consent())
+    # Alice's machine goes silent: her UDP sockets vanish, no DTLS goodbye.
+    assert call.alice.publish_pc is not None
+    client = call.alice.publish_pc.getTransceivers()[0].receiver.transport.transport._connection
+    for protocol in client._protocols:
+        protocol.transport.abort()
+    event = await call.bob.next_event("participant_left", timeout=15)
+    assert event["participant"] == alice_id
+    assert alice_id not in call.server.peers

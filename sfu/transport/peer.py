@@ -61,6 +61,8 @@ class PublishedMedia:
 class PeerTransport:
     """One peer connection, its ICE/DTLS endpoint, and the divert into the forwarder."""
 
+    role = "peer"  # "publish" or "subscribe" in the subclasses
+
     def __init__(
         self,
         endpoint: int,
@@ -82,6 +84,8 @@ class PeerTransport:
         # validated pairs carry media).
         self.drops_unvalidated_source = 0
         self.connected = asyncio.Event()
+        self.closing = False
+        self.created = time.monotonic()
         self.pc.on("connectionstatechange", self._connection_state_changed)
 
     def _prepare(self) -> None:
@@ -114,12 +118,15 @@ class PeerTransport:
         self._on_connection_state(self, state)
 
     async def close(self) -> None:
+        self.closing = True  # a "closed" state from here on is ours, not a failure
         self._forwarder.remove_endpoint(self.endpoint)
         await self.pc.close()
 
 
 class PublishTransport(PeerTransport):
     """The client offers its tracks; the server answers receive-only."""
+
+    role = "publish"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -185,6 +192,8 @@ class DownTrack:
 
 class SubscribeTransport(PeerTransport):
     """The server offers send-only transceivers; the client answers."""
+
+    role = "subscribe"
 
     def add_track(self, kind: str, codec: CodecInfo) -> RTCRtpTransceiver:
         """A send-only transceiver that offers exactly the publisher's codec."""

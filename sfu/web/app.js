@@ -9,6 +9,8 @@ const joinButton = $('join');
 const leaveButton = $('leave');
 const preview = $('preview');
 const grid = $('grid');
+const STATS_INTERVAL_MS = 1000;
+const DASH = '–';
 
 roomInput.value = params.get('room') || 'demo';
 nameInput.value = params.get('name') || `guest-${Math.floor(1000 + Math.random() * 9000)}`;
@@ -16,7 +18,9 @@ preview.muted = true; // the attribute alone only sets defaultMuted; never echo 
 
 let client = null;
 let localStream = null;
-const tiles = new Map(); // participant id -> {figure, video, stream, byMid: mid -> track}
+const tiles = new Map(); // participant id -> {figure, video, stream, byMid: mid -> track, stats}
+let statsTimer = null;
+const lastSample = new Map(); // participant id -> {t, bytes, received, lost}
 
 // window.sfuReady settles once per join attempt; tests may grab it before clicking Join.
 let ready;
@@ -52,7 +56,12 @@ function tileFor(participant) {
   figure.dataset.participant = participant;
   figure.append(video, caption);
   grid.append(figure);
-  tile = { figure, video, stream: new MediaStream(), byMid: new Map() };
+  const stats = statsStrip(figure, {
+    bitrate: 'Received bitrate, video + audio', loss: 'Packet loss over the last second',
+    resolution: 'Received video resolution', fps: 'Received frames per second',
+  });
+  tile = { figure, video, stream: new MediaStream(), byMid: new Map(), stats };
+  showRemote(tile, {});
   tiles.set(participant, tile);
   return tile;
 }
@@ -63,7 +72,113 @@ function removeTile(participant) {
   tile.video.srcObject = null;
   tile.figure.remove();
   tiles.delete(participant);
+  lastSample.delete(participant);
 }
+
+// --- live stats: a strip at the top of each tile, refreshed once a second ---
+
+// Spans keyed like `fields` (key -> tooltip), in a translucent strip over the tile.
+function statsStrip(figure, fields) {
+  const strip = document.createElement('div');
+  strip.className = 'stats';
+  const spans = {};
+  for (const [key, title] of Object.entries(fields)) {
+    spans[key] = Object.assign(document.createElement('span'), { title, textContent: DASH });
+    strip.append(spans[key]);
+  }
+  figure.append(strip);
+  return spans;
+}
+
+const localStats = statsStrip($('local'), {
+  rtt: 'Round-trip time to the server (subscribe connection)',
+  pub: 'Publish connection: type of our selected ICE candidate',
+  sub: 'Subscribe connection: type of our selected ICE candidate',
+});
+
+const show = (value, format) => (value == null || !Number.isFinite(value) ? DASH : format(value));
+
+// The selected candidate pair of `pc`: {candidateType, rtt (s)}, null fields if unknown.
+async function selectedPair(pc) {
+  const none = { candidateType: null, rtt: null };
+  if (!pc || pc.signalingState === 'closed') return none;
+  const stats = await pc.getStats().catch(() => null);
+  if (!stats) return none;
+  let pair = null;
+  stats.forEach((s) => {
+    if (s.type === 'transport' && s.selectedCandidatePairId) pair ??= stats.get(s.selectedCandidatePairId);
+  });
+  if (!pair) { // no transport stats (Firefox): take the pair flagged as selected or nominated
+    const pairs = [...stats.values()].filter((s) => s.type === 'candidate-pair' && s.state === 'succeeded');
+    pair = pairs.find((s) => s.selected) ?? pairs.find((s) => s.nominated);
+  }
+  if (!pair) return none;
+  return {
+    candidateType: stats.get(pair.localCandidateId)?.candidateType ?? null,
+    rtt: pair.currentRoundTripTime ?? null,
+  };
+}
+
+function showRemote(tile, now, prev) {
+  const dt = prev && (now.t - prev.t) / 1000;
+  const bytes = now.bytes - prev?.bytes;
+  const received = now.received - prev?.received;
+  const lost = Math.max(0, now.lost - prev?.lost); // duplicates can make packetsLost shrink
+  // Counters shrink when a track goes away: show nothing for that interval.
+  const ok = dt > 0 && bytes >= 0 && received >= 0;
+  const loss = ok && received + lost > 0 ? (100 * lost) / (received + lost) : null;
+  tile.stats.bitrate.textContent = `${show(ok ? (bytes * 8) / dt / 1000 : null, Math.round)} kbit/s`;
+  tile.stats.loss.textContent = `${show(loss, (v) => v.toFixed(1))} % loss`;
+  tile.stats.loss.classList.toggle('warn', loss > 2 && loss <= 5);
+  tile.stats.loss.classList.toggle('bad', loss > 5);
+  tile.stats.resolution.textContent = now.width ? `${now.width}×${now.height}` : DASH;
+  tile.stats.fps.textContent = `${show(now.fps, Math.round)} fps`;
+}
+
+async function updateStats(c) {
+  const [byParticipant, pub, sub] = await Promise.all([
+    c.statsByParticipant().catch(() => ({})), selectedPair(c.pubPc), selectedPair(c.subPc),
+  ]);
+  if (client !== c) return; // left while waiting
+  const t = performance.now();
+  for (const [id, tile] of tiles) {
+    const s = byParticipant[id];
+    const now = s ? {
+      t, bytes: s.bytesReceived, received: s.packetsReceived, lost: s.packetsLost,
+      width: s.frameWidth, height: s.frameHeight, fps: s.framesPerSecond,
+    } : { t };
+    showRemote(tile, now, lastSample.get(id));
+    lastSample.set(id, now);
+  }
+  showLocal(pub, sub);
+}
+
+function showLocal(pub, sub) {
+  localStats.rtt.textContent = `RTT ${show(sub.rtt, (v) => Math.round(v * 1000))} ms`;
+  localStats.pub.textContent = `pub ${pub.candidateType ?? DASH}`;
+  localStats.sub.textContent = `sub ${sub.candidateType ?? DASH}`;
+}
+
+function startStats(c) {
+  stopStats();
+  let busy = false; // a slow getStats() must not pile up
+  statsTimer = setInterval(() => {
+    if (busy || client !== c) return;
+    busy = true;
+    updateStats(c).catch(() => {}).finally(() => { busy = false; });
+  }, STATS_INTERVAL_MS);
+  localStats.rtt.parentElement.hidden = false;
+}
+
+function stopStats() {
+  clearInterval(statsTimer);
+  statsTimer = null;
+  lastSample.clear();
+  localStats.rtt.parentElement.hidden = true;
+  showLocal({}, {});
+}
+
+stopStats(); // the local strip stays hidden until joined
 
 // Autoplay with sound can be blocked without a user gesture (e.g. autojoin): retry on a click.
 function play(video) {
@@ -77,6 +192,7 @@ function play(video) {
 }
 
 function cleanup() {
+  stopStats();
   for (const id of [...tiles.keys()]) removeTile(id);
   localStream?.getTracks().forEach((t) => t.stop());
   localStream = null;
@@ -124,6 +240,7 @@ async function join() {
     $('local').querySelector('figcaption').textContent = `${name} (you)`;
     setStatus(`Joining ${room}…`);
     const joined = await c.join();
+    startStats(c);
     setStatus('Publishing…');
     await c.publish(localStream, { videoCodec: params.get('codec') || undefined });
     setStatus(`In room ${room} as ${joined.participant.name}.`);

@@ -124,15 +124,7 @@ export class SfuClient extends EventTarget {
       audio: { packetsReceived: 0, totalSamplesReceived: 0, bytesReceived: 0 },
     });
     for (const info of this._mids.values()) entry(info.participant);
-    if (!this.subPc) return out;
-    // Older browsers omit `mid` on inbound-rtp; fall back to the receiver's track id.
-    const midByTrackId = new Map(this.subPc.getTransceivers()
-      .filter((t) => t.mid).map((t) => [t.receiver.track.id, t.mid]));
-    const stats = await this.subPc.getStats();
-    stats.forEach((s) => {
-      if (s.type !== 'inbound-rtp') return;
-      const info = this._mids.get(s.mid ?? midByTrackId.get(s.trackIdentifier));
-      if (!info) return;
+    for (const [info, s] of await this._inboundRtp()) {
       const e = entry(info.participant);
       const kind = s.kind ?? s.mediaType;
       if (kind === 'video') {
@@ -146,11 +138,49 @@ export class SfuClient extends EventTarget {
         e.audio.totalSamplesReceived += s.totalSamplesReceived || 0;
         e.audio.bytesReceived += s.bytesReceived || 0;
       }
-    });
+    }
+    return out;
+  }
+
+  // Cumulative receive counters per participant (video + audio), for the caller to turn
+  // into rates: id -> {bytesReceived, packetsReceived, packetsLost, frameWidth,
+  // frameHeight, framesPerSecond}; the video fields are null until a frame has arrived.
+  async statsByParticipant() {
+    const out = {};
+    for (const [info, s] of await this._inboundRtp()) {
+      const e = (out[info.participant] ??= {
+        bytesReceived: 0, packetsReceived: 0, packetsLost: 0,
+        frameWidth: null, frameHeight: null, framesPerSecond: null,
+      });
+      e.bytesReceived += s.bytesReceived || 0;
+      e.packetsReceived += s.packetsReceived || 0;
+      e.packetsLost += s.packetsLost || 0;
+      // With several video tracks, report the largest one.
+      if ((s.kind ?? s.mediaType) === 'video' && s.frameWidth
+          && s.frameWidth * s.frameHeight >= (e.frameWidth ?? 0) * (e.frameHeight ?? 0)) {
+        Object.assign(e, { frameWidth: s.frameWidth, frameHeight: s.frameHeight,
+          framesPerSecond: s.framesPerSecond ?? null });
+      }
+    }
     return out;
   }
 
   // --- internals ---
+
+  // [mid info, inbound-rtp stats] for each received track we know the sender of.
+  async _inboundRtp() {
+    if (!this.subPc) return [];
+    // Older browsers omit `mid` on inbound-rtp; fall back to the receiver's track id.
+    const midByTrackId = new Map(this.subPc.getTransceivers()
+      .filter((t) => t.mid).map((t) => [t.receiver.track.id, t.mid]));
+    const out = [];
+    (await this.subPc.getStats()).forEach((s) => {
+      if (s.type !== 'inbound-rtp') return;
+      const info = this._mids.get(s.mid ?? midByTrackId.get(s.trackIdentifier));
+      if (info) out.push([info, s]);
+    });
+    return out;
+  }
 
   _newPc() {
     const config = { iceServers: this.iceServers };

@@ -1,0 +1,182 @@
+"""The admin HTTP API: the embedding API for backends in other languages.
+
+All routes under ``/admin``; bodies and replies are JSON, or msgpack when the request
+says ``Content-Type: application/msgpack`` (body) or ``Accept: application/msgpack``
+(reply). Requests carry ``Authorization: Bearer <token>``, an HS256 JWT signed with
+``auth.secret`` whose claims include ``"admin": true`` (``sfu token --admin``). In
+development mode without a secret (loopback only) no token is needed.
+
+    GET    /admin/rooms                                          list rooms
+    POST   /admin/rooms {name, max_participants?, auto_subscribe?}  create (201)
+    GET    /admin/rooms/{room}                                   participants, tracks, stats
+    DELETE /admin/rooms/{room}                                   close: everyone removed
+    DELETE /admin/rooms/{room}/participants/{participant}        kick
+    POST   /admin/rooms/{room}/participants/{participant}/permissions
+           {can_publish?, can_subscribe?}
+    POST   /admin/rooms/{room}/tracks/{track}/mute {muted}       server-side mute
+    POST   /admin/tokens {room, identity, ttl?, can_publish?, can_subscribe?}  → {token}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import jwt
+import msgpack
+import orjson
+from aiohttp import web
+
+from sfu.auth import ALGORITHM
+
+if TYPE_CHECKING:
+    from sfu.server import Server
+
+MSGPACK = "application/msgpack"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def mint_admin_token(secret: str, ttl_seconds: int = 3600, now: float | None = None) -> str:
+    import time
+
+    issued = int(time.time() if now is None else now)
+    return jwt.encode({"admin": True, "sub": "admin", "iat": issued,
+                       "exp": issued + ttl_seconds}, secret, algorithm=ALGORITHM)
+
+
+def reply(request: web.Request, body: Any, status: int = 200) -> web.Response:
+    if MSGPACK in request.headers.get("Accept", ""):
+        return web.Response(body=msgpack.packb(body), status=status, content_type=MSGPACK)
+    return web.Response(body=orjson.dumps(body), status=status,
+                        content_type="application/json")
+
+
+def problem(request: web.Request, status: int, code: str, message: str) -> web.Response:
+    return reply(request, {"error": {"code": code, "message": message}}, status)
+
+
+async def read_body(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    if not raw:
+        return {}
+    try:
+        if request.content_type == MSGPACK:
+            body = msgpack.unpackb(raw, raw=False, max_ext_len=0)
+        else:
+            body = orjson.loads(raw)
+    except (ValueError, msgpack.UnpackException, TypeError) as exc:
+        raise web.HTTPBadRequest(text=f"body is not valid: {exc}") from None
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text="body must be an object")
+    return body
+
+
+def field(body: dict[str, Any], name: str, kind: type, required: bool = False) -> Any:
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise FieldError(name, "is required")
+        return None
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise FieldError(name, f"must be {kind.__name__}")
+    return value
+
+
+class FieldError(ValueError):
+    def __init__(self, name: str, problem_text: str) -> None:
+        super().__init__(f"{name} {problem_text}")
+        self.name = name
+
+
+def routes(server: Server) -> web.Application:
+    app = web.Application(middlewares=[_middleware(server)])
+
+    async def list_rooms(request: web.Request) -> web.Response:
+        return reply(request, {"rooms": server.rooms_info()})
+
+    async def create_room(request: web.Request) -> web.Response:
+        body = await read_body(request)
+        name = field(body, "name", str, required=True)
+        server.create_room(name, max_participants=field(body, "max_participants", int),
+                           auto_subscribe=field(body, "auto_subscribe", bool))
+        return reply(request, server.room_info(name), 201)
+
+    async def get_room(request: web.Request) -> web.Response:
+        return reply(request, server.room_info(request.match_info["room"]))
+
+    async def close_room(request: web.Request) -> web.Response:
+        await server.close_room(request.match_info["room"])
+        return web.Response(status=204)
+
+    async def kick(request: web.Request) -> web.Response:
+        await server.kick(request.match_info["room"], request.match_info["participant"])
+        return web.Response(status=204)
+
+    async def permissions(request: web.Request) -> web.Response:
+        body = await read_body(request)
+        server.update_permissions(
+            request.match_info["room"], request.match_info["participant"],
+            can_publish=field(body, "can_publish", bool),
+            can_subscribe=field(body, "can_subscribe", bool),
+        )
+        return web.Response(status=204)
+
+    async def mute(request: web.Request) -> web.Response:
+        body = await read_body(request)
+        server.mute(request.match_info["room"], request.match_info["track"],
+                    field(body, "muted", bool, required=True))
+        return web.Response(status=204)
+
+    async def token(request: web.Request) -> web.Response:
+        body = await read_body(request)
+        ttl = field(body, "ttl", int) or 3600
+        minted = server.mint_token(
+            field(body, "room", str, required=True), field(body, "identity", str, required=True),
+            ttl_seconds=ttl,
+            can_publish=field(body, "can_publish", bool) is not False,
+            can_subscribe=field(body, "can_subscribe", bool) is not False,
+        )
+        return reply(request, {"token": minted}, 201)
+
+    app.router.add_get("/rooms", list_rooms)
+    app.router.add_post("/rooms", create_room)
+    app.router.add_get("/rooms/{room}", get_room)
+    app.router.add_delete("/rooms/{room}", close_room)
+    app.router.add_delete("/rooms/{room}/participants/{participant}", kick)
+    app.router.add_post("/rooms/{room}/participants/{participant}/permissions", permissions)
+    app.router.add_post("/rooms/{room}/tracks/{track}/mute", mute)
+    app.router.add_post("/tokens", token)
+    return app
+
+
+def _middleware(server: Server) -> Any:
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        secret = server.config.auth.secret
+        if secret:
+            header = request.headers.get("Authorization", "")
+            if not header.startswith("Bearer "):
+                return problem(request, 401, "unauthorized", "an admin bearer token is required")
+            try:
+                claims = jwt.decode(header[7:], secret, algorithms=[ALGORITHM],
+                                    options={"require": ["exp"]})
+            except jwt.PyJWTError as exc:
+                return problem(request, 401, "unauthorized", f"invalid token: {exc}")
+            if claims.get("admin") is not True:
+                return problem(request, 403, "forbidden", "the token has no admin grant")
+        elif server.config.auth.mode != "development":
+            return problem(request, 403, "forbidden", "no auth.secret to check tokens with")
+        try:
+            return await handler(request)
+        except KeyError as exc:
+            return problem(request, 404, "not_found", str(exc.args[0]) if exc.args else "")
+        except FieldError as exc:
+            return problem(request, 400, "bad_field", str(exc))
+        except ValueError as exc:
+            status = 409 if "exists" in str(exc) else 400
+            return problem(request, status, "conflict" if status == 409 else "bad_request",
+                           str(exc))
+        except web.HTTPBadRequest as exc:
+            return problem(request, 400, "bad_message", exc.text or "bad request")
+
+    return guard

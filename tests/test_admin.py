@@ -1,0 +1,135 @@
+"""The admin HTTP API: every endpoint, authorized and refused; JSON and msgpack."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import msgpack
+import pytest
+
+from sfu.auth import mint_token
+from sfu.control.admin import mint_admin_token
+from sfu.server import Server
+from tests.conftest import make_config
+from tests.test_control import Ws
+
+SECRET = "a" * 32
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[Server]:
+    config = make_config()
+    config.auth.mode = "jwt"
+    config.auth.secret = SECRET
+    instance = Server(config)
+    await instance.start()
+    yield instance
+    await instance.stop()
+
+
+class Admin:
+    def __init__(self, session: aiohttp.ClientSession, base: str, token: str | None) -> None:
+        self.session, self.base, self.token = session, base, token
+
+    async def call(self, method: str, path: str, body: Any = None,
+                   msgpack_format: bool = False) -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        kwargs: dict[str, Any] = {}
+        if msgpack_format:
+            headers["Accept"] = headers["Content-Type"] = "application/msgpack"
+            if body is not None:
+                kwargs["data"] = msgpack.packb(body)
+        elif body is not None:
+            kwargs["json"] = body
+        async with self.session.request(method, self.base + path, headers=headers,
+                                        **kwargs) as response:
+            raw = await response.read()
+            if not raw:
+                return response.status, None
+            if response.content_type == "application/msgpack":
+                return response.status, msgpack.unpackb(raw)
+            return response.status, await response.json()
+
+
+@pytest.fixture
+async def admin(server: Server) -> AsyncIterator[Admin]:
+    async with aiohttp.ClientSession() as session:
+        yield Admin(session, f"http://127.0.0.1:{server.port}/admin",
+                    mint_admin_token(SECRET))
+
+
+async def test_rooms_lifecycle(admin: Admin, server: Server) -> None:
+    assert await admin.call("GET", "/rooms") == (200, {"rooms": []})
+    status, room = await admin.call("POST", "/rooms", {"name": "board", "max_participants": 3,
+                                                        "auto_subscribe": False})
+    assert status == 201 and room["max_participants"] == 3 and room["auto_subscribe"] is False
+    assert (await admin.call("POST", "/rooms", {"name": "board"}))[0] == 409
+    status, listed = await admin.call("GET", "/rooms", msgpack_format=True)
+    assert listed == {"rooms": [{"name": "board", "participants": 0, "tracks": 0}]}
+    # An API-created room stays when empty, and applies its own limit.
+    token = (await admin.call("POST", "/tokens", {"room": "board", "identity": "ann"}))[1]
+    async with aiohttp.ClientSession() as session:
+        ws = Ws(await session.ws_connect(f"http://127.0.0.1:{server.port}/ws"))
+        joined = await ws.request({"type": "join", "room": "board", "name": "Ann",
+                                   "token": token["token"]})
+        assert joined["type"] == "joined"
+        info = (await admin.call("GET", "/rooms/board"))[1]
+        assert [(p["identity"], p["connected"]) for p in info["participants"]] == [("ann", True)]
+        assert (await admin.call("DELETE", "/rooms/board")) == (204, None)
+        assert (await ws.recv())["code"] == "room_closed"
+    assert server.rooms == {} and server.peers == {}
+    assert (await admin.call("GET", "/rooms/board"))[0] == 404
+
+
+async def test_kick_and_permissions(admin: Admin, server: Server) -> None:
+    async with aiohttp.ClientSession() as session:
+        ws = Ws(await session.ws_connect(f"http://127.0.0.1:{server.port}/ws"))
+        joined = await ws.request({"type": "join", "room": "r", "name": "Bo",
+                                   "token": mint_token(SECRET, room="r", identity="bo")})
+        participant = joined["participant"]["id"]
+        path = f"/rooms/r/participants/{participant}"
+        assert (await admin.call("POST", path + "/permissions",
+                                 {"can_publish": False}))[0] == 204
+        refused = await ws.request({"type": "publish", "sdp": "v=0\r\n"})
+        assert refused["code"] == "forbidden"
+        assert (await admin.call("POST", path + "/permissions", {"can_publish": "yes"}))[0] == 400
+        assert (await admin.call("DELETE", path)) == (204, None)
+        assert (await ws.recv())["code"] == "kicked"
+        assert (await admin.call("DELETE", path))[0] == 404
+    assert server.peers == {}
+
+
+async def test_tokens_and_errors(admin: Admin) -> None:
+    status, body = await admin.call("POST", "/tokens", {"room": "x", "identity": "y", "ttl": 60,
+                                                         "can_subscribe": False},
+                                    msgpack_format=True)
+    assert status == 201 and body["token"].count(".") == 2
+    assert (await admin.call("POST", "/tokens", {"room": "x"}))[0] == 400
+    assert (await admin.call("POST", "/rooms/none/tracks/TR_x/mute", {"muted": True}))[0] == 404
+    status, _ = await admin.call("POST", "/rooms", "not an object")
+    assert status == 400
+
+
+@pytest.mark.parametrize(
+    ("token", "status"),
+    [
+        (None, 401),
+        ("garbage", 401),
+        (mint_admin_token("wrong" * 8), 401),
+        (mint_admin_token(SECRET, ttl_seconds=-5), 401),
+        (mint_token(SECRET, room="r", identity="u"), 403),  # a join token is not admin
+    ],
+)
+async def test_refused(admin: Admin, token: str | None, status: int) -> None:
+    intruder = Admin(admin.session, admin.base, token)
+    for method, path, body in [
+        ("GET", "/rooms", None), ("POST", "/rooms", {"name": "n"}), ("GET", "/rooms/n", None),
+        ("DELETE", "/rooms/n", None), ("DELETE", "/rooms/n/participants/p", None),
+        ("POST", "/rooms/n/participants/p/permissions", {}),
+        ("POST", "/rooms/n/tracks/t/mute", {"muted": True}),
+        ("POST", "/tokens", {"room": "n", "identity": "i"}),
+    ]:
+        got, reply = await intruder.call(method, path, body)
+        assert got == status, (method, path, reply)
