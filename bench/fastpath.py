@@ -23,7 +23,6 @@ import functools
 import json
 import multiprocessing
 import os
-import platform
 import resource
 import socket
 import statistics
@@ -34,6 +33,7 @@ from typing import Any
 
 from pylibsrtp import Policy, Session
 
+from bench.systems import machine
 from sfu import forwarder as python_forwarder
 from sfu import rtp
 from sfu.forwarding import cython_unavailable_reason
@@ -144,18 +144,6 @@ def make_floor_run(
                                        [sink_addr] * subscribers)
 
     return run
-
-
-def machine() -> dict[str, Any]:
-    model = ""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            model = next((line.split(":", 1)[1].strip() for line in cpuinfo
-                          if line.startswith("model name")), "")
-    except OSError:
-        pass
-    return {"cpu": model, "cores": os.cpu_count(), "python": sys.version.split()[0],
-            "platform": platform.platform()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from bench.signalling import SubscribeOffer
-from bench.systems import free_port
+from bench.systems import ProcessSystem, free_port
 
 JANUS = "/usr/bin/janus"
 HTTP_HOST = "127.0.0.1"  # the REST API; media uses the bench's address
@@ -155,13 +155,13 @@ def janus_config(directory: Path, interface: str, http_port: int) -> None:
         "general: {\n\tstring_ids = true\n}\n")
 
 
-class JanusSystem:
+class JanusSystem(ProcessSystem):
     """Janus with the VideoRoom plugin, as its own process."""
 
     name = "janus"
 
     def __init__(self) -> None:
-        self._process: asyncio.subprocess.Process | None = None
+        super().__init__()
         self._directory: Path | None = None
         self._url = ""
 
@@ -219,19 +219,8 @@ class JanusSystem:
         return {"signalling": "bench.janus:JanusSignalling",
                 "signalling_args": {"url": self._url, "room": room}}
 
-    def pids(self) -> list[int]:
-        assert self._process is not None
-        return [self._process.pid]
-
     async def stop(self) -> None:
-        if self._process is not None and self._process.returncode is None:
-            self._process.terminate()
-            try:
-                await asyncio.wait_for(self._process.wait(), 10)
-            except TimeoutError:
-                self._process.kill()
-                await self._process.wait()
-        self._process = None
+        await super().stop()
         if self._directory is not None:
             shutil.rmtree(self._directory, ignore_errors=True)
             self._directory = None

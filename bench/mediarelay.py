@@ -17,19 +17,19 @@ from typing import Any
 import aiohttp
 
 from bench.signalling import SubscribeOffer
-from bench.systems import free_port, wait_http
+from bench.systems import ProcessSystem, free_port, wait_http
 
 REPO = Path(__file__).resolve().parent.parent
 POLL_SECONDS = 0.1
 
 
-class MediaRelaySystem:
+class MediaRelaySystem(ProcessSystem):
     """`python -m bench.mediarelay_server`, one process."""
 
     name = "mediarelay"
 
     def __init__(self) -> None:
-        self._process: asyncio.subprocess.Process | None = None
+        super().__init__()
         self._url = ""
 
     def skip_reason(self, address: str) -> str | None:
@@ -61,19 +61,6 @@ class MediaRelaySystem:
         return {"signalling": "bench.mediarelay:MediaRelaySignalling",
                 "signalling_args": {"url": self._url}}
 
-    def pids(self) -> list[int]:
-        assert self._process is not None
-        return [self._process.pid]
-
-    async def stop(self) -> None:
-        if self._process is not None and self._process.returncode is None:
-            self._process.terminate()
-            try:
-                await asyncio.wait_for(self._process.wait(), 10)
-            except TimeoutError:
-                self._process.kill()
-                await self._process.wait()
-        self._process = None
 
 
 def sdp_mids(sdp: str) -> list[str]:

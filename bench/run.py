@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import loadgen
-from bench.systems import System, all_systems, usage
+from bench.systems import System, all_systems, machine, usage
 
 SCENARIOS_FILE = Path(__file__).parent / "scenarios.toml"
 RESULTS_DIR = Path(__file__).parent / "results"
@@ -190,18 +189,6 @@ async def run_sweep(system: System, scenario: dict[str, Any], rates: list[float]
             if best else None),
         "points": points,
     }
-
-
-def machine() -> dict[str, Any]:
-    model = ""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            model = next((line.split(":", 1)[1].strip() for line in cpuinfo
-                          if line.startswith("model name")), "")
-    except OSError:
-        pass
-    return {"cpu": model, "cores": os.cpu_count(), "python": sys.version.split()[0],
-            "platform": platform.platform()}
 
 
 def print_table(report: dict[str, Any]) -> None:

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import importlib
 import os
+import platform
 import socket
 import sys
 from dataclasses import dataclass
@@ -78,6 +79,19 @@ def usage(pids: list[int]) -> Usage:
     return Usage(cpu, rss, peak)
 
 
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            model = next((line.split(":", 1)[1].strip() for line in cpuinfo
+                          if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return {"cpu": model, "cores": os.cpu_count(), "python": sys.version.split()[0],
+            "platform": platform.platform()}
+
+
 def free_port(address: str) -> int:
     with socket.socket() as sock:
         sock.bind((address, 0))
@@ -95,13 +109,35 @@ async def wait_http(url: str, timeout: float = 20.0) -> None:
             await asyncio.sleep(0.1)
 
 
-class SfuSystem:
+class ProcessSystem:
+    """A system under test that runs as one child process."""
+
+    def __init__(self) -> None:
+        self._process: asyncio.subprocess.Process | None = None
+
+    def pids(self) -> list[int]:
+        assert self._process is not None
+        return [self._process.pid]
+
+    async def stop(self) -> None:
+        """Terminate the process; kill it if it has not gone after 10 s."""
+        if self._process is not None and self._process.returncode is None:
+            self._process.terminate()
+            try:
+                await asyncio.wait_for(self._process.wait(), 10)
+            except TimeoutError:
+                self._process.kill()
+                await self._process.wait()
+        self._process = None
+
+
+class SfuSystem(ProcessSystem):
     """This project's server, as `sfu serve` in its own process."""
 
     def __init__(self, forwarder: str) -> None:
+        super().__init__()
         self.forwarder = forwarder
         self.name = f"sfu-{forwarder}"
-        self._process: asyncio.subprocess.Process | None = None
         self._url = ""
 
     def skip_reason(self, address: str) -> str | None:
@@ -135,19 +171,6 @@ class SfuSystem:
         return {"signalling": "bench.signalling:SfuSignalling",
                 "signalling_args": {"url": self._url, "room": room}}
 
-    def pids(self) -> list[int]:
-        assert self._process is not None
-        return [self._process.pid]
-
-    async def stop(self) -> None:
-        if self._process is not None and self._process.returncode is None:
-            self._process.terminate()
-            try:
-                await asyncio.wait_for(self._process.wait(), 10)
-            except TimeoutError:
-                self._process.kill()
-                await self._process.wait()
-        self._process = None
 
 
 # Systems that live in their own modules: name → "module:Class".
