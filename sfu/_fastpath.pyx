@@ -432,6 +432,20 @@ cdef class Forwarder:
             return False
         return self._request_keyframe(prod, now_us)
 
+    def send_rtcp(self, endpoint, bytes packet):
+        """Protect and send RTCP the SFU originates (REMB, reports) to an endpoint."""
+        cdef _Endpoint ep = self._endpoints.get(endpoint)
+        cdef int n = PyBytes_GET_SIZE(packet)
+        if ep is None or n < 2 or not (192 <= <uint8_t>PyBytes_AS_STRING(packet)[1] <= 223) \
+                or n > MAX_PROTECT_SIZE:
+            return False
+        memcpy(self._rtcp, PyBytes_AS_STRING(packet), n)
+        if c_protect_rtcp(ep.tx_ctx, self._rtcp, &n) != 0:
+            self._counters[C_PROTECT_ERROR] += 1
+        elif self._send(ep, self._rtcp, n) != 0:
+            self._counters[C_SEND_ERROR] += 1
+        return True
+
     cdef int _handle(self, _Endpoint ep, int length, int64_t now_us):
         cdef uint8_t *p = self._rx
         cdef int n = length

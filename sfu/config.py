@@ -54,6 +54,11 @@ class RtcConfig:
     forwarder: str = "auto"
     # Minimum time between two keyframe requests sent to a publisher for one track.
     keyframe_request_interval_ms: int = 500
+    # REMB (goog-remb) to publishers, so browsers ramp up to these bitrates per track.
+    remb: bool = True
+    max_video_bitrate_bps: int = 2_500_000
+    max_audio_bitrate_bps: int = 64_000
+    feedback_interval_ms: int = 1000
 
 
 @dataclass
@@ -160,6 +165,9 @@ class Config:
             ">= 0",
         )
         for key, value, low, high in (
+            ("rtc.max_video_bitrate_bps", self.rtc.max_video_bitrate_bps, 10_000, 100_000_000),
+            ("rtc.max_audio_bitrate_bps", self.rtc.max_audio_bitrate_bps, 6_000, 1_000_000),
+            ("rtc.feedback_interval_ms", self.rtc.feedback_interval_ms, 50, 60_000),
             ("limits.messages_per_second", self.limits.messages_per_second, 1, 10_000),
             ("limits.message_burst", self.limits.message_burst, 1, 100_000),
             ("limits.max_rooms", self.limits.max_rooms, 1, 100_000),

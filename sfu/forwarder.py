@@ -257,6 +257,14 @@ class Forwarder:
         self._send_rtcp(endpoint, rtp.build_pli(rtp.SFU_RTCP_SSRC, prod.ssrc))
         return True
 
+    def send_rtcp(self, endpoint: int, packet: bytes) -> bool:
+        """Protect and send RTCP the SFU originates (REMB, reports) to an endpoint."""
+        target = self._endpoints.get(endpoint)
+        if target is None or not rtp.is_rtcp(packet) or len(packet) > rtp.MAX_PROTECT_SIZE:
+            return False
+        self._send_rtcp(target, packet)
+        return True
+
     def _handle(self, endpoint_id: int, data: bytes, now_us: int) -> int:
         if len(data) < rtp.RTP_HEADER_SIZE:
             return rtp.DROP_TOO_SHORT

@@ -107,6 +107,11 @@ class ServerCollector(Collector):
         yield CounterMetricFamily("sfu_events_dropped",
                                   "Events dropped because a listener fell behind",
                                   value=server.events.dropped)
+        rtcp = CounterMetricFamily("sfu_rtcp_sent", "RTCP the server originates, by type",
+                                   labels=["type"])
+        for kind in ("remb",):
+            rtcp.add_metric([kind], server.rtcp_sent[kind])
+        yield rtcp
         webhooks = CounterMetricFamily("sfu_webhook_deliveries",
                                        "Webhook deliveries by outcome", labels=["outcome"])
         for outcome in ("delivered", "failed", "dropped"):

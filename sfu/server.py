@@ -29,6 +29,7 @@ from sfu.control.schema import ProtocolError
 from sfu.control.websocket import ConnectionLimits, ControlConnection
 from sfu.forwarding import make_forwarder
 from sfu.metrics import ConnectionStats, metrics_handler
+from sfu.rtcp.remb import build_remb
 from sfu.transport.internals import HostGathering
 from sfu.transport.peer import (
     PeerTransport,
@@ -178,6 +179,7 @@ class Server:
         self.forwarded_retired: Counter[tuple[str, str]] = Counter()
         self.connections = ConnectionStats()
         self.webhook_outcomes: Counter[str] = Counter()
+        self.rtcp_sent: Counter[str] = Counter()  # RTCP the server originates, by type
         self.loop_lag = 0.0
         self._ready = False
         # Media dropped by the transports before the forwarder, by reason.
@@ -210,6 +212,8 @@ class Server:
         aiohttp application (``your_app.add_subapp("/sfu", server.app)``) instead.
         """
         self._spawn(self._watch_loop_lag())
+        if self.config.rtc.remb:
+            self._spawn(self._feedback_loop())
         self.webhooks.start()
         if serve:
             self._runner = web.AppRunner(self.app)
@@ -257,6 +261,24 @@ class Server:
             await asyncio.sleep(0.25)
             worst = [*worst[-11:], max(0.0, loop.time() - started - 0.25)]
             self.loop_lag = max(worst)
+
+    async def _feedback_loop(self) -> None:
+        """REMB to every publisher: its tracks' configured maximum bitrates. Browsers
+        that negotiated goog-remb (and not transport-cc, which aiortc does not offer)
+        take it as their send target, so video ramps up instead of staying blurry."""
+        rtc = self.config.rtc
+        maximum = {"video": rtc.max_video_bitrate_bps, "audio": rtc.max_audio_bitrate_bps}
+        while True:
+            await asyncio.sleep(rtc.feedback_interval_ms / 1000)
+            for peer in list(self.peers.values()):
+                if peer.publish is None or not peer.publish.connected.is_set():
+                    continue
+                mine = [p for p in self.publications.values()
+                        if p.track.participant == peer.id]
+                if mine and self.forwarder.send_rtcp(peer.publish.endpoint, build_remb(
+                        rtp.SFU_RTCP_SSRC, sum(maximum[p.track.kind] for p in mine),
+                        [p.media.ssrc for p in mine])):
+                    self.rtcp_sent["remb"] += 1
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "forwarder": self.forwarder.implementation})

@@ -278,3 +278,15 @@ def test_pause_and_resume_continue_numbering_at_a_keyframe(impl: Any) -> None:
     assert counters["skip_paused"] == 47 and counters["skip_waiting_keyframe"] == 1
     with pytest.raises(ValueError):
         rig.fwd.set_producer_paused(999, True)
+
+
+def test_send_rtcp_reaches_the_endpoint_protected(impl: Any) -> None:
+    from sfu.rtcp.remb import build_remb
+
+    rig = make_rig(impl)
+    remb = build_remb(rtp.SFU_RTCP_SSRC, 2_500_000, [PUB_SSRC])
+    assert rig.fwd.send_rtcp(PUB, remb)
+    assert rig.rtcp_to_publisher() == [remb]
+    assert not rig.fwd.send_rtcp(99, remb)  # unknown endpoint
+    assert not rig.fwd.send_rtcp(PUB, b"\x80\x60" + bytes(10))  # RTP, not RTCP
+    assert rig.rtcp_to_publisher() == []
