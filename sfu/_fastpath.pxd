@@ -63,6 +63,7 @@ cdef class _Consumer:
     cdef uint32_t ts_offset
     cdef uint64_t packets_sent
     cdef uint64_t bytes_sent
+    cdef uint64_t octets_sent   # payload octets, for sender reports
 
 
 cdef class Forwarder:
@@ -85,5 +86,6 @@ cdef class Forwarder:
     cdef int _handle_rtcp(self, _Endpoint endpoint, int length, int64_t now_us)
     cdef void _forward(self, _Consumer consumer, int length, int payload_offset,
                        int payload_end, int64_t now_us)
+    cdef void _forward_sr(self, _Endpoint endpoint, int offset)
     cdef bint _request_keyframe(self, _Producer producer, int64_t now_us)
     cdef int _send(self, _Endpoint endpoint, uint8_t *data, int length)

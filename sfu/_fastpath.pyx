@@ -58,6 +58,8 @@ cdef int C_REMB_IN = _rtp.C_REMB_IN
 cdef int C_SKIP_NOT_CONNECTED = _rtp.C_SKIP_NOT_CONNECTED
 cdef int C_SKIP_TOO_LONG = _rtp.C_SKIP_TOO_LONG
 cdef int C_SKIP_PAUSED = _rtp.C_SKIP_PAUSED
+cdef int C_SR_SENT = _rtp.C_SR_SENT
+cdef int SR_SIZE = _rtp.SR_SIZE
 cdef int N_COUNTERS = len(_rtp.COUNTER_NAMES)
 cdef int MAX_PACKET_SIZE = _rtp.MAX_PACKET_SIZE
 cdef int MAX_PROTECT_SIZE = _rtp.MAX_PROTECT_SIZE
@@ -352,6 +354,7 @@ cdef class Forwarder:
         cons.ts_offset = 0
         cons.packets_sent = 0
         cons.bytes_sent = 0
+        cons.octets_sent = 0
         cons.endpoint = self._endpoints.get(endpoint)
         if cons.endpoint is not None:
             cons.endpoint.consumers.append(cons)
@@ -656,6 +659,7 @@ cdef class Forwarder:
             return
         cons.packets_sent += 1
         cons.bytes_sent += n
+        cons.octets_sent += payload_end - payload_offset
         counters[C_SENT] += 1
         counters[C_SENT_BYTES] += n
 
@@ -699,8 +703,45 @@ cdef class Forwarder:
                 self._counters[C_RR_IN] += 1
             elif packet_type == 200:
                 self._counters[C_SR_IN] += 1
+                if packet_length < SR_SIZE:
+                    return DROP_BAD_RTCP
+                self._forward_sr(ep, pos)
             pos += packet_length
         return OK
+
+    cdef void _forward_sr(self, _Endpoint ep, int pos):
+        """A publisher's SR to every started consumer of that stream, translated
+        (as sfu.rtp.translate_sr)."""
+        cdef const uint8_t *report = self._rx + pos
+        cdef uint32_t ssrc = _u32(report + 4)
+        cdef _Producer prod = None
+        cdef _Producer candidate
+        cdef _Consumer cons
+        cdef uint8_t *out = self._rtcp
+        cdef int n
+        for candidate in ep.producers:
+            if candidate.ssrc == ssrc:
+                prod = candidate
+                break
+        if prod is None:
+            return
+        for cons in prod.consumers:
+            if cons.endpoint is None or not cons.started:
+                continue
+            out[0] = 0x80
+            out[1] = 200
+            _put16(out + 2, 6)
+            _put32(out + 4, cons.ssrc)
+            memcpy(out + 8, report + 8, 8)  # NTP time: the publisher's wall clock
+            _put32(out + 16, _u32(report + 16) + cons.ts_offset)
+            _put32(out + 20, <uint32_t>(cons.packets_sent & 0xFFFFFFFF))
+            _put32(out + 24, <uint32_t>(cons.octets_sent & 0xFFFFFFFF))
+            n = SR_SIZE
+            if c_protect_rtcp(cons.endpoint.tx_ctx, out, &n) != 0:
+                self._counters[C_PROTECT_ERROR] += 1
+            elif self._send(cons.endpoint, out, n) != 0:
+                self._counters[C_SEND_ERROR] += 1
+            self._counters[C_SR_SENT] += 1
 
     cdef bint _request_keyframe(self, _Producer prod, int64_t now_us):
         if prod.requested and now_us - prod.last_keyframe_request_us < (

@@ -64,6 +64,7 @@ class _Consumer:
         "is_video",
         "mid",
         "mid_id",
+        "octets_sent",
         "packets_sent",
         "payload_types",
         "producer",
@@ -110,6 +111,7 @@ class _Consumer:
         self.ts_offset = 0
         self.packets_sent = 0
         self.bytes_sent = 0
+        self.octets_sent = 0  # payload octets, for sender reports
 
 
 class Forwarder:
@@ -384,6 +386,7 @@ class Forwarder:
             return
         cons.packets_sent += 1
         cons.bytes_sent += len(protected)
+        cons.octets_sent += layout.payload_end - layout.payload_offset
         counters[rtp.C_SENT] += 1
         counters[rtp.C_SENT_BYTES] += len(protected)
 
@@ -410,7 +413,24 @@ class Forwarder:
                 counters[rtp.C_RR_IN] += 1
             elif packet_type == rtp.RTCP_SR:
                 counters[rtp.C_SR_IN] += 1
+                if length < rtp.SR_SIZE:
+                    return rtp.DROP_BAD_RTCP
+                self._forward_sr(endpoint_id, plain[offset : offset + length])
         return rtp.OK
+
+    def _forward_sr(self, endpoint_id: int, report: bytes) -> None:
+        """A publisher's SR to every started consumer of that stream, translated."""
+        ssrc = struct.unpack_from("!I", report, 4)[0]
+        prod = self._producer_by_ssrc.get((endpoint_id << 32) | ssrc)
+        if prod is None:
+            return
+        for cons in prod.consumers:
+            endpoint = self._endpoints.get(cons.endpoint)
+            if endpoint is None or cons.start_ext_seq is None:
+                continue
+            self._send_rtcp(endpoint, rtp.translate_sr(
+                report, cons.ssrc, cons.ts_offset, cons.packets_sent, cons.octets_sent))
+            self._counters[rtp.C_SR_SENT] += 1
 
     def _send_rtcp(self, endpoint: _Endpoint, packet: bytes) -> None:
         try:

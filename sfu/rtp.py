@@ -86,6 +86,7 @@ C_REMB_IN = C_SENT + 14
 C_SKIP_NOT_CONNECTED = C_SENT + 15
 C_SKIP_TOO_LONG = C_SENT + 16
 C_SKIP_PAUSED = C_SENT + 17
+C_SR_SENT = C_SENT + 18
 COUNTER_NAMES = (
     *(f"drop_{name}" if name != "ok" else "accepted" for name in DROP_REASONS),
     "sent",
@@ -106,6 +107,7 @@ COUNTER_NAMES = (
     "skip_not_connected",
     "skip_too_long",
     "skip_paused",
+    "sr_sent",
 )
 
 
@@ -334,3 +336,19 @@ def check_consumer_tables(
         raise ValueError("mid must be 1 to 16 bytes")
     if not (0 <= mid_id <= 255 and 0 <= abs_send_time_id <= 255):
         raise ValueError("extension ids must be 0..255")
+
+
+SR_SIZE = 28  # header, sender SSRC, NTP (8), RTP timestamp, packet and octet counts
+
+
+def translate_sr(report: bytes, ssrc: int, ts_offset: int, packets: int, octets: int) -> bytes:
+    """A publisher's sender report (RFC 3550 §6.4.1) in one subscriber's space.
+
+    The NTP time stays (it is the publisher's wall clock, which lip sync needs); the RTP
+    timestamp moves by the subscriber's offset; the counts become what this subscriber
+    was sent (payload octets, as §6.4.1 defines them); report blocks are dropped (they
+    describe what the publisher received, not the subscriber's stream).
+    """
+    rtp_ts = (struct.unpack_from("!I", report, 16)[0] + ts_offset) & 0xFFFFFFFF
+    return (struct.pack("!BBHI", 0x80, RTCP_SR, 6, ssrc) + report[8:16]
+            + struct.pack("!III", rtp_ts, packets & 0xFFFFFFFF, octets & 0xFFFFFFFF))

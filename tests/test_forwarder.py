@@ -290,3 +290,27 @@ def test_send_rtcp_reaches_the_endpoint_protected(impl: Any) -> None:
     assert not rig.fwd.send_rtcp(99, remb)  # unknown endpoint
     assert not rig.fwd.send_rtcp(PUB, b"\x80\x60" + bytes(10))  # RTP, not RTCP
     assert rig.rtcp_to_publisher() == []
+
+
+def test_sender_reports_are_translated_per_consumer(impl: Any) -> None:
+    rig = make_rig(impl, ts_base=1_000_000)
+    sr = struct.pack("!BBHI", 0x80, rtp.RTCP_SR, 6, PUB_SSRC) + struct.pack(
+        "!IIIII", 0xE000_0000, 0x8000_0000, 500_000, 77, 7700)
+    sdes = struct.pack("!BBHI", 0x81, rtp.RTCP_SDES, 1, PUB_SSRC)
+    # Before the consumer started there is no offset to translate with: nothing is sent.
+    assert rig.fwd.handle_packet(PUB, rig.pub_protect.protect_rtcp(sr + sdes), 0) == rtp.OK
+    assert rig.to_sub.sent == []
+    for i in range(3):
+        rig.publish(rtp_packet(seq=i, timestamp=400_000 + 3000 * i, ssrc=PUB_SSRC,
+                               payload=KEY if i == 0 else DELTA))
+    rig.received()
+    assert rig.fwd.handle_packet(PUB, rig.pub_protect.protect_rtcp(sr + sdes), 0) == rtp.OK
+    (report,) = [rig.sub_unprotect.unprotect_rtcp(d) for d, _ in rig.to_sub.sent]
+    octets = len(KEY) + 2 * len(DELTA)
+    assert report == struct.pack("!BBHI", 0x80, rtp.RTCP_SR, 6, SUB_SSRC) + struct.pack(
+        "!IIIII", 0xE000_0000, 0x8000_0000, 500_000 - 400_000 + 1_000_000, 3, octets)
+    counters = rig.fwd.counters()
+    assert counters["sr_in"] == 2 and counters["sr_sent"] == 1
+    short = struct.pack("!BBHI", 0x80, rtp.RTCP_SR, 1, PUB_SSRC)
+    assert rig.fwd.handle_packet(PUB, rig.pub_protect.protect_rtcp(short), 0) == (
+        rtp.DROP_BAD_RTCP)

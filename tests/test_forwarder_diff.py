@@ -2,10 +2,11 @@
 
 Hypothesis generates sequences of publisher RTP (random payloads and sizes, CSRCs,
 one- and two-byte header extensions, padding, sequence and timestamp wraps,
-reordering, duplicates, loss), garbage and truncated packets, subscriber RTCP, and
-pausing and resuming the producer. Both forwarders get the same bytes with the same
-keys; they must return the same statuses, send byte-identical SRTP (and so identical
-plaintext after unprotect) and end with identical counters. Run on every SRTP profile.
+reordering, duplicates, loss), garbage and truncated packets, subscriber RTCP, the
+publisher's sender reports, and pausing and resuming the producer. Both forwarders
+get the same bytes with the same keys; they must return the same statuses, send
+byte-identical SRTP (and so identical plaintext after unprotect) and end with
+identical counters. Run on every SRTP profile.
 """
 
 from __future__ import annotations
@@ -119,9 +120,17 @@ def scenarios(draw: st.DrawFn) -> list[tuple[str, Any, int]]:
     for _ in range(draw(st.integers(1, 40))):
         now += draw(st.sampled_from([0, 1_000, 20_000, 300_000]))
         kind = draw(st.sampled_from(["media"] * 6 + ["raw", "truncate", "tamper", "rtcp",
-                                                      "pause", "resume"]))
+                                                      "pause", "resume", "sr"]))
         if kind in ("pause", "resume"):
             events.append((kind, None, now))
+        elif kind == "sr":  # the publisher's sender report, to be translated per consumer
+            blocks = draw(st.integers(0, 2))
+            report = struct.pack("!BBHI", 0x80 | blocks, 200, 6 + 6 * blocks,
+                                 draw(st.sampled_from([PUB_SSRC, PUB_SSRC, 0x0BAD0BAD])))
+            report += draw(st.binary(min_size=20 + 24 * blocks, max_size=20 + 24 * blocks))
+            if draw(st.booleans()):
+                report = report[: draw(st.integers(4, len(report)))]  # lies about its size
+            events.append((kind, report, now))
         elif kind == "media":
             seq += draw(st.sampled_from([1, 1, 1, 2, 5, 0, -1, -3, 3000, 40000]))
             timestamp += draw(st.sampled_from([0, 3000, 90000, 2**31]))
@@ -156,6 +165,12 @@ def run(sides: list[Side], keys: dict[int, tuple[bytes, bytes]], profile: str,
         if kind == "rtcp":
             endpoint, packet = data
             datagram = subscribers[endpoint].protect_rtcp(packet)
+        elif kind == "sr":
+            endpoint = PUB
+            try:
+                datagram = publisher.protect_rtcp(data)
+            except (pylibsrtp.Error, ValueError):  # too short for libsrtp: send it raw
+                datagram = data
         elif kind == "raw":
             endpoint, datagram = PUB, data
         else:
