@@ -39,6 +39,20 @@ cdef class _Producer:
     cdef int64_t last_keyframe_request_us
     cdef bint paused
     cdef _Endpoint endpoint     # None until that endpoint is added
+    # Receive statistics for receiver reports (RFC 3550 A.3, A.8).
+    cdef int clock_rate
+    cdef bint rx_started
+    cdef int64_t rx_base
+    cdef int64_t rx_highest
+    cdef int64_t rx_received
+    cdef int64_t rx_expected_prior
+    cdef int64_t rx_received_prior
+    cdef int64_t rx_jitter16
+    cdef bint rx_has_transit
+    cdef uint32_t rx_transit
+    cdef bint sr_seen
+    cdef uint32_t sr_ntp_mid
+    cdef int64_t sr_arrival_us
 
 
 cdef class _Consumer:
@@ -86,6 +100,6 @@ cdef class Forwarder:
     cdef int _handle_rtcp(self, _Endpoint endpoint, int length, int64_t now_us)
     cdef void _forward(self, _Consumer consumer, int length, int payload_offset,
                        int payload_end, int64_t now_us)
-    cdef void _forward_sr(self, _Endpoint endpoint, int offset)
+    cdef void _forward_sr(self, _Endpoint endpoint, int offset, int64_t now_us)
     cdef bint _request_keyframe(self, _Producer producer, int64_t now_us)
     cdef int _send(self, _Endpoint endpoint, uint8_t *data, int length)

@@ -143,6 +143,20 @@ cdef inline uint32_t c_abs_send_time(uint64_t now_us) noexcept nogil:
     return <uint32_t>(((now_us % 64000000) << 18) // 1000000)
 
 
+cdef inline uint64_t c_to_rtp_units(uint64_t now_us, uint64_t rate) noexcept nogil:
+    # As sfu.rtp.to_rtp_units: split so that now_us * rate cannot overflow.
+    return (now_us // 1000000) * rate + (now_us % 1000000) * rate // 1000000
+
+
+cdef inline int64_t c_jitter_step(int64_t jitter16, uint32_t transit,
+                                  uint32_t previous) noexcept nogil:
+    # One step of RFC 3550 A.8's estimator, as sfu.rtp.jitter_step.
+    cdef int64_t d = <int64_t>(<uint32_t>(transit - previous))
+    if d >= (<int64_t>1 << 31):
+        d = (<int64_t>1 << 32) - d
+    return jitter16 + d - ((jitter16 + 8) >> 4)
+
+
 cdef bint _vp8_keyframe_start(const uint8_t *p, int size) noexcept nogil:
     # RFC 7741 §4.2 payload descriptor, then §4.3 payload header (P bit 0 = keyframe).
     if size < 1:
@@ -303,6 +317,13 @@ cdef class Forwarder:
         prod.consumers = []
         prod.requested = False
         prod.paused = False
+        prod.clock_rate = _rtp.clock_rate(codec)
+        prod.rx_started = False
+        prod.rx_received = prod.rx_expected_prior = prod.rx_received_prior = 0
+        prod.rx_jitter16 = 0
+        prod.rx_has_transit = False
+        prod.sr_seen = False
+        prod.sr_ntp_mid = 0
         prod.endpoint = self._endpoints.get(endpoint)
         if prod.endpoint is not None:
             prod.endpoint.producers.append(prod)
@@ -428,6 +449,26 @@ cdef class Forwarder:
         self._counters[status] += 1
         return status
 
+    def receive_report(self, int64_t producer, int64_t now_us):
+        """A report block for a producer's stream (see the twin's docstring)."""
+        cdef _Producer prod = self._producers.get(producer)
+        if prod is None or not prod.rx_started:
+            return None
+        cdef int64_t expected = prod.rx_highest - prod.rx_base + 1
+        cdef int64_t expected_interval = expected - prod.rx_expected_prior
+        cdef int64_t lost_interval = expected_interval - (
+            prod.rx_received - prod.rx_received_prior)
+        prod.rx_expected_prior = expected
+        prod.rx_received_prior = prod.rx_received
+        cdef int64_t fraction = 0
+        if expected_interval > 0 and lost_interval > 0:
+            fraction = min(255, (lost_interval << 8) // expected_interval)
+        cdef int64_t dlsr = 0
+        if prod.sr_seen and now_us >= prod.sr_arrival_us:
+            dlsr = ((now_us - prod.sr_arrival_us) * 65536 // 1000000) & 0xFFFFFFFF
+        return (prod.ssrc, fraction, expected - prod.rx_received,
+                prod.rx_highest & 0xFFFFFFFF, prod.rx_jitter16 >> 4, prod.sr_ntp_mid, dlsr)
+
     def request_keyframe(self, int64_t producer, int64_t now_us):
         """Ask the publisher for a keyframe (PLI), unless one was asked for too recently."""
         cdef _Producer prod = self._producers.get(producer)
@@ -493,6 +534,20 @@ cdef class Forwarder:
                 break
         if prod is None:
             return DROP_UNKNOWN_SSRC
+        # Receive statistics (as the twin's _record_arrival).
+        cdef uint16_t in_seq = _u16(p + 2)
+        cdef uint32_t transit
+        if not prod.rx_started:
+            prod.rx_started = True
+            prod.rx_base = prod.rx_highest = 0x10000 + in_seq
+        else:
+            prod.rx_highest = max(prod.rx_highest, c_extend_seq(prod.rx_highest, in_seq))
+        prod.rx_received += 1
+        transit = <uint32_t>(c_to_rtp_units(now_us, prod.clock_rate) - _u32(p + 4))
+        if prod.rx_has_transit:
+            prod.rx_jitter16 = c_jitter_step(prod.rx_jitter16, transit, prod.rx_transit)
+        prod.rx_transit = transit
+        prod.rx_has_transit = True
         if prod.paused:
             self._counters[C_SKIP_PAUSED] += 1
             return OK
@@ -705,11 +760,11 @@ cdef class Forwarder:
                 self._counters[C_SR_IN] += 1
                 if packet_length < SR_SIZE:
                     return DROP_BAD_RTCP
-                self._forward_sr(ep, pos)
+                self._forward_sr(ep, pos, now_us)
             pos += packet_length
         return OK
 
-    cdef void _forward_sr(self, _Endpoint ep, int pos):
+    cdef void _forward_sr(self, _Endpoint ep, int pos, int64_t now_us):
         """A publisher's SR to every started consumer of that stream, translated
         (as sfu.rtp.translate_sr)."""
         cdef const uint8_t *report = self._rx + pos
@@ -725,6 +780,10 @@ cdef class Forwarder:
                 break
         if prod is None:
             return
+        # For the LSR/DLSR of our receiver reports (RFC 3550 §6.4.1).
+        prod.sr_seen = True
+        prod.sr_ntp_mid = _u32(report + 10)
+        prod.sr_arrival_us = now_us
         for cons in prod.consumers:
             if cons.endpoint is None or not cons.started:
                 continue

@@ -38,7 +38,10 @@ class _Producer:
     """An incoming track: one publisher SSRC on one endpoint."""
 
     __slots__ = (
-        "codec", "consumers", "endpoint", "id", "last_keyframe_request_us", "paused", "ssrc",
+        "clock_rate", "codec", "consumers", "endpoint", "id", "last_keyframe_request_us",
+        "paused", "rx_base", "rx_expected_prior", "rx_highest", "rx_jitter16",
+        "rx_received", "rx_received_prior", "rx_transit", "sr_arrival_us", "sr_ntp_mid",
+        "ssrc",
     )
 
     def __init__(self, producer_id: int, endpoint: int, ssrc: int, codec: int) -> None:
@@ -49,6 +52,17 @@ class _Producer:
         self.consumers: list[_Consumer] = []
         self.last_keyframe_request_us: int | None = None
         self.paused = False
+        # Receive statistics for receiver reports (RFC 3550 A.3, A.8).
+        self.clock_rate = rtp.clock_rate(codec)
+        self.rx_base: int | None = None  # extended sequence number of the first packet
+        self.rx_highest = 0
+        self.rx_received = 0
+        self.rx_expected_prior = 0
+        self.rx_received_prior = 0
+        self.rx_jitter16 = 0
+        self.rx_transit: int | None = None
+        self.sr_ntp_mid = 0  # of the last SR from the publisher
+        self.sr_arrival_us: int | None = None
 
 
 class _Consumer:
@@ -296,6 +310,7 @@ class Forwarder:
         prod = self._producer_by_ssrc.get((endpoint_id << 32) | ssrc)
         if prod is None:
             return rtp.DROP_UNKNOWN_SSRC
+        self._record_arrival(prod, plain, now_us)
         if prod.paused:
             self._counters[rtp.C_SKIP_PAUSED] += 1
             return rtp.OK
@@ -305,6 +320,41 @@ class Forwarder:
         for cons in prod.consumers:
             self._forward(cons, plain, layout, elements, now_us)
         return rtp.OK
+
+    @staticmethod
+    def _record_arrival(prod: _Producer, plain: bytes, now_us: int) -> None:
+        seq = (plain[2] << 8) | plain[3]
+        if prod.rx_base is None:
+            prod.rx_base = prod.rx_highest = 0x10000 + seq
+        else:
+            prod.rx_highest = max(prod.rx_highest, rtp.extend_seq(prod.rx_highest, seq))
+        prod.rx_received += 1
+        transit = (rtp.to_rtp_units(now_us, prod.clock_rate)
+                   - struct.unpack_from("!I", plain, 4)[0]) & 0xFFFFFFFF
+        if prod.rx_transit is not None:
+            prod.rx_jitter16 = rtp.jitter_step(prod.rx_jitter16, transit, prod.rx_transit)
+        prod.rx_transit = transit
+
+    def receive_report(self, producer: int, now_us: int) -> tuple[int, ...] | None:
+        """A report block for a producer's stream (RFC 3550 §6.4.1), as (ssrc, fraction
+        lost, cumulative lost, extended highest sequence, jitter, LSR, DLSR); None before
+        its first packet. Starts the next reporting interval."""
+        prod = self._producers.get(producer)
+        if prod is None or prod.rx_base is None:
+            return None
+        expected = prod.rx_highest - prod.rx_base + 1
+        expected_interval = expected - prod.rx_expected_prior
+        lost_interval = expected_interval - (prod.rx_received - prod.rx_received_prior)
+        prod.rx_expected_prior = expected
+        prod.rx_received_prior = prod.rx_received
+        fraction = 0
+        if expected_interval > 0 and lost_interval > 0:
+            fraction = min(255, (lost_interval << 8) // expected_interval)
+        dlsr = 0
+        if prod.sr_arrival_us is not None and now_us >= prod.sr_arrival_us:
+            dlsr = ((now_us - prod.sr_arrival_us) * 65536 // 1_000_000) & 0xFFFFFFFF
+        return (prod.ssrc, fraction, expected - prod.rx_received,
+                prod.rx_highest & 0xFFFFFFFF, prod.rx_jitter16 >> 4, prod.sr_ntp_mid, dlsr)
 
     def _forward(
         self,
@@ -415,15 +465,18 @@ class Forwarder:
                 counters[rtp.C_SR_IN] += 1
                 if length < rtp.SR_SIZE:
                     return rtp.DROP_BAD_RTCP
-                self._forward_sr(endpoint_id, plain[offset : offset + length])
+                self._forward_sr(endpoint_id, plain[offset : offset + length], now_us)
         return rtp.OK
 
-    def _forward_sr(self, endpoint_id: int, report: bytes) -> None:
+    def _forward_sr(self, endpoint_id: int, report: bytes, now_us: int) -> None:
         """A publisher's SR to every started consumer of that stream, translated."""
         ssrc = struct.unpack_from("!I", report, 4)[0]
         prod = self._producer_by_ssrc.get((endpoint_id << 32) | ssrc)
         if prod is None:
             return
+        # For the LSR/DLSR of our receiver reports (RFC 3550 §6.4.1).
+        prod.sr_ntp_mid = struct.unpack_from("!I", report, 10)[0]
+        prod.sr_arrival_us = now_us
         for cons in prod.consumers:
             endpoint = self._endpoints.get(cons.endpoint)
             if endpoint is None or cons.start_ext_seq is None:

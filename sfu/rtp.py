@@ -352,3 +352,21 @@ def translate_sr(report: bytes, ssrc: int, ts_offset: int, packets: int, octets:
     rtp_ts = (struct.unpack_from("!I", report, 16)[0] + ts_offset) & 0xFFFFFFFF
     return (struct.pack("!BBHI", 0x80, RTCP_SR, 6, ssrc) + report[8:16]
             + struct.pack("!III", rtp_ts, packets & 0xFFFFFFFF, octets & 0xFFFFFFFF))
+
+
+def clock_rate(codec: int) -> int:
+    """RTP clock rate of a codec (RFC 7587 Opus: 48 kHz; video: 90 kHz)."""
+    return 48_000 if codec == CODEC_OPUS else 90_000
+
+
+def to_rtp_units(now_us: int, rate: int) -> int:
+    """A time in microseconds as RTP timestamp units, without overflowing 64 bits."""
+    return (now_us // 1_000_000) * rate + (now_us % 1_000_000) * rate // 1_000_000
+
+
+def jitter_step(jitter16: int, transit: int, previous_transit: int) -> int:
+    """One step of RFC 3550 A.8's estimator; jitter is kept scaled by 16, as there."""
+    d = (transit - previous_transit) & 0xFFFFFFFF
+    if d >= 0x80000000:
+        d = 0x100000000 - d
+    return jitter16 + d - ((jitter16 + 8) >> 4)

@@ -30,6 +30,7 @@ from sfu.control.websocket import ConnectionLimits, ControlConnection
 from sfu.forwarding import make_forwarder
 from sfu.metrics import ConnectionStats, metrics_handler
 from sfu.rtcp.remb import build_remb
+from sfu.rtcp.reports import ReportBlock, build_rr
 from sfu.transport.internals import HostGathering
 from sfu.transport.peer import (
     PeerTransport,
@@ -212,8 +213,7 @@ class Server:
         aiohttp application (``your_app.add_subapp("/sfu", server.app)``) instead.
         """
         self._spawn(self._watch_loop_lag())
-        if self.config.rtc.remb:
-            self._spawn(self._feedback_loop())
+        self._spawn(self._feedback_loop())
         self.webhooks.start()
         if serve:
             self._runner = web.AppRunner(self.app)
@@ -263,22 +263,33 @@ class Server:
             self.loop_lag = max(worst)
 
     async def _feedback_loop(self) -> None:
-        """REMB to every publisher: its tracks' configured maximum bitrates. Browsers
-        that negotiated goog-remb (and not transport-cc, which aiortc does not offer)
-        take it as their send target, so video ramps up instead of staying blurry."""
+        """Once an interval, every publisher gets one compound RTCP packet: a receiver
+        report for its streams (loss, jitter, LSR/DLSR; RFC 3550 §6.4.2), then REMB at
+        its tracks' configured maximum bitrates. Browsers that negotiated goog-remb
+        (and not transport-cc, which aiortc does not offer) take REMB as their send
+        target, so video ramps up instead of staying blurry."""
         rtc = self.config.rtc
         maximum = {"video": rtc.max_video_bitrate_bps, "audio": rtc.max_audio_bitrate_bps}
         while True:
             await asyncio.sleep(rtc.feedback_interval_ms / 1000)
+            now = now_us()
             for peer in list(self.peers.values()):
                 if peer.publish is None or not peer.publish.connected.is_set():
                     continue
                 mine = [p for p in self.publications.values()
                         if p.track.participant == peer.id]
-                if mine and self.forwarder.send_rtcp(peer.publish.endpoint, build_remb(
-                        rtp.SFU_RTCP_SSRC, sum(maximum[p.track.kind] for p in mine),
-                        [p.media.ssrc for p in mine])):
-                    self.rtcp_sent["remb"] += 1
+                reports = [self.forwarder.receive_report(p.producer, now) for p in mine]
+                blocks = [ReportBlock(*report) for report in reports if report is not None]
+                if not blocks:
+                    continue
+                packet = build_rr(rtp.SFU_RTCP_SSRC, blocks)
+                if rtc.remb:
+                    packet += build_remb(rtp.SFU_RTCP_SSRC,
+                                         sum(maximum[p.track.kind] for p in mine),
+                                         [p.media.ssrc for p in mine])
+                if self.forwarder.send_rtcp(peer.publish.endpoint, packet):
+                    self.rtcp_sent["rr"] += 1
+                    self.rtcp_sent["remb"] += rtc.remb
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "forwarder": self.forwarder.implementation})

@@ -1,6 +1,11 @@
-"""A Chromium publisher ramps its video bitrate up because the SFU sends REMB, and
-does not without it (Chrome starts near 300 kbit/s and, with goog-remb negotiated and
-no other feedback, waits for REMB)."""
+"""A Chromium publisher reaches a high video bitrate within seconds because the SFU
+sends REMB, and does not without it.
+
+Chrome starts near 300 kbit/s. With goog-remb negotiated (and no transport-cc, which
+aiortc does not offer) it takes the SFU's REMB as its target at once. Without REMB it
+still climbs, slowly: the SFU's receiver reports show no loss, and Chrome's loss-based
+controller adds about 8 % a second (measured: 300 → 1,330 kbit/s over 20 s).
+"""
 
 from __future__ import annotations
 
@@ -15,9 +20,11 @@ from tests.test_browser_room import browser, open_participant  # noqa: F401 (fix
 
 pytestmark = [requires_isolated_network, requires_chromium, pytest.mark.browser]
 
-SECONDS = 20
-RAMPED_BPS = 1_000_000  # stated level: reached within 20 s with REMB
-FLAT_BPS = 700_000  # and not approached without it
+SECONDS = 10
+RAMPED_BPS = 1_000_000  # stated level: reached within 5 s with REMB ...
+RAMPED_BY_S = 5
+FLAT_BPS = 700_000  # ... while without REMB the target is still below this at 8 s
+FLAT_UNTIL_S = 8
 
 TARGET_BITRATE = """async () => {
     let target = 0;
@@ -51,5 +58,5 @@ async def test_remb_lets_the_publisher_ramp_up(browser: Any) -> None:  # noqa: F
     without = await highest_target(browser, remb=False)
     print("targetBitrate per second, with REMB:", [round(x / 1000) for x in with_remb], "kbit/s")
     print("targetBitrate per second, without:  ", [round(x / 1000) for x in without], "kbit/s")
-    assert max(with_remb) >= RAMPED_BPS
-    assert max(without) < FLAT_BPS
+    assert with_remb[RAMPED_BY_S - 1] >= RAMPED_BPS
+    assert without[FLAT_UNTIL_S - 1] < FLAT_BPS

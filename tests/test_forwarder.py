@@ -6,6 +6,7 @@ Every test runs on each implementation of the Forwarder interface that is availa
 
 from __future__ import annotations
 
+import itertools
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -314,3 +315,31 @@ def test_sender_reports_are_translated_per_consumer(impl: Any) -> None:
     short = struct.pack("!BBHI", 0x80, rtp.RTCP_SR, 1, PUB_SSRC)
     assert rig.fwd.handle_packet(PUB, rig.pub_protect.protect_rtcp(short), 0) == (
         rtp.DROP_BAD_RTCP)
+
+
+def test_receive_reports_count_loss_jitter_and_sr_delay(impl: Any) -> None:
+    rig = make_rig(impl)
+    assert rig.fwd.receive_report(PRODUCER, 0) is None  # nothing received yet
+    # 90 kHz video, packets 20 ms apart; seq 65534..3 with 65535 and 1 lost.
+    arrivals = [(65534, 0), (0, 40_000), (2, 80_000), (3, 100_000)]
+    for seq, at in arrivals:
+        rig.publish(rtp_packet(seq=seq, timestamp=(seq - 65534) % 65536 * 1800, ssrc=PUB_SSRC,
+                               payload=DELTA), at + 5_000 * (seq == 2))  # one late by 5 ms
+    ssrc, fraction, lost, highest, jitter, lsr, dlsr = rig.fwd.receive_report(PRODUCER, 0)
+    assert (ssrc, lost, highest) == (PUB_SSRC, 2, 0x20003)
+    assert fraction == (2 << 8) // 6  # 2 of 6 expected
+    expected_jitter = 0
+    transits = [(at + 5_000 * (s == 2)) * 90 // 1000 - (s - 65534) % 65536 * 1800
+                for s, at in arrivals]
+    for previous, transit in itertools.pairwise(transits):
+        expected_jitter += abs(transit - previous) - ((expected_jitter + 8) >> 4)
+    assert jitter == expected_jitter >> 4 and jitter > 0
+    assert (lsr, dlsr) == (0, 0)
+    # The next interval: nothing lost; an SR arrived 0.5 s before the report.
+    rig.publish(rtp_packet(seq=4, timestamp=1800 * 6, ssrc=PUB_SSRC, payload=DELTA), 120_000)
+    sr = struct.pack("!BBHIIIIII", 0x80, rtp.RTCP_SR, 6, PUB_SSRC, 0x00012345, 0x6789ABCD,
+                     0, 0, 0)
+    rig.fwd.handle_packet(PUB, rig.pub_protect.protect_rtcp(sr), 1_000_000)
+    _, fraction, lost, highest, _, lsr, dlsr = rig.fwd.receive_report(PRODUCER, 1_500_000)
+    assert (fraction, lost, highest) == (0, 2, 0x20004)
+    assert lsr == 0x23456789 and dlsr == 65536 // 2

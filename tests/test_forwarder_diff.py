@@ -3,10 +3,10 @@
 Hypothesis generates sequences of publisher RTP (random payloads and sizes, CSRCs,
 one- and two-byte header extensions, padding, sequence and timestamp wraps,
 reordering, duplicates, loss), garbage and truncated packets, subscriber RTCP, the
-publisher's sender reports, and pausing and resuming the producer. Both forwarders
-get the same bytes with the same keys; they must return the same statuses, send
-byte-identical SRTP (and so identical plaintext after unprotect) and end with
-identical counters. Run on every SRTP profile.
+publisher's sender reports, receiver-report statistics, and pausing and resuming the
+producer. Both forwarders get the same bytes with the same keys; they must return the
+same statuses and reports, send byte-identical SRTP (and so identical plaintext after
+unprotect) and end with identical counters. Run on every SRTP profile.
 """
 
 from __future__ import annotations
@@ -120,8 +120,8 @@ def scenarios(draw: st.DrawFn) -> list[tuple[str, Any, int]]:
     for _ in range(draw(st.integers(1, 40))):
         now += draw(st.sampled_from([0, 1_000, 20_000, 300_000]))
         kind = draw(st.sampled_from(["media"] * 6 + ["raw", "truncate", "tamper", "rtcp",
-                                                      "pause", "resume", "sr"]))
-        if kind in ("pause", "resume"):
+                                                      "pause", "resume", "sr", "report"]))
+        if kind in ("pause", "resume", "report"):
             events.append((kind, None, now))
         elif kind == "sr":  # the publisher's sender report, to be translated per consumer
             blocks = draw(st.integers(0, 2))
@@ -161,6 +161,10 @@ def run(sides: list[Side], keys: dict[int, tuple[bytes, bytes]], profile: str,
         if kind in ("pause", "resume"):
             for side in sides:
                 side.fwd.set_producer_paused(PRODUCER, kind == "pause")
+            continue
+        if kind == "report":  # receiver-report statistics agree too
+            reports = [side.fwd.receive_report(PRODUCER, now) for side in sides]
+            assert reports[0] == reports[1], reports
             continue
         if kind == "rtcp":
             endpoint, packet = data

@@ -1,0 +1,45 @@
+"""The RTCP the SFU sends a publisher is understood by a real one (aiortc's sender):
+its receiver reports yield remote-inbound-rtp stats with a round-trip time, which
+aiortc computes only when our LSR echoes one of its own sender reports."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiortc import VideoStreamTrack
+
+from sfu.client import Client
+from sfu.server import Server
+from tests.conftest import make_config, requires_isolated_network
+
+pytestmark = requires_isolated_network
+
+
+async def test_publisher_gets_receiver_reports() -> None:
+    config = make_config()
+    config.rtc.feedback_interval_ms = 300
+    server = Server(config)
+    await server.start()
+    alice = Client(f"ws://127.0.0.1:{server.port}/ws", room="fb", name="alice")
+    try:
+        await alice.join()
+        await alice.publish([VideoStreamTrack()])
+        assert alice.publish_pc is not None
+        (sender,) = alice.publish_pc.getSenders()
+        remote: list[object] = []
+        for _ in range(40):  # aiortc sends its SRs every 0.5-1.5 s
+            await asyncio.sleep(0.25)
+            report = await sender.getStats()
+            remote = [s for s in report.values() if s.type == "remote-inbound-rtp"]
+            if remote and getattr(remote[0], "roundTripTime", None):
+                break
+        assert remote, "the publisher never got a receiver report"
+        stats = remote[0]
+        print("publisher's remote-inbound-rtp:", stats)
+        assert 0 < stats.roundTripTime < 0.5  # type: ignore[attr-defined]
+        assert stats.packetsLost == 0  # type: ignore[attr-defined]
+        assert server.rtcp_sent["rr"] > 0 and server.rtcp_sent["remb"] > 0
+        assert server.forwarder.counters()["sr_in"] > 0
+    finally:
+        await alice.close()
+        await server.stop()
