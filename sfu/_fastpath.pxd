@@ -78,6 +78,10 @@ cdef class _Consumer:
     cdef uint64_t packets_sent
     cdef uint64_t bytes_sent
     cdef uint64_t octets_sent   # payload octets, for sender reports
+    # Video only: rewritten packets by sequence number modulo HISTORY_SIZE, each in a
+    # MAX_PROTECT_SIZE slot, for retransmission; allocated once, never grown.
+    cdef uint8_t *history
+    cdef uint16_t *history_length
 
 
 cdef class Forwarder:
@@ -101,5 +105,6 @@ cdef class Forwarder:
     cdef void _forward(self, _Consumer consumer, int length, int payload_offset,
                        int payload_end, int64_t now_us)
     cdef void _forward_sr(self, _Endpoint endpoint, int offset, int64_t now_us)
+    cdef void _retransmit(self, _Consumer consumer, uint16_t seq)
     cdef bint _request_keyframe(self, _Producer producer, int64_t now_us)
     cdef int _send(self, _Endpoint endpoint, uint8_t *data, int length)

@@ -15,6 +15,7 @@ import socket
 import struct
 
 from libc.stdint cimport int16_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
+from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, memset
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 
@@ -60,6 +61,9 @@ cdef int C_SKIP_TOO_LONG = _rtp.C_SKIP_TOO_LONG
 cdef int C_SKIP_PAUSED = _rtp.C_SKIP_PAUSED
 cdef int C_SR_SENT = _rtp.C_SR_SENT
 cdef int SR_SIZE = _rtp.SR_SIZE
+cdef int C_RETRANSMITTED = _rtp.C_RETRANSMITTED
+cdef int C_RETRANSMIT_MISSED = _rtp.C_RETRANSMIT_MISSED
+cdef int HISTORY_SIZE = _rtp.HISTORY_SIZE
 cdef int N_COUNTERS = len(_rtp.COUNTER_NAMES)
 cdef int MAX_PACKET_SIZE = _rtp.MAX_PACKET_SIZE
 cdef int MAX_PROTECT_SIZE = _rtp.MAX_PROTECT_SIZE
@@ -244,7 +248,9 @@ cdef class _Producer:
 
 
 cdef class _Consumer:
-    pass
+    def __dealloc__(self):
+        free(self.history)
+        free(self.history_length)
 
 
 cdef class Forwarder:
@@ -376,6 +382,11 @@ cdef class Forwarder:
         cons.packets_sent = 0
         cons.bytes_sent = 0
         cons.octets_sent = 0
+        if is_video:
+            cons.history = <uint8_t *>calloc(HISTORY_SIZE, MAX_PROTECT_SIZE)
+            cons.history_length = <uint16_t *>calloc(HISTORY_SIZE, sizeof(uint16_t))
+            if cons.history == NULL or cons.history_length == NULL:
+                raise MemoryError()
         cons.endpoint = self._endpoints.get(endpoint)
         if cons.endpoint is not None:
             cons.endpoint.consumers.append(cons)
@@ -665,7 +676,8 @@ cdef class Forwarder:
         memcpy(out, src, header_end)
         out[0] = (src[0] & ~0x10) | (0x10 if elements else 0)
         out[1] = (src[1] & 0x80) | out_pt
-        _put16(out + 2, <uint16_t>((ext_seq - cons.start_ext_seq + cons.seq_base) & 0xFFFF))
+        cdef uint16_t out_seq = <uint16_t>((ext_seq - cons.start_ext_seq + cons.seq_base) & 0xFFFF)
+        _put16(out + 2, out_seq)
         _put32(out + 4, timestamp + cons.ts_offset)
         _put32(out + 8, cons.ssrc)
         cdef int pos = header_end
@@ -705,6 +717,11 @@ cdef class Forwarder:
                 pos += 1
         memcpy(out + pos, src + payload_offset, length - payload_offset)
 
+        cdef int slot
+        if cons.history != NULL:
+            slot = out_seq % HISTORY_SIZE
+            memcpy(cons.history + slot * MAX_PROTECT_SIZE, out, out_length)
+            cons.history_length[slot] = out_length
         cdef int n = out_length
         if c_protect(ep.tx_ctx, out, &n) != 0:
             counters[C_PROTECT_ERROR] += 1
@@ -729,7 +746,8 @@ cdef class Forwarder:
             if pos + packet_length > length:
                 return DROP_BAD_RTCP
             pos += packet_length
-        cdef int packet_type, fmt, ssrc_offset
+        cdef int packet_type, fmt, ssrc_offset, entry, bit
+        cdef uint16_t pid, blp
         cdef uint32_t ssrc
         cdef _Consumer cons, candidate
         pos = 0
@@ -754,6 +772,25 @@ cdef class Forwarder:
                 self._counters[C_REMB_IN] += 1
             elif packet_type == 205 and fmt == 1:
                 self._counters[C_NACK_IN] += 1
+                if packet_length < 12:
+                    return DROP_BAD_RTCP
+                ssrc = _u32(p + pos + 8)
+                cons = None
+                for candidate in ep.consumers:
+                    if candidate.ssrc == ssrc:
+                        cons = candidate
+                        break
+                if cons is not None:
+                    # RFC 4585 §6.2.1: a packet id, then a bitmask of the 16 after it.
+                    entry = pos + 12
+                    while entry + 4 <= pos + packet_length:
+                        pid = _u16(p + entry)
+                        blp = _u16(p + entry + 2)
+                        self._retransmit(cons, pid)
+                        for bit in range(16):
+                            if (blp >> bit) & 1:
+                                self._retransmit(cons, <uint16_t>(pid + bit + 1))
+                        entry += 4
             elif packet_type == 201:
                 self._counters[C_RR_IN] += 1
             elif packet_type == 200:
@@ -801,6 +838,28 @@ cdef class Forwarder:
             elif self._send(cons.endpoint, out, n) != 0:
                 self._counters[C_SEND_ERROR] += 1
             self._counters[C_SR_SENT] += 1
+
+    cdef void _retransmit(self, _Consumer cons, uint16_t seq):
+        """Send again a packet a subscriber reports lost, from its history (as the
+        twin's _retransmit): the same packet, re-protected (libsrtp allows the repeat)."""
+        cdef int slot = seq % HISTORY_SIZE
+        cdef uint8_t *kept
+        cdef int n
+        if cons.endpoint is None or cons.history == NULL or cons.history_length[slot] == 0:
+            self._counters[C_RETRANSMIT_MISSED] += 1
+            return
+        kept = cons.history + slot * MAX_PROTECT_SIZE
+        if _u16(kept + 2) != seq:
+            self._counters[C_RETRANSMIT_MISSED] += 1
+            return
+        n = cons.history_length[slot]
+        memcpy(self._tx, kept, n)
+        if c_protect(cons.endpoint.tx_ctx, self._tx, &n) != 0:
+            self._counters[C_PROTECT_ERROR] += 1
+        elif self._send(cons.endpoint, self._tx, n) != 0:
+            self._counters[C_SEND_ERROR] += 1
+        else:
+            self._counters[C_RETRANSMITTED] += 1
 
     cdef bint _request_keyframe(self, _Producer prod, int64_t now_us):
         if prod.requested and now_us - prod.last_keyframe_request_us < (

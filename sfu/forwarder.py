@@ -74,6 +74,7 @@ class _Consumer:
         "endpoint",
         "ext_map",
         "highest_ext_seq",
+        "history",
         "id",
         "is_video",
         "mid",
@@ -126,6 +127,9 @@ class _Consumer:
         self.packets_sent = 0
         self.bytes_sent = 0
         self.octets_sent = 0  # payload octets, for sender reports
+        # Rewritten packets by sequence number modulo HISTORY_SIZE, for retransmission.
+        self.history: list[bytes | None] | None = (
+            [None] * rtp.HISTORY_SIZE if is_video else None)
 
 
 class Forwarder:
@@ -424,8 +428,11 @@ class Forwarder:
             counters[rtp.C_SKIP_TOO_LONG] += 1
             return
 
+        plain_out = bytes(packet)
+        if cons.history is not None:
+            cons.history[out_seq % rtp.HISTORY_SIZE] = plain_out
         try:
-            protected = endpoint.tx.protect(bytes(packet))
+            protected = endpoint.tx.protect(plain_out)
         except Exception:
             counters[rtp.C_PROTECT_ERROR] += 1
             return
@@ -459,6 +466,13 @@ class Forwarder:
                 counters[rtp.C_REMB_IN] += 1
             elif packet_type == rtp.RTCP_RTPFB and fmt == rtp.RTPFB_NACK:
                 counters[rtp.C_NACK_IN] += 1
+                if length < 12:
+                    return rtp.DROP_BAD_RTCP
+                ssrc = struct.unpack_from("!I", plain, offset + 8)[0]
+                cons = self._consumer_by_ssrc.get((endpoint_id << 32) | ssrc)
+                if cons is not None:
+                    self._retransmit(cons, rtp.nack_sequences(
+                        plain[offset + 12 : offset + length]))
             elif packet_type == rtp.RTCP_RR:
                 counters[rtp.C_RR_IN] += 1
             elif packet_type == rtp.RTCP_SR:
@@ -467,6 +481,25 @@ class Forwarder:
                     return rtp.DROP_BAD_RTCP
                 self._forward_sr(endpoint_id, plain[offset : offset + length], now_us)
         return rtp.OK
+
+    def _retransmit(self, cons: _Consumer, sequences: list[int]) -> None:
+        """Send again what a subscriber reports lost, from its history: the same
+        packet, sequence number and all, re-protected (libsrtp allows the repeat)."""
+        endpoint = self._endpoints.get(cons.endpoint)
+        for seq in sequences:
+            kept = cons.history[seq % rtp.HISTORY_SIZE] if cons.history else None
+            if endpoint is None or kept is None or (kept[2] << 8 | kept[3]) != seq:
+                self._counters[rtp.C_RETRANSMIT_MISSED] += 1
+                continue
+            try:
+                endpoint.sendto(endpoint.tx.protect(kept), endpoint.addr)
+            except OSError:
+                self._counters[rtp.C_SEND_ERROR] += 1
+                continue
+            except Exception:
+                self._counters[rtp.C_PROTECT_ERROR] += 1
+                continue
+            self._counters[rtp.C_RETRANSMITTED] += 1
 
     def _forward_sr(self, endpoint_id: int, report: bytes, now_us: int) -> None:
         """A publisher's SR to every started consumer of that stream, translated."""

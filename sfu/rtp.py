@@ -87,6 +87,8 @@ C_SKIP_NOT_CONNECTED = C_SENT + 15
 C_SKIP_TOO_LONG = C_SENT + 16
 C_SKIP_PAUSED = C_SENT + 17
 C_SR_SENT = C_SENT + 18
+C_RETRANSMITTED = C_SENT + 19
+C_RETRANSMIT_MISSED = C_SENT + 20
 COUNTER_NAMES = (
     *(f"drop_{name}" if name != "ok" else "accepted" for name in DROP_REASONS),
     "sent",
@@ -108,7 +110,12 @@ COUNTER_NAMES = (
     "skip_too_long",
     "skip_paused",
     "sr_sent",
+    "retransmitted",
+    "retransmit_missed",
 )
+# Packets a video consumer keeps for retransmission (RFC 4585 NACK): at ~170 packets/s
+# of 1.7 Mbit/s video, about three seconds.
+HISTORY_SIZE = 512
 
 
 def is_rtcp(data: bytes) -> bool:
@@ -370,3 +377,14 @@ def jitter_step(jitter16: int, transit: int, previous_transit: int) -> int:
     if d >= 0x80000000:
         d = 0x100000000 - d
     return jitter16 + d - ((jitter16 + 8) >> 4)
+
+
+def nack_sequences(fci: bytes) -> list[int]:
+    """Sequence numbers a generic NACK asks for (RFC 4585 §6.2.1): each FCI entry is a
+    packet id and a bitmask of the 16 that follow it."""
+    sequences = []
+    for pos in range(0, len(fci) - 3, 4):
+        pid, blp = struct.unpack_from("!HH", fci, pos)
+        sequences.append(pid)
+        sequences.extend((pid + bit + 1) & 0xFFFF for bit in range(16) if blp >> bit & 1)
+    return sequences

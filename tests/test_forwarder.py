@@ -343,3 +343,34 @@ def test_receive_reports_count_loss_jitter_and_sr_delay(impl: Any) -> None:
     _, fraction, lost, highest, _, lsr, dlsr = rig.fwd.receive_report(PRODUCER, 1_500_000)
     assert (fraction, lost, highest) == (0, 2, 0x20004)
     assert lsr == 0x23456789 and dlsr == 65536 // 2
+
+
+def nack(sender: int, media: int, pid: int, blp: int) -> bytes:
+    return struct.pack("!BBHIIHH", 0x80 | rtp.RTPFB_NACK, rtp.RTCP_RTPFB, 3, sender, media,
+                       pid, blp)
+
+
+def test_nack_is_answered_from_history(impl: Any) -> None:
+    rig = make_rig(impl, seq_base=65534)
+    for i in range(4):  # out 65534, 65535, 0, 1
+        rig.publish(rtp_packet(seq=10 + i, timestamp=90 * i, ssrc=PUB_SSRC,
+                               payload=(KEY if i == 0 else DELTA) + bytes([i])))
+    sent = [data for data, _ in rig.to_sub.sent]
+    rig.to_sub.sent.clear()
+    # 65535 and 0 were lost on the way: the subscriber asks for them, and for 2 (never
+    # sent), through the bitmask.
+    request = nack(0xABC, SUB_SSRC, 65535, 0b101)
+    assert rig.fwd.handle_packet(SUB, rig.sub_protect.protect_rtcp(request), 0) == rtp.OK
+    resent = [data for data, _ in rig.to_sub.sent]
+    assert resent == sent[1:3]  # the same SRTP bytes: same packet, same index
+    assert [header(p)[1] for p in rig.received()] == [65535, 0]
+    counters = rig.fwd.counters()
+    assert (counters["retransmitted"], counters["retransmit_missed"]) == (2, 1)
+    assert counters["nack_in"] == 1
+    # Beyond the history, a slot holds a newer packet: that is a miss, not a wrong packet.
+    for i in range(4, 4 + rtp.HISTORY_SIZE):
+        rig.publish(rtp_packet(seq=10 + i, timestamp=90 * i, ssrc=PUB_SSRC, payload=DELTA))
+    rig.received()
+    rig.fwd.handle_packet(SUB, rig.sub_protect.protect_rtcp(nack(1, SUB_SSRC, 65535, 0)), 0)
+    assert rig.received() == []
+    assert rig.fwd.counters()["retransmit_missed"] == 2
