@@ -12,6 +12,8 @@ cdef enum:
     BUFFER_SIZE = 1500 + 160
     # Most extension elements a 1500-byte packet can hold (two bytes each at least).
     MAX_ELEMENTS = 750
+    # Lost packets a producer remembers to ask for (sfu.rtp.NACK_MAX_MISSING).
+    NACK_CAPACITY = 256
 
 
 cdef class _Endpoint:
@@ -53,6 +55,14 @@ cdef class _Producer:
     cdef bint sr_seen
     cdef uint32_t sr_ntp_mid
     cdef int64_t sr_arrival_us
+    # Lost packets to ask for, ascending (as the twin's `missing`), and the round trip.
+    cdef int missing_count
+    cdef int64_t missing_ext[NACK_CAPACITY]
+    cdef int missing_retries[NACK_CAPACITY]
+    cdef int64_t missing_next[NACK_CAPACITY]
+    cdef int64_t missing_first[NACK_CAPACITY]
+    cdef int64_t missing_asked[NACK_CAPACITY]
+    cdef int64_t rtt_us
 
 
 cdef class _Consumer:
@@ -106,5 +116,6 @@ cdef class Forwarder:
                        int payload_end, int64_t now_us)
     cdef void _forward_sr(self, _Endpoint endpoint, int offset, int64_t now_us)
     cdef void _retransmit(self, _Consumer consumer, uint16_t seq)
+    cdef void _track_missing(self, _Producer producer, int64_t ext, int64_t now_us)
     cdef bint _request_keyframe(self, _Producer producer, int64_t now_us)
     cdef int _send(self, _Endpoint endpoint, uint8_t *data, int length)

@@ -64,6 +64,15 @@ cdef int SR_SIZE = _rtp.SR_SIZE
 cdef int C_RETRANSMITTED = _rtp.C_RETRANSMITTED
 cdef int C_RETRANSMIT_MISSED = _rtp.C_RETRANSMIT_MISSED
 cdef int HISTORY_SIZE = _rtp.HISTORY_SIZE
+cdef int C_NACK_REQUESTED = _rtp.C_NACK_REQUESTED
+cdef int C_NACK_RECOVERED = _rtp.C_NACK_RECOVERED
+cdef int C_NACK_GAVE_UP = _rtp.C_NACK_GAVE_UP
+cdef int64_t NACK_FIRST_DELAY_US = _rtp.NACK_FIRST_DELAY_US
+cdef int64_t NACK_MIN_RETRY_US = _rtp.NACK_MIN_RETRY_US
+cdef int64_t NACK_DEFAULT_RTT_US = _rtp.NACK_DEFAULT_RTT_US
+cdef int NACK_MAX_RETRIES = _rtp.NACK_MAX_RETRIES
+cdef int64_t NACK_MAX_AGE_US = _rtp.NACK_MAX_AGE_US
+assert _rtp.NACK_MAX_MISSING == NACK_CAPACITY, "NACK_CAPACITY differs from sfu.rtp"
 cdef int N_COUNTERS = len(_rtp.COUNTER_NAMES)
 cdef int MAX_PACKET_SIZE = _rtp.MAX_PACKET_SIZE
 cdef int MAX_PROTECT_SIZE = _rtp.MAX_PROTECT_SIZE
@@ -330,6 +339,8 @@ cdef class Forwarder:
         prod.rx_has_transit = False
         prod.sr_seen = False
         prod.sr_ntp_mid = 0
+        prod.missing_count = 0
+        prod.rtt_us = 0
         prod.endpoint = self._endpoints.get(endpoint)
         if prod.endpoint is not None:
             prod.endpoint.producers.append(prod)
@@ -460,6 +471,36 @@ cdef class Forwarder:
         self._counters[status] += 1
         return status
 
+    def nack_due(self, int64_t producer, int64_t now_us):
+        """Sequence numbers to ask the publisher for now (see the twin's docstring)."""
+        cdef _Producer prod = self._producers.get(producer)
+        cdef list due = []
+        cdef int i, kept = 0
+        cdef int64_t retry_us
+        if prod is None:
+            return due
+        retry_us = max(prod.rtt_us if prod.rtt_us else NACK_DEFAULT_RTT_US, NACK_MIN_RETRY_US)
+        for i in range(prod.missing_count):
+            if prod.missing_retries[i] >= NACK_MAX_RETRIES or (
+                    now_us - prod.missing_first[i] > NACK_MAX_AGE_US):
+                self._counters[C_NACK_GAVE_UP] += 1
+                continue
+            if now_us >= prod.missing_next[i]:
+                due.append(prod.missing_ext[i] & 0xFFFF)
+                prod.missing_retries[i] += 1
+                prod.missing_next[i] = now_us + retry_us
+                prod.missing_asked[i] = now_us
+            if kept != i:
+                prod.missing_ext[kept] = prod.missing_ext[i]
+                prod.missing_retries[kept] = prod.missing_retries[i]
+                prod.missing_next[kept] = prod.missing_next[i]
+                prod.missing_first[kept] = prod.missing_first[i]
+                prod.missing_asked[kept] = prod.missing_asked[i]
+            kept += 1
+        prod.missing_count = kept
+        self._counters[C_NACK_REQUESTED] += len(due)
+        return due
+
     def receive_report(self, int64_t producer, int64_t now_us):
         """A report block for a producer's stream (see the twin's docstring)."""
         cdef _Producer prod = self._producers.get(producer)
@@ -548,11 +589,15 @@ cdef class Forwarder:
         # Receive statistics (as the twin's _record_arrival).
         cdef uint16_t in_seq = _u16(p + 2)
         cdef uint32_t transit
+        cdef int64_t in_ext
         if not prod.rx_started:
             prod.rx_started = True
             prod.rx_base = prod.rx_highest = 0x10000 + in_seq
         else:
-            prod.rx_highest = max(prod.rx_highest, c_extend_seq(prod.rx_highest, in_seq))
+            in_ext = c_extend_seq(prod.rx_highest, in_seq)
+            if prod.codec == CODEC_VP8 or prod.codec == CODEC_H264:
+                self._track_missing(prod, in_ext, now_us)
+            prod.rx_highest = max(prod.rx_highest, in_ext)
         prod.rx_received += 1
         transit = <uint32_t>(c_to_rtp_units(now_us, prod.clock_rate) - _u32(p + 4))
         if prod.rx_has_transit:
@@ -838,6 +883,49 @@ cdef class Forwarder:
             elif self._send(cons.endpoint, out, n) != 0:
                 self._counters[C_SEND_ERROR] += 1
             self._counters[C_SR_SENT] += 1
+
+    cdef void _track_missing(self, _Producer prod, int64_t ext, int64_t now_us):
+        """As the twin's _track_missing: remember gaps, forget what arrives late."""
+        cdef int64_t gap = ext - prod.rx_highest - 1
+        cdef int64_t lost, sample
+        cdef int i, j, drop
+        if gap > NACK_CAPACITY:
+            prod.missing_count = 0  # too much to ask for: a keyframe request will do
+        elif gap > 0:
+            lost = prod.rx_highest + 1
+            while lost < ext:
+                if prod.missing_count == NACK_CAPACITY:  # drop the oldest
+                    for j in range(1, NACK_CAPACITY):
+                        prod.missing_ext[j - 1] = prod.missing_ext[j]
+                        prod.missing_retries[j - 1] = prod.missing_retries[j]
+                        prod.missing_next[j - 1] = prod.missing_next[j]
+                        prod.missing_first[j - 1] = prod.missing_first[j]
+                        prod.missing_asked[j - 1] = prod.missing_asked[j]
+                    prod.missing_count -= 1
+                i = prod.missing_count
+                prod.missing_ext[i] = lost
+                prod.missing_retries[i] = 0
+                prod.missing_next[i] = now_us + NACK_FIRST_DELAY_US
+                prod.missing_first[i] = now_us
+                prod.missing_asked[i] = 0
+                prod.missing_count += 1
+                lost += 1
+        elif gap < 0:
+            for i in range(prod.missing_count):
+                if prod.missing_ext[i] == ext:  # it came after all
+                    if prod.missing_retries[i]:
+                        sample = now_us - prod.missing_asked[i]
+                        prod.rtt_us = sample if not prod.rtt_us else (
+                            7 * prod.rtt_us + sample) // 8
+                        self._counters[C_NACK_RECOVERED] += 1
+                    for j in range(i + 1, prod.missing_count):
+                        prod.missing_ext[j - 1] = prod.missing_ext[j]
+                        prod.missing_retries[j - 1] = prod.missing_retries[j]
+                        prod.missing_next[j - 1] = prod.missing_next[j]
+                        prod.missing_first[j - 1] = prod.missing_first[j]
+                        prod.missing_asked[j - 1] = prod.missing_asked[j]
+                    prod.missing_count -= 1
+                    break
 
     cdef void _retransmit(self, _Consumer cons, uint16_t seq):
         """Send again a packet a subscriber reports lost, from its history (as the

@@ -56,6 +56,8 @@ class RtcConfig:
     keyframe_request_interval_ms: int = 500
     # REMB (goog-remb) to publishers, so browsers ramp up to these bitrates per track.
     remb: bool = True
+    # Ask publishers for lost video packets (RFC 4585 NACK).
+    nack: bool = True
     max_video_bitrate_bps: int = 2_500_000
     max_audio_bitrate_bps: int = 64_000
     feedback_interval_ms: int = 1000

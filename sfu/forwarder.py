@@ -39,7 +39,8 @@ class _Producer:
 
     __slots__ = (
         "clock_rate", "codec", "consumers", "endpoint", "id", "last_keyframe_request_us",
-        "paused", "rx_base", "rx_expected_prior", "rx_highest", "rx_jitter16",
+        "missing", "paused", "rtt_us", "rx_base", "rx_expected_prior", "rx_highest",
+        "rx_jitter16",
         "rx_received", "rx_received_prior", "rx_transit", "sr_arrival_us", "sr_ntp_mid",
         "ssrc",
     )
@@ -63,6 +64,10 @@ class _Producer:
         self.rx_transit: int | None = None
         self.sr_ntp_mid = 0  # of the last SR from the publisher
         self.sr_arrival_us: int | None = None
+        # Lost packets to ask for: [extended seq, retries, next ask, first missed, last
+        # asked], ascending by sequence number; and the NACK-to-arrival round trip.
+        self.missing: list[list[int]] = []
+        self.rtt_us = 0
 
 
 class _Consumer:
@@ -325,19 +330,65 @@ class Forwarder:
             self._forward(cons, plain, layout, elements, now_us)
         return rtp.OK
 
-    @staticmethod
-    def _record_arrival(prod: _Producer, plain: bytes, now_us: int) -> None:
+    def _record_arrival(self, prod: _Producer, plain: bytes, now_us: int) -> None:
         seq = (plain[2] << 8) | plain[3]
         if prod.rx_base is None:
             prod.rx_base = prod.rx_highest = 0x10000 + seq
         else:
-            prod.rx_highest = max(prod.rx_highest, rtp.extend_seq(prod.rx_highest, seq))
+            ext = rtp.extend_seq(prod.rx_highest, seq)
+            if rtp.nacks_for_video(prod.codec):
+                self._track_missing(prod, ext, now_us)
+            prod.rx_highest = max(prod.rx_highest, ext)
         prod.rx_received += 1
         transit = (rtp.to_rtp_units(now_us, prod.clock_rate)
                    - struct.unpack_from("!I", plain, 4)[0]) & 0xFFFFFFFF
         if prod.rx_transit is not None:
             prod.rx_jitter16 = rtp.jitter_step(prod.rx_jitter16, transit, prod.rx_transit)
         prod.rx_transit = transit
+
+    def _track_missing(self, prod: _Producer, ext: int, now_us: int) -> None:
+        missing = prod.missing
+        gap = ext - prod.rx_highest - 1
+        if gap > rtp.NACK_MAX_MISSING:
+            missing.clear()  # too much to ask for: a keyframe request will do
+        elif gap > 0:
+            first_ask = now_us + rtp.NACK_FIRST_DELAY_US
+            missing.extend([lost, 0, first_ask, now_us, 0]
+                           for lost in range(prod.rx_highest + 1, ext))
+            del missing[: max(0, len(missing) - rtp.NACK_MAX_MISSING)]
+        elif gap < 0:
+            for i, entry in enumerate(missing):
+                if entry[0] == ext:  # it came after all: late, or the retransmission
+                    if entry[1]:
+                        sample = now_us - entry[4]
+                        prod.rtt_us = sample if not prod.rtt_us else (
+                            7 * prod.rtt_us + sample) // 8
+                    self._counters[rtp.C_NACK_RECOVERED] += entry[1] > 0
+                    del missing[i]
+                    break
+
+    def nack_due(self, producer: int, now_us: int) -> list[int]:
+        """Sequence numbers to ask the publisher for now (in order). Each is asked again
+        one round trip later (at least 20 ms), up to 8 times or for 1 s."""
+        prod = self._producers.get(producer)
+        if prod is None:
+            return []
+        due = []
+        kept = []
+        retry_us = max(prod.rtt_us or rtp.NACK_DEFAULT_RTT_US, rtp.NACK_MIN_RETRY_US)
+        for entry in prod.missing:
+            if entry[1] >= rtp.NACK_MAX_RETRIES or now_us - entry[3] > rtp.NACK_MAX_AGE_US:
+                self._counters[rtp.C_NACK_GAVE_UP] += 1
+                continue
+            if now_us >= entry[2]:
+                due.append(entry[0] & 0xFFFF)
+                entry[1] += 1
+                entry[2] = now_us + retry_us
+                entry[4] = now_us
+            kept.append(entry)
+        prod.missing = kept
+        self._counters[rtp.C_NACK_REQUESTED] += len(due)
+        return due
 
     def receive_report(self, producer: int, now_us: int) -> tuple[int, ...] | None:
         """A report block for a producer's stream (RFC 3550 §6.4.1), as (ssrc, fraction

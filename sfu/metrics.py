@@ -109,7 +109,7 @@ class ServerCollector(Collector):
                                   value=server.events.dropped)
         rtcp = CounterMetricFamily("sfu_rtcp_sent", "RTCP the server originates, by type",
                                    labels=["type"])
-        for kind in ("rr", "remb"):
+        for kind in ("rr", "remb", "nack"):
             rtcp.add_metric([kind], server.rtcp_sent[kind])
         yield rtcp
         webhooks = CounterMetricFamily("sfu_webhook_deliveries",

@@ -89,6 +89,9 @@ C_SKIP_PAUSED = C_SENT + 17
 C_SR_SENT = C_SENT + 18
 C_RETRANSMITTED = C_SENT + 19
 C_RETRANSMIT_MISSED = C_SENT + 20
+C_NACK_REQUESTED = C_SENT + 21
+C_NACK_RECOVERED = C_SENT + 22
+C_NACK_GAVE_UP = C_SENT + 23
 COUNTER_NAMES = (
     *(f"drop_{name}" if name != "ok" else "accepted" for name in DROP_REASONS),
     "sent",
@@ -112,6 +115,9 @@ COUNTER_NAMES = (
     "sr_sent",
     "retransmitted",
     "retransmit_missed",
+    "nack_requested",
+    "nack_recovered",
+    "nack_gave_up",
 )
 # Packets a video consumer keeps for retransmission (RFC 4585 NACK): at ~170 packets/s
 # of 1.7 Mbit/s video, about three seconds.
@@ -388,3 +394,31 @@ def nack_sequences(fci: bytes) -> list[int]:
         sequences.append(pid)
         sequences.extend((pid + bit + 1) & 0xFFFF for bit in range(16) if blp >> bit & 1)
     return sequences
+
+
+# Asking publishers for lost packets (RFC 4585 generic NACK).
+NACK_MAX_MISSING = 256  # a larger gap is left to a keyframe request
+NACK_FIRST_DELAY_US = 5_000  # let reordered packets arrive before asking
+NACK_MIN_RETRY_US = 20_000
+NACK_DEFAULT_RTT_US = 100_000  # until a retransmission has been timed
+NACK_MAX_RETRIES = 8
+NACK_MAX_AGE_US = 1_000_000
+
+
+def nacks_for_video(codec: int) -> bool:
+    """Publishers negotiate NACK for video (aiortc offers it for VP8 and H.264)."""
+    return codec in (CODEC_VP8, CODEC_H264)
+
+
+def build_nack(sender_ssrc: int, media_ssrc: int, sequences: list[int]) -> bytes:
+    """Generic NACK (RFC 4585 §6.2.1) for 16-bit sequence numbers, in the given order:
+    each entry covers its packet id and the 16 numbers after it."""
+    entries: list[list[int]] = []
+    for seq in sequences:
+        if entries and 0 < (seq - entries[-1][0]) & 0xFFFF <= 16:
+            entries[-1][1] |= 1 << (((seq - entries[-1][0]) & 0xFFFF) - 1)
+        else:
+            entries.append([seq, 0])
+    fci = b"".join(struct.pack("!HH", pid, blp) for pid, blp in entries)
+    return struct.pack("!BBHII", 0x80 | RTPFB_NACK, RTCP_RTPFB, 2 + len(entries),
+                       sender_ssrc, media_ssrc) + fci

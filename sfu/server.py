@@ -46,6 +46,7 @@ logger = logging.getLogger(__name__)
 WEB_DIR = Path(__file__).parent / "web"
 # A peer connection not connected this long after it was made counts as a timeout.
 CONNECT_TIMEOUT_S = 20.0
+NACK_POLL_S = 0.02
 PeerTransportT = TypeVar("PeerTransportT", bound=PeerTransport)
 
 
@@ -214,6 +215,8 @@ class Server:
         """
         self._spawn(self._watch_loop_lag())
         self._spawn(self._feedback_loop())
+        if self.config.rtc.nack:
+            self._spawn(self._nack_loop())
         self.webhooks.start()
         if serve:
             self._runner = web.AppRunner(self.app)
@@ -290,6 +293,21 @@ class Server:
                 if self.forwarder.send_rtcp(peer.publish.endpoint, packet):
                     self.rtcp_sent["rr"] += 1
                     self.rtcp_sent["remb"] += rtc.remb
+
+    async def _nack_loop(self) -> None:
+        """Every 20 ms, ask publishers for the video packets that went missing (the
+        forwarders track gaps and retry timing; this only sends what is due)."""
+        while True:
+            await asyncio.sleep(NACK_POLL_S)
+            now = now_us()
+            for publication in list(self.publications.values()):
+                peer = self.peers.get(publication.track.participant)
+                if peer is None or peer.publish is None or publication.track.kind != "video":
+                    continue
+                lost = self.forwarder.nack_due(publication.producer, now)
+                if lost and self.forwarder.send_rtcp(peer.publish.endpoint, rtp.build_nack(
+                        rtp.SFU_RTCP_SSRC, publication.media.ssrc, lost)):
+                    self.rtcp_sent["nack"] += 1
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "forwarder": self.forwarder.implementation})

@@ -6,6 +6,10 @@ import shutil
 from collections.abc import AsyncIterator
 from typing import Any
 
+# Imported now, not first at the end of a run: pytest's assertion rewriting of a late
+# import can hit CPython 3.11.7's spurious "AST constructor recursion depth mismatch"
+# (python/cpython#106905) after threaded tests (aiortc encodes in threads).
+import hypothesis  # noqa: F401
 import pytest
 
 from sfu.config import Config

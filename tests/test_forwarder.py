@@ -374,3 +374,29 @@ def test_nack_is_answered_from_history(impl: Any) -> None:
     rig.fwd.handle_packet(SUB, rig.sub_protect.protect_rtcp(nack(1, SUB_SSRC, 65535, 0)), 0)
     assert rig.received() == []
     assert rig.fwd.counters()["retransmit_missed"] == 2
+
+
+def test_publisher_losses_are_asked_for_with_retries_and_rtt(impl: Any) -> None:
+    rig = make_rig(impl)
+    # 65533, then 2: 65534, 65535, 0, 1 are missing across the wrap.
+    for seq, at in ((65533, 0), (2, 1_000)):
+        rig.publish(rtp_packet(seq=seq, timestamp=0, ssrc=PUB_SSRC, payload=DELTA), at)
+    fwd = rig.fwd
+    assert fwd.nack_due(PRODUCER, 3_000) == []  # reordering gets 5 ms first
+    assert fwd.nack_due(PRODUCER, 7_000) == [65534, 65535, 0, 1]
+    assert fwd.nack_due(PRODUCER, 8_000) == []  # next ask one (default) RTT later
+    # 65535 is retransmitted 30 ms after the ask: it is forgotten, and RTT measured.
+    rig.publish(rtp_packet(seq=65535, timestamp=0, ssrc=PUB_SSRC, payload=DELTA), 37_000)
+    assert fwd.nack_due(PRODUCER, 107_000) == [65534, 0, 1]
+    # Now retries are 30 ms apart, until 8 tries or 1 s.
+    assert fwd.nack_due(PRODUCER, 130_000) == []
+    assert fwd.nack_due(PRODUCER, 137_000) == [65534, 0, 1]
+    for at in range(200_000, 1_200_000, 40_000):
+        fwd.nack_due(PRODUCER, at)
+    assert fwd.nack_due(PRODUCER, 1_300_000) == []
+    counters = fwd.counters()
+    assert counters["nack_recovered"] == 1 and counters["nack_gave_up"] == 3
+    assert counters["nack_requested"] == 4 + 3 + 3 * 6
+    # A gap too large to ask for is left to keyframes.
+    rig.publish(rtp_packet(seq=1000, timestamp=0, ssrc=PUB_SSRC, payload=DELTA), 1_400_000)
+    assert fwd.nack_due(PRODUCER, 2_000_000) == []

@@ -172,9 +172,13 @@ def run(sides: list[Side], keys: dict[int, tuple[bytes, bytes]], profile: str,
             for side in sides:
                 side.fwd.set_producer_paused(PRODUCER, kind == "pause")
             continue
-        if kind == "report":  # receiver-report statistics agree too
+        if kind == "report":  # receiver-report statistics and NACK requests agree too
             reports = [side.fwd.receive_report(PRODUCER, now) for side in sides]
             assert reports[0] == reports[1], reports
+            nacks = [side.fwd.nack_due(PRODUCER, now + 10_000) for side in sides]
+            assert nacks[0] == nacks[1], nacks
+            if nacks[0]:
+                event("NACK requested")
             continue
         if kind == "rtcp":
             endpoint, packet = data

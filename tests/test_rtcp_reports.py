@@ -37,3 +37,16 @@ def test_matches_aiortc(sender: int, report_blocks: list[ReportBlock]) -> None:
 def test_cumulative_loss_is_clamped_to_24_bits() -> None:
     report = build_rr(1, [ReportBlock(2, 0, 1 << 30, 0, 0, 0, 0)])
     assert report[13:16] == b"\x7f\xff\xff"
+
+
+@given(st.lists(st.integers(0, 0xFFFF), min_size=1, max_size=40).map(sorted))
+def test_nack_matches_aiortc(lost: list[int]) -> None:
+    from aiortc.rtp import RtcpRtpfbPacket
+
+    from sfu.rtp import build_nack
+
+    lost = list(dict.fromkeys(lost))
+    ours = build_nack(1, 0xABC, lost)
+    assert ours == bytes(RtcpRtpfbPacket(fmt=1, ssrc=1, media_ssrc=0xABC, lost=lost))
+    (parsed,) = RtcpPacket.parse(ours)
+    assert isinstance(parsed, RtcpRtpfbPacket) and parsed.lost == lost

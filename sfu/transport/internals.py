@@ -224,6 +224,18 @@ def silence_rtcp(transceiver: RTCRtpTransceiver) -> None:
     setattr(transceiver.receiver, "_send_rtcp", no_rtcp)  # noqa: B010
 
 
+def decline_rtx(transceiver: RTCRtpTransceiver) -> None:
+    """Leave RTX out of the answer about to be made for this transceiver.
+
+    The SFU asks publishers for lost packets and forwards what comes back; without RTX
+    negotiated, a browser retransmits on the original SSRC and sequence number (RFC
+    4585), which needs no unwrapping. aiortc sets the codecs to answer with in
+    setRemoteDescription: this runs between it and createAnswer.
+    """
+    transceiver._codecs = [c for c in transceiver._codecs
+                           if not c.mimeType.lower().endswith("/rtx")]
+
+
 def negotiated_codecs(transceiver: RTCRtpTransceiver) -> list[CodecInfo]:
     """Codecs both sides agreed on, with the payload types used on the wire."""
     return [

@@ -138,6 +138,7 @@ class PublishTransport(PeerTransport):
         self._prepare()
         for transceiver in self.pc.getTransceivers():
             internals.silence_rtcp(transceiver)
+            internals.decline_rtx(transceiver)
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         ssrcs = internals.remote_media_ssrcs(offer_sdp)
         media = []
