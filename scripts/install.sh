@@ -10,10 +10,11 @@ with_test=0
 [ "${1:-}" = "--test" ] && with_test=1
 
 # chromium: the demo page's browser in tests; janus: a system `sfu bench` compares
-# with; iproute2/util-linux: `ip` and `unshare` for the tests' network namespaces;
-# build-essential/python3-dev: the Cython extension.
+# with; iptables: packet loss in the tests' network namespaces; iproute2/util-linux:
+# `ip` and `unshare` for those namespaces; build-essential/python3-dev: the Cython
+# extension.
 packages=(build-essential python3-dev python3-venv iproute2 util-linux)
-[ "$with_test" = 1 ] && packages+=(chromium janus)
+[ "$with_test" = 1 ] && packages+=(chromium janus iptables)
 
 missing=()
 for package in "${packages[@]}"; do
