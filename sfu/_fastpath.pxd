@@ -82,6 +82,8 @@ cdef class _Consumer:
     cdef uint32_t ts_base
     cdef bint started
     cdef bint restart           # its producer resumed: start again at a keyframe
+    cdef bint waiting           # for a keyframe, since wait_started_us
+    cdef int64_t wait_started_us
     cdef int64_t start_ext_seq
     cdef int64_t highest_ext_seq
     cdef uint32_t ts_offset

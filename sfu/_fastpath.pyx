@@ -67,6 +67,8 @@ cdef int HISTORY_SIZE = _rtp.HISTORY_SIZE
 cdef int C_NACK_REQUESTED = _rtp.C_NACK_REQUESTED
 cdef int C_NACK_RECOVERED = _rtp.C_NACK_RECOVERED
 cdef int C_NACK_GAVE_UP = _rtp.C_NACK_GAVE_UP
+cdef int C_KEYFRAME_WAITS = _rtp.C_KEYFRAME_WAITS
+cdef int C_KEYFRAME_WAIT_US = _rtp.C_KEYFRAME_WAIT_US
 cdef int64_t NACK_FIRST_DELAY_US = _rtp.NACK_FIRST_DELAY_US
 cdef int64_t NACK_MIN_RETRY_US = _rtp.NACK_MIN_RETRY_US
 cdef int64_t NACK_DEFAULT_RTT_US = _rtp.NACK_DEFAULT_RTT_US
@@ -387,6 +389,8 @@ cdef class Forwarder:
         cons.ts_base = ts_base & 0xFFFFFFFF
         cons.started = False
         cons.restart = False
+        cons.waiting = False
+        cons.wait_started_us = 0
         cons.start_ext_seq = 0
         cons.highest_ext_seq = 0
         cons.ts_offset = 0
@@ -666,8 +670,15 @@ cdef class Forwarder:
             if cons.is_video and not _is_keyframe_start(
                     cons.producer.codec, src + payload_offset, payload_end - payload_offset):
                 counters[C_SKIP_WAITING_KEYFRAME] += 1
+                if not cons.waiting:
+                    cons.waiting = True
+                    cons.wait_started_us = now_us
                 self._request_keyframe(cons.producer, now_us)
                 return
+            if cons.waiting:
+                counters[C_KEYFRAME_WAITS] += 1
+                counters[C_KEYFRAME_WAIT_US] += max(0, now_us - cons.wait_started_us)
+                cons.waiting = False
             if not cons.started:
                 cons.started = True
                 cons.start_ext_seq = cons.highest_ext_seq = 0x10000 + seq

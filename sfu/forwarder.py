@@ -94,6 +94,7 @@ class _Consumer:
         "start_ext_seq",
         "ts_base",
         "ts_offset",
+        "wait_started_us",
     )
 
     def __init__(
@@ -128,6 +129,7 @@ class _Consumer:
         self.highest_ext_seq = 0
         # Set when its producer resumes: start again at a keyframe, numbering on.
         self.restart = False
+        self.wait_started_us: int | None = None  # waiting for a keyframe since
         self.ts_offset = 0
         self.packets_sent = 0
         self.bytes_sent = 0
@@ -435,8 +437,14 @@ class Forwarder:
                 cons.producer.codec, plain[layout.payload_offset : layout.payload_end]
             ):
                 counters[rtp.C_SKIP_WAITING_KEYFRAME] += 1
+                if cons.wait_started_us is None:
+                    cons.wait_started_us = now_us
                 self.request_keyframe(cons.producer.id, now_us)
                 return
+            if cons.wait_started_us is not None:
+                counters[rtp.C_KEYFRAME_WAITS] += 1
+                counters[rtp.C_KEYFRAME_WAIT_US] += max(0, now_us - cons.wait_started_us)
+                cons.wait_started_us = None
             if cons.start_ext_seq is None:
                 cons.start_ext_seq = cons.highest_ext_seq = 0x10000 + seq
                 cons.ts_offset = (cons.ts_base - timestamp) & 0xFFFFFFFF

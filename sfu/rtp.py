@@ -92,6 +92,8 @@ C_RETRANSMIT_MISSED = C_SENT + 20
 C_NACK_REQUESTED = C_SENT + 21
 C_NACK_RECOVERED = C_SENT + 22
 C_NACK_GAVE_UP = C_SENT + 23
+C_KEYFRAME_WAITS = C_SENT + 24
+C_KEYFRAME_WAIT_US = C_SENT + 25
 COUNTER_NAMES = (
     *(f"drop_{name}" if name != "ok" else "accepted" for name in DROP_REASONS),
     "sent",
@@ -118,6 +120,8 @@ COUNTER_NAMES = (
     "nack_requested",
     "nack_recovered",
     "nack_gave_up",
+    "keyframe_waits",  # consumers that waited for a keyframe to (re)start video
+    "keyframe_wait_us",  # and how long, in all
 )
 # Packets a video consumer keeps for retransmission (RFC 4585 NACK): at ~170 packets/s
 # of 1.7 Mbit/s video, about three seconds.

@@ -400,3 +400,12 @@ def test_publisher_losses_are_asked_for_with_retries_and_rtt(impl: Any) -> None:
     # A gap too large to ask for is left to keyframes.
     rig.publish(rtp_packet(seq=1000, timestamp=0, ssrc=PUB_SSRC, payload=DELTA), 1_400_000)
     assert fwd.nack_due(PRODUCER, 2_000_000) == []
+
+
+def test_keyframe_wait_is_counted(impl: Any) -> None:
+    rig = make_rig(impl)
+    rig.publish(rtp_packet(seq=1, timestamp=0, ssrc=PUB_SSRC, payload=DELTA), 1_000)
+    rig.publish(rtp_packet(seq=2, timestamp=0, ssrc=PUB_SSRC, payload=DELTA), 30_000)
+    rig.publish(rtp_packet(seq=3, timestamp=0, ssrc=PUB_SSRC, payload=KEY), 251_000)
+    counters = rig.fwd.counters()
+    assert (counters["keyframe_waits"], counters["keyframe_wait_us"]) == (1, 250_000)

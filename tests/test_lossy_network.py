@@ -32,9 +32,12 @@ LOSS = 0.05
 SECONDS = 30
 SECRET = "l" * 32
 
+# Debian installs iptables in /usr/sbin, which a non-login PATH may lack.
+IPTABLES = shutil.which("iptables", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
+
 pytestmark = [
     requires_isolated_network, requires_chromium, pytest.mark.browser,
-    pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("iptables"),
+    pytest.mark.skipif(os.geteuid() != 0 or IPTABLES is None,
                        reason="needs root and iptables (scripts/install.sh --test)"),
 ]
 
@@ -58,7 +61,7 @@ def lossy_chromium() -> Iterator[str]:
         run(*inside, "ip", "link", "set", "sfuloss1", "up")
         run(*inside, "ip", "route", "add", "default", "via", HOST_ADDRESS)
         for chain in ("INPUT", "OUTPUT"):
-            run(*inside, "iptables", "-A", chain, "-p", "udp", "-m", "statistic", "--mode",
+            run(*inside, str(IPTABLES), "-A", chain, "-p", "udp", "-m", "statistic", "--mode",
                 "random", "--probability", str(LOSS), "-j", "DROP")
         with tempfile.TemporaryDirectory() as directory:
             wrapper = Path(directory) / "chromium"
