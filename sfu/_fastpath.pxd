@@ -84,6 +84,14 @@ cdef class _Consumer:
     cdef bint restart           # its producer resumed: start again at a keyframe
     cdef bint waiting           # for a keyframe, since wait_started_us
     cdef int64_t wait_started_us
+    # The subscriber's last receiver report on this consumer, and our last SR to it.
+    cdef bint has_report
+    cdef int report_fraction
+    cdef int64_t report_lost
+    cdef uint32_t report_jitter
+    cdef int64_t report_rtt_us
+    cdef uint32_t sr_sent_ntp_mid
+    cdef int64_t sr_sent_us
     cdef int64_t start_ext_seq
     cdef int64_t highest_ext_seq
     cdef uint32_t ts_offset
@@ -118,6 +126,7 @@ cdef class Forwarder:
                        int payload_end, int64_t now_us)
     cdef void _forward_sr(self, _Endpoint endpoint, int offset, int64_t now_us)
     cdef void _retransmit(self, _Consumer consumer, uint16_t seq)
+    cdef void _take_report_block(self, _Endpoint endpoint, int block, int64_t now_us)
     cdef void _track_missing(self, _Producer producer, int64_t ext, int64_t now_us)
     cdef bint _request_keyframe(self, _Producer producer, int64_t now_us)
     cdef int _send(self, _Endpoint endpoint, uint8_t *data, int length)

@@ -391,6 +391,10 @@ cdef class Forwarder:
         cons.restart = False
         cons.waiting = False
         cons.wait_started_us = 0
+        cons.has_report = False
+        cons.report_rtt_us = -1
+        cons.sr_sent_ntp_mid = 0
+        cons.sr_sent_us = 0
         cons.start_ext_seq = 0
         cons.highest_ext_seq = 0
         cons.ts_offset = 0
@@ -438,6 +442,14 @@ cdef class Forwarder:
         if cons is None:
             return (0, 0)
         return (cons.packets_sent, cons.bytes_sent)
+
+    def consumer_report(self, int64_t consumer):
+        """The subscriber's last receiver report on this consumer (see the twin)."""
+        cdef _Consumer cons = self._consumers.get(consumer)
+        if cons is None or not cons.has_report:
+            return None
+        return (cons.report_fraction, cons.report_lost, cons.report_jitter,
+                cons.report_rtt_us)
 
     def consumer_started(self, int64_t consumer):
         cdef _Consumer cons = self._consumers.get(consumer)
@@ -849,6 +861,10 @@ cdef class Forwarder:
                         entry += 4
             elif packet_type == 201:
                 self._counters[C_RR_IN] += 1
+                if 8 + 24 * fmt > packet_length:
+                    return DROP_BAD_RTCP
+                for entry in range(pos + 8, pos + 8 + 24 * fmt, 24):
+                    self._take_report_block(ep, entry, now_us)
             elif packet_type == 200:
                 self._counters[C_SR_IN] += 1
                 if packet_length < SR_SIZE:
@@ -894,6 +910,8 @@ cdef class Forwarder:
             elif self._send(cons.endpoint, out, n) != 0:
                 self._counters[C_SEND_ERROR] += 1
             self._counters[C_SR_SENT] += 1
+            cons.sr_sent_ntp_mid = prod.sr_ntp_mid
+            cons.sr_sent_us = now_us
 
     cdef void _track_missing(self, _Producer prod, int64_t ext, int64_t now_us):
         """As the twin's _track_missing: remember gaps, forget what arrives late."""
@@ -937,6 +955,36 @@ cdef class Forwarder:
                         prod.missing_asked[j - 1] = prod.missing_asked[j]
                     prod.missing_count -= 1
                     break
+
+    cdef void _take_report_block(self, _Endpoint ep, int block, int64_t now_us):
+        """As the twin's _take_report_block."""
+        cdef const uint8_t *p = self._rx + block
+        cdef uint32_t ssrc = _u32(p)
+        cdef _Consumer cons = None
+        cdef _Consumer candidate
+        cdef int64_t lost, sample
+        cdef uint32_t lsr, dlsr
+        for candidate in ep.consumers:
+            if candidate.ssrc == ssrc:
+                cons = candidate
+                break
+        if cons is None:
+            return
+        lost = _u32(p + 4) & 0xFFFFFF
+        if lost & 0x800000:
+            lost -= 0x1000000
+        lsr = _u32(p + 16)
+        dlsr = _u32(p + 20)
+        if not cons.has_report:
+            cons.report_rtt_us = -1
+        if lsr != 0 and lsr == cons.sr_sent_ntp_mid:
+            sample = now_us - cons.sr_sent_us - (<int64_t>dlsr) * 1000000 // 65536
+            if sample >= 0:
+                cons.report_rtt_us = sample
+        cons.report_fraction = p[4]
+        cons.report_lost = lost
+        cons.report_jitter = _u32(p + 12)
+        cons.has_report = True
 
     cdef void _retransmit(self, _Consumer cons, uint16_t seq):
         """Send again a packet a subscriber reports lost, from its history (as the

@@ -88,8 +88,10 @@ class _Consumer:
         "packets_sent",
         "payload_types",
         "producer",
+        "report",
         "restart",
         "seq_base",
+        "sr_sent",
         "ssrc",
         "start_ext_seq",
         "ts_base",
@@ -130,6 +132,10 @@ class _Consumer:
         # Set when its producer resumes: start again at a keyframe, numbering on.
         self.restart = False
         self.wait_started_us: int | None = None  # waiting for a keyframe since
+        # What the subscriber last reported: [fraction lost, cumulative lost, jitter, RTT
+        # in us or -1]; and the NTP middle bits and time of the last SR sent to it.
+        self.report: list[int] | None = None
+        self.sr_sent = (0, 0)
         self.ts_offset = 0
         self.packets_sent = 0
         self.bytes_sent = 0
@@ -253,6 +259,12 @@ class Forwarder:
     def buffer_pool(self) -> dict[str, int]:
         """Buffers held for reuse: none, this implementation allocates per packet."""
         return {"buffers": 0, "bytes": 0}
+
+    def consumer_report(self, consumer: int) -> tuple[int, ...] | None:
+        """The subscriber's last receiver report on this consumer: (fraction lost of
+        256, cumulative lost, jitter in RTP units, round trip in us or -1 if unknown)."""
+        cons = self._consumers.get(consumer)
+        return tuple(cons.report) if cons is not None and cons.report is not None else None
 
     def consumer_started(self, consumer: int) -> bool:
         """Whether media flows to the consumer (for video: a keyframe has been sent)."""
@@ -534,12 +546,35 @@ class Forwarder:
                         plain[offset + 12 : offset + length]))
             elif packet_type == rtp.RTCP_RR:
                 counters[rtp.C_RR_IN] += 1
+                if 8 + 24 * fmt > length:
+                    return rtp.DROP_BAD_RTCP
+                for block in range(offset + 8, offset + 8 + 24 * fmt, 24):
+                    self._take_report_block(endpoint_id, plain, block, now_us)
             elif packet_type == rtp.RTCP_SR:
                 counters[rtp.C_SR_IN] += 1
                 if length < rtp.SR_SIZE:
                     return rtp.DROP_BAD_RTCP
                 self._forward_sr(endpoint_id, plain[offset : offset + length], now_us)
         return rtp.OK
+
+    def _take_report_block(self, endpoint_id: int, plain: bytes, block: int,
+                           now_us: int) -> None:
+        """A subscriber's report on one consumer (RFC 3550 §6.4.1); RTT when its LSR is
+        the last SR we sent it: arrival - sending - DLSR."""
+        ssrc, lost_word, _, jitter, lsr, dlsr = struct.unpack_from("!IIIIII", plain, block)
+        cons = self._consumer_by_ssrc.get((endpoint_id << 32) | ssrc)
+        if cons is None:
+            return
+        lost = lost_word & 0xFFFFFF
+        if lost & 0x800000:
+            lost -= 0x1000000
+        rtt = cons.report[3] if cons.report is not None else -1
+        ntp_mid, sent_us = cons.sr_sent
+        if lsr and lsr == ntp_mid:
+            sample = now_us - sent_us - dlsr * 1_000_000 // 65536
+            if sample >= 0:
+                rtt = sample
+        cons.report = [lost_word >> 24, lost, jitter, rtt]
 
     def _retransmit(self, cons: _Consumer, sequences: list[int]) -> None:
         """Send again what a subscriber reports lost, from its history: the same
@@ -575,6 +610,7 @@ class Forwarder:
                 continue
             self._send_rtcp(endpoint, rtp.translate_sr(
                 report, cons.ssrc, cons.ts_offset, cons.packets_sent, cons.octets_sent))
+            cons.sr_sent = (prod.sr_ntp_mid, now_us)
             self._counters[rtp.C_SR_SENT] += 1
 
     def _send_rtcp(self, endpoint: _Endpoint, packet: bytes) -> None:

@@ -783,8 +783,14 @@ class Server:
             subscriptions = []
             for track_id, subscription in peer.subscriptions.items():
                 packets, octets = self.forwarder.consumer_stats(subscription.consumer)
-                subscriptions.append({"track": track_id, "packets": packets, "bytes": octets,
-                                      "active": subscription.active})
+                entry: dict[str, Any] = {"track": track_id, "packets": packets,
+                                         "bytes": octets, "active": subscription.active}
+                heard = self.forwarder.consumer_report(subscription.consumer)
+                if heard is not None:  # the subscriber's own receiver report
+                    fraction, lost, jitter, rtt_us = heard
+                    entry.update(fraction_lost=fraction / 256, packets_lost=lost,
+                                 jitter=jitter, rtt_ms=rtt_us / 1000 if rtt_us >= 0 else None)
+                subscriptions.append(entry)
             participants.append({
                 "id": peer.id, "identity": peer.identity, "name": peer.name,
                 "connected": peer.control is not None,

@@ -409,3 +409,33 @@ def test_keyframe_wait_is_counted(impl: Any) -> None:
     rig.publish(rtp_packet(seq=3, timestamp=0, ssrc=PUB_SSRC, payload=KEY), 251_000)
     counters = rig.fwd.counters()
     assert (counters["keyframe_waits"], counters["keyframe_wait_us"]) == (1, 250_000)
+
+
+def rr(sender: int, blocks: list[tuple[int, int, int, int, int, int]]) -> bytes:
+    """An RR with (ssrc, fraction, cumulative lost, jitter, lsr, dlsr) blocks."""
+    body = b"".join(struct.pack("!IB3sIIII", ssrc, fraction,
+                                (lost & 0xFFFFFF).to_bytes(3, "big"), 0, jitter, lsr, dlsr)
+                    for ssrc, fraction, lost, jitter, lsr, dlsr in blocks)
+    return struct.pack("!BBHI", 0x80 | len(blocks), rtp.RTCP_RR, 1 + 6 * len(blocks),
+                       sender) + body
+
+
+def test_subscriber_reports_give_loss_jitter_and_rtt(impl: Any) -> None:
+    rig = make_rig(impl)
+    rig.publish(rtp_packet(seq=1, timestamp=0, ssrc=PUB_SSRC, payload=KEY), 0)
+    sr = struct.pack("!BBHIIIIII", 0x80, rtp.RTCP_SR, 6, PUB_SSRC, 0x00012345, 0x6789ABCD,
+                     0, 1, 1)
+    rig.fwd.handle_packet(PUB, rig.pub_protect.protect_rtcp(sr), 1_000_000)
+    assert rig.fwd.consumer_report(CONSUMER) is None
+    # The subscriber got that SR (LSR 0x23456789), held it 0.25 s, and answers 0.3 s
+    # after we sent it: the round trip is 50 ms.
+    report = rr(9, [(SUB_SSRC, 64, -3, 120, 0x23456789, 65536 // 4), (0x999, 0, 0, 0, 0, 0)])
+    rig.fwd.handle_packet(SUB, rig.sub_protect.protect_rtcp(report), 1_300_000)
+    assert rig.fwd.consumer_report(CONSUMER) == (64, -3, 120, 50_000)
+    # A report without a usable LSR keeps the last round trip.
+    rig.fwd.handle_packet(SUB, rig.sub_protect.protect_rtcp(
+        rr(9, [(SUB_SSRC, 0, 2, 80, 0, 0)])), 2_000_000)
+    assert rig.fwd.consumer_report(CONSUMER) == (0, 2, 80, 50_000)
+    short = rr(9, [(SUB_SSRC, 0, 0, 0, 0, 0)])[:-4]
+    assert rig.fwd.handle_packet(SUB, rig.sub_protect.protect_rtcp(short), 0) == (
+        rtp.DROP_BAD_RTCP)
