@@ -226,6 +226,18 @@ cdef bint _is_keyframe_start(int codec, const uint8_t *p, int size) noexcept nog
     return True
 
 
+cdef void _forget_missing(_Producer prod, int index) noexcept:
+    """Remove entry ``index`` from a producer's missing-packet list, keeping its order."""
+    cdef int j
+    for j in range(index + 1, prod.missing_count):
+        prod.missing_ext[j - 1] = prod.missing_ext[j]
+        prod.missing_retries[j - 1] = prod.missing_retries[j]
+        prod.missing_next[j - 1] = prod.missing_next[j]
+        prod.missing_first[j - 1] = prod.missing_first[j]
+        prod.missing_asked[j - 1] = prod.missing_asked[j]
+    prod.missing_count -= 1
+
+
 def extend_seq(int64_t highest, int seq):
     """Same contract as ``sfu.rtp.extend_seq`` (RFC 3550 A.1)."""
     return c_extend_seq(highest, <uint16_t>(seq & 0xFFFF))
@@ -917,20 +929,14 @@ cdef class Forwarder:
         """As the twin's _track_missing: remember gaps, forget what arrives late."""
         cdef int64_t gap = ext - prod.rx_highest - 1
         cdef int64_t lost, sample
-        cdef int i, j, drop
+        cdef int i
         if gap > NACK_CAPACITY:
             prod.missing_count = 0  # too much to ask for: a keyframe request will do
         elif gap > 0:
             lost = prod.rx_highest + 1
             while lost < ext:
-                if prod.missing_count == NACK_CAPACITY:  # drop the oldest
-                    for j in range(1, NACK_CAPACITY):
-                        prod.missing_ext[j - 1] = prod.missing_ext[j]
-                        prod.missing_retries[j - 1] = prod.missing_retries[j]
-                        prod.missing_next[j - 1] = prod.missing_next[j]
-                        prod.missing_first[j - 1] = prod.missing_first[j]
-                        prod.missing_asked[j - 1] = prod.missing_asked[j]
-                    prod.missing_count -= 1
+                if prod.missing_count == NACK_CAPACITY:
+                    _forget_missing(prod, 0)  # the oldest
                 i = prod.missing_count
                 prod.missing_ext[i] = lost
                 prod.missing_retries[i] = 0
@@ -947,13 +953,7 @@ cdef class Forwarder:
                         prod.rtt_us = sample if not prod.rtt_us else (
                             7 * prod.rtt_us + sample) // 8
                         self._counters[C_NACK_RECOVERED] += 1
-                    for j in range(i + 1, prod.missing_count):
-                        prod.missing_ext[j - 1] = prod.missing_ext[j]
-                        prod.missing_retries[j - 1] = prod.missing_retries[j]
-                        prod.missing_next[j - 1] = prod.missing_next[j]
-                        prod.missing_first[j - 1] = prod.missing_first[j]
-                        prod.missing_asked[j - 1] = prod.missing_asked[j]
-                    prod.missing_count -= 1
+                    _forget_missing(prod, i)
                     break
 
     cdef void _take_report_block(self, _Endpoint ep, int block, int64_t now_us):

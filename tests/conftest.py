@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import shutil
 from collections.abc import AsyncIterator
 from typing import Any
@@ -66,3 +68,28 @@ async def server(request: pytest.FixtureRequest) -> AsyncIterator[Server]:
         yield instance
     finally:
         await instance.stop()
+
+
+@contextlib.asynccontextmanager
+async def publisher_and_subscriber(
+    server: Server, room: str
+) -> AsyncIterator[tuple[Any, Any, Any]]:
+    """alice publishes video, bob receives it: (alice, bob, bob's track), once bob has
+    decoded a first frame (every connection is up)."""
+    from aiortc import VideoStreamTrack
+
+    from sfu.client import Client
+
+    url = f"ws://127.0.0.1:{server.port}/ws"
+    alice = Client(url, room=room, name="alice")
+    bob = Client(url, room=room, name="bob")
+    try:
+        await alice.join()
+        await bob.join()
+        await alice.publish([VideoStreamTrack()])
+        _, track = await bob.next_track()
+        await asyncio.wait_for(track.recv(), 10)
+        yield alice, bob, track
+    finally:
+        await alice.close()
+        await bob.close()

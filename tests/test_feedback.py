@@ -10,7 +10,7 @@ from aiortc import VideoStreamTrack
 
 from sfu.client import Client
 from sfu.server import Server
-from tests.conftest import make_config, requires_isolated_network
+from tests.conftest import make_config, publisher_and_subscriber, requires_isolated_network
 
 pytestmark = requires_isolated_network
 
@@ -50,28 +50,19 @@ async def test_subscriber_reports_reach_room_info() -> None:
     subscription; RTT needs our translated SRs, so the publisher must send SRs too."""
     server = Server(make_config())
     await server.start()
-    url = f"ws://127.0.0.1:{server.port}/ws"
-    alice = Client(url, room="rr", name="alice")
-    bob = Client(url, room="rr", name="bob")
     try:
-        await alice.join()
-        await bob.join()
-        await alice.publish([VideoStreamTrack()])
-        _, track = await bob.next_track()
-        await asyncio.wait_for(track.recv(), 10)
-        entry: dict[str, object] = {}
-        for _ in range(40):
-            await asyncio.sleep(0.25)
-            info = server.room_info("rr")
-            (bob_info,) = [p for p in info["participants"] if p["name"] == "bob"]
-            entry = bob_info["subscriptions"][0] if bob_info["subscriptions"] else {}
-            if entry.get("rtt_ms") is not None:
-                break
+        async with publisher_and_subscriber(server, "rr"):
+            entry: dict[str, object] = {}
+            for _ in range(40):
+                await asyncio.sleep(0.25)
+                info = server.room_info("rr")
+                (bob_info,) = [p for p in info["participants"] if p["name"] == "bob"]
+                entry = bob_info["subscriptions"][0] if bob_info["subscriptions"] else {}
+                if entry.get("rtt_ms") is not None:
+                    break
         print("bob's subscription:", entry)
         assert entry.get("packets_lost") == 0 and entry.get("fraction_lost") == 0
         rtt = entry.get("rtt_ms")
         assert isinstance(rtt, float) and 0 <= rtt < 100
     finally:
-        await alice.close()
-        await bob.close()
         await server.stop()

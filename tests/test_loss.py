@@ -7,48 +7,44 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from aiortc import VideoStreamTrack
-
-from sfu.client import Client
 from sfu.server import Server
-from tests.conftest import make_config, requires_isolated_network
+from tests.conftest import make_config, publisher_and_subscriber, requires_isolated_network
 from tests.test_wire import record_headers
 
 pytestmark = requires_isolated_network
 
 
+def drop_every_20th_rtp(server: Server, participant: str) -> list[int]:
+    """Make the SFU lose every 20th RTP datagram from a publisher, on arrival."""
+    peer = server.peers[participant]
+    assert peer.publish is not None
+    connection = peer.publish.pc.getTransceivers()[0].receiver.transport.transport._connection
+    dropped: list[int] = []
+    for protocol in connection._protocols:
+        original = protocol.datagram_received
+        count = [0]
+
+        def lossy(data: bytes, addr: Any, original: Any = original,
+                  count: list[int] = count) -> None:
+            if 127 < data[0] < 192 and not 192 <= data[1] <= 223:
+                count[0] += 1
+                if count[0] % 20 == 0:
+                    dropped.append((data[2] << 8) | data[3])
+                    return
+            original(data, addr)
+
+        setattr(protocol, "datagram_received", lossy)  # noqa: B010
+    return dropped
+
+
 async def test_upstream_loss_is_repaired_by_nack() -> None:
     server = Server(make_config())
     await server.start()
-    url = f"ws://127.0.0.1:{server.port}/ws"
-    alice = Client(url, room="loss", name="alice")
-    bob = Client(url, room="loss", name="bob")
     try:
-        await alice.join()
-        await bob.join()
-        await alice.publish([VideoStreamTrack()])
-        _, track = await bob.next_track()
-        await asyncio.wait_for(track.recv(), 10)
-        peer = server.peers[alice.participant_id or ""]
-        # The divert calls the transport's bound method: swap it on the protocol.
-        assert peer.publish is not None
-        connection = peer.publish.pc.getTransceivers()[0].receiver.transport.transport._connection
-        dropped: list[int] = []
-        for protocol in connection._protocols:
-            original = protocol.datagram_received
-
-            def lossy(data: bytes, addr: Any, original: Any = original) -> None:
-                if 127 < data[0] < 192 and not 192 <= data[1] <= 223:
-                    lossy.count += 1  # type: ignore[attr-defined]
-                    if lossy.count % 20 == 0:  # type: ignore[attr-defined]
-                        dropped.append((data[2] << 8) | data[3])
-                        return
-                original(data, addr)
-
-            lossy.count = 0  # type: ignore[attr-defined]
-            setattr(protocol, "datagram_received", lossy)  # noqa: B010
-        headers = record_headers(bob)
-        await asyncio.sleep(4.0)
+        async with publisher_and_subscriber(server, "loss") as (alice, bob, _):
+            dropped = drop_every_20th_rtp(server, alice.participant_id)
+            headers = record_headers(bob)
+            await asyncio.sleep(4.0)
         counters = server.forwarder.counters()
         print(f"dropped {len(dropped)} publisher packets; forwarder: "
               f"{ {k: counters[k] for k in ('nack_requested', 'nack_recovered', 'nack_gave_up')} }"
@@ -61,6 +57,4 @@ async def test_upstream_loss_is_repaired_by_nack() -> None:
         seqs = sorted({seq for _, _, seq in log})
         assert seqs[-1] - seqs[0] + 1 - len(seqs) <= 2, "the subscriber is missing packets"
     finally:
-        await alice.close()
-        await bob.close()
         await server.stop()
