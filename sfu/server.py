@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 from aiortc import RTCRtpTransceiver
+from aiortc.exceptions import InvalidStateError
 from aiortc.sdp import candidate_from_sdp
 
 from sfu import events, rooms, rtp
@@ -574,7 +575,10 @@ class Server:
         if resend:
             sdp = transport.pc.localDescription.sdp
         else:
-            sdp = await transport.create_offer()
+            try:
+                sdp = await transport.create_offer()
+            except InvalidStateError:
+                return  # the connection closed meanwhile: the participant is leaving
         mapping = [
             {
                 "mid": s.transceiver.mid,
