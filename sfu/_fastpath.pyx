@@ -238,6 +238,25 @@ cdef void _forget_missing(_Producer prod, int index) noexcept:
     prod.missing_count -= 1
 
 
+cdef inline _Producer _producer_on(_Endpoint ep, uint32_t ssrc):
+    """The producer an endpoint publishes under ``ssrc``: an SSRC only counts on its own
+    endpoint. A linear scan: an endpoint carries a handful of tracks."""
+    cdef _Producer candidate
+    for candidate in ep.producers:
+        if candidate.ssrc == ssrc:
+            return candidate
+    return None
+
+
+cdef inline _Consumer _consumer_on(_Endpoint ep, uint32_t ssrc):
+    """The consumer sent to an endpoint as ``ssrc``, or None."""
+    cdef _Consumer candidate
+    for candidate in ep.consumers:
+        if candidate.ssrc == ssrc:
+            return candidate
+    return None
+
+
 def extend_seq(int64_t highest, int seq):
     """Same contract as ``sfu.rtp.extend_seq`` (RFC 3550 A.1)."""
     return c_extend_seq(highest, <uint16_t>(seq & 0xFFFF))
@@ -604,14 +623,7 @@ cdef class Forwarder:
             if padding == 0 or offset + padding > n:
                 return DROP_BAD_HEADER
             end = n - padding
-        # Find the Producer: an SSRC only counts on the endpoint that publishes it.
-        cdef uint32_t ssrc = _u32(p + 8)
-        cdef _Producer prod = None
-        cdef _Producer candidate
-        for candidate in ep.producers:
-            if candidate.ssrc == ssrc:
-                prod = candidate
-                break
+        cdef _Producer prod = _producer_on(ep, _u32(p + 8))
         if prod is None:
             return DROP_UNKNOWN_SSRC
         # Receive statistics (as the twin's _record_arrival).
@@ -829,7 +841,7 @@ cdef class Forwarder:
         cdef int packet_type, fmt, ssrc_offset, entry, bit
         cdef uint16_t pid, blp
         cdef uint32_t ssrc
-        cdef _Consumer cons, candidate
+        cdef _Consumer cons
         pos = 0
         while pos < length:
             packet_type = p[pos + 1]
@@ -841,11 +853,7 @@ cdef class Forwarder:
                 if ssrc_offset + 4 > pos + packet_length:
                     return DROP_BAD_RTCP
                 ssrc = _u32(p + ssrc_offset)
-                cons = None
-                for candidate in ep.consumers:
-                    if candidate.ssrc == ssrc:
-                        cons = candidate
-                        break
+                cons = _consumer_on(ep, ssrc)
                 if cons is not None:
                     self._request_keyframe(cons.producer, now_us)
             elif packet_type == 206 and fmt == 15:
@@ -855,11 +863,7 @@ cdef class Forwarder:
                 if packet_length < 12:
                     return DROP_BAD_RTCP
                 ssrc = _u32(p + pos + 8)
-                cons = None
-                for candidate in ep.consumers:
-                    if candidate.ssrc == ssrc:
-                        cons = candidate
-                        break
+                cons = _consumer_on(ep, ssrc)
                 if cons is not None:
                     # RFC 4585 §6.2.1: a packet id, then a bitmask of the 16 after it.
                     entry = pos + 12
@@ -889,16 +893,10 @@ cdef class Forwarder:
         """A publisher's SR to every started consumer of that stream, translated
         (as sfu.rtp.translate_sr)."""
         cdef const uint8_t *report = self._rx + pos
-        cdef uint32_t ssrc = _u32(report + 4)
-        cdef _Producer prod = None
-        cdef _Producer candidate
+        cdef _Producer prod = _producer_on(ep, _u32(report + 4))
         cdef _Consumer cons
         cdef uint8_t *out = self._rtcp
         cdef int n
-        for candidate in ep.producers:
-            if candidate.ssrc == ssrc:
-                prod = candidate
-                break
         if prod is None:
             return
         # For the LSR/DLSR of our receiver reports (RFC 3550 §6.4.1).
@@ -959,15 +957,9 @@ cdef class Forwarder:
     cdef void _take_report_block(self, _Endpoint ep, int block, int64_t now_us):
         """As the twin's _take_report_block."""
         cdef const uint8_t *p = self._rx + block
-        cdef uint32_t ssrc = _u32(p)
-        cdef _Consumer cons = None
-        cdef _Consumer candidate
+        cdef _Consumer cons = _consumer_on(ep, _u32(p))
         cdef int64_t lost, sample
         cdef uint32_t lsr, dlsr
-        for candidate in ep.consumers:
-            if candidate.ssrc == ssrc:
-                cons = candidate
-                break
         if cons is None:
             return
         lost = _u32(p + 4) & 0xFFFFFF

@@ -22,6 +22,11 @@ Address = tuple[Any, ...]
 SendTo = Callable[[bytes, Address], None]
 
 
+def _key(endpoint: int, ssrc: int) -> int:
+    """Table key of an SSRC on an endpoint: an SSRC only counts on its own endpoint."""
+    return (endpoint << 32) | ssrc
+
+
 class _Endpoint:
     """One DTLS-SRTP transport (one peer connection) and where to send to it."""
 
@@ -176,13 +181,13 @@ class Forwarder:
             raise ValueError(f"producer {producer} exists")
         prod = _Producer(producer, endpoint, ssrc, codec)
         self._producers[producer] = prod
-        self._producer_by_ssrc[(endpoint << 32) | ssrc] = prod
+        self._producer_by_ssrc[_key(endpoint, ssrc)] = prod
 
     def remove_producer(self, producer: int) -> None:
         prod = self._producers.pop(producer, None)
         if prod is None:
             return
-        self._producer_by_ssrc.pop((prod.endpoint << 32) | prod.ssrc, None)
+        self._producer_by_ssrc.pop(_key(prod.endpoint, prod.ssrc), None)
         for cons in list(prod.consumers):
             self.remove_consumer(cons.id)
 
@@ -221,7 +226,7 @@ class Forwarder:
             mid, mid_id, abs_send_time_id, seq_base & 0xFFFF, ts_base & 0xFFFFFFFF,
         )
         self._consumers[consumer] = cons
-        self._consumer_by_ssrc[(endpoint << 32) | ssrc] = cons
+        self._consumer_by_ssrc[_key(endpoint, ssrc)] = cons
         prod.consumers.append(cons)
 
     def set_producer_paused(self, producer: int, paused: bool) -> None:
@@ -243,7 +248,7 @@ class Forwarder:
         cons = self._consumers.pop(consumer, None)
         if cons is None:
             return
-        self._consumer_by_ssrc.pop((cons.endpoint << 32) | cons.ssrc, None)
+        self._consumer_by_ssrc.pop(_key(cons.endpoint, cons.ssrc), None)
         cons.producer.consumers.remove(cons)
 
     # -- observation --------------------------------------------------------------------
@@ -330,7 +335,7 @@ class Forwarder:
         if isinstance(layout, int):
             return layout
         ssrc = struct.unpack_from("!I", plain, 8)[0]
-        prod = self._producer_by_ssrc.get((endpoint_id << 32) | ssrc)
+        prod = self._producer_by_ssrc.get(_key(endpoint_id, ssrc))
         if prod is None:
             return rtp.DROP_UNKNOWN_SSRC
         self._record_arrival(prod, plain, now_us)
@@ -530,7 +535,7 @@ class Forwarder:
                 if ssrc_offset + 4 > offset + length:
                     return rtp.DROP_BAD_RTCP
                 ssrc = struct.unpack_from("!I", plain, ssrc_offset)[0]
-                cons = self._consumer_by_ssrc.get((endpoint_id << 32) | ssrc)
+                cons = self._consumer_by_ssrc.get(_key(endpoint_id, ssrc))
                 if cons is not None:
                     self.request_keyframe(cons.producer.id, now_us)
             elif packet_type == rtp.RTCP_PSFB and fmt == rtp.PSFB_AFB:
@@ -540,7 +545,7 @@ class Forwarder:
                 if length < 12:
                     return rtp.DROP_BAD_RTCP
                 ssrc = struct.unpack_from("!I", plain, offset + 8)[0]
-                cons = self._consumer_by_ssrc.get((endpoint_id << 32) | ssrc)
+                cons = self._consumer_by_ssrc.get(_key(endpoint_id, ssrc))
                 if cons is not None:
                     self._retransmit(cons, rtp.nack_sequences(
                         plain[offset + 12 : offset + length]))
@@ -562,7 +567,7 @@ class Forwarder:
         """A subscriber's report on one consumer (RFC 3550 §6.4.1); RTT when its LSR is
         the last SR we sent it: arrival - sending - DLSR."""
         ssrc, lost_word, _, jitter, lsr, dlsr = struct.unpack_from("!IIIIII", plain, block)
-        cons = self._consumer_by_ssrc.get((endpoint_id << 32) | ssrc)
+        cons = self._consumer_by_ssrc.get(_key(endpoint_id, ssrc))
         if cons is None:
             return
         lost = lost_word & 0xFFFFFF
@@ -598,7 +603,7 @@ class Forwarder:
     def _forward_sr(self, endpoint_id: int, report: bytes, now_us: int) -> None:
         """A publisher's SR to every started consumer of that stream, translated."""
         ssrc = struct.unpack_from("!I", report, 4)[0]
-        prod = self._producer_by_ssrc.get((endpoint_id << 32) | ssrc)
+        prod = self._producer_by_ssrc.get(_key(endpoint_id, ssrc))
         if prod is None:
             return
         # For the LSR/DLSR of our receiver reports (RFC 3550 §6.4.1).
