@@ -82,6 +82,9 @@ cdef class _Consumer:
     cdef uint32_t ts_base
     cdef bint started
     cdef bint restart           # its producer resumed: start again at a keyframe
+    cdef bint new_source        # ... from another source: timestamps move on from the last
+    cdef uint32_t last_out_ts   # of the highest packet sent, and when it was sent
+    cdef int64_t last_out_us
     cdef bint waiting           # for a keyframe, since wait_started_us
     cdef int64_t wait_started_us
     # The subscriber's last receiver report on this consumer, and our last SR to it.
@@ -120,6 +123,7 @@ cdef class Forwarder:
     cdef uint16_t _el_length[MAX_ELEMENTS]
     cdef int _el_count
 
+    cdef int _attach_source(self, _Producer producer, int64_t endpoint, uint32_t ssrc) except -1
     cdef int _handle(self, _Endpoint endpoint, int length, int64_t now_us)
     cdef int _handle_rtcp(self, _Endpoint endpoint, int length, int64_t now_us)
     cdef void _forward(self, _Consumer consumer, int length, int payload_offset,

@@ -359,13 +359,18 @@ cdef class Forwarder:
             raise ValueError(f"producer {producer} exists")
         cdef _Producer prod = _Producer()
         prod.id = producer
-        prod.endpoint_id = endpoint
-        prod.ssrc = ssrc
         prod.codec = codec
         prod.consumers = []
-        prod.requested = False
         prod.paused = False
         prod.clock_rate = _rtp.clock_rate(codec)
+        self._attach_source(prod, endpoint, ssrc)
+        self._producers[producer] = prod
+
+    cdef int _attach_source(self, _Producer prod, int64_t endpoint, uint32_t ssrc) except -1:
+        # Where the producer's media comes from, with its receive state started anew.
+        prod.endpoint_id = endpoint
+        prod.ssrc = ssrc
+        prod.requested = False
         prod.rx_started = False
         prod.rx_received = prod.rx_expected_prior = prod.rx_received_prior = 0
         prod.rx_jitter16 = 0
@@ -377,7 +382,7 @@ cdef class Forwarder:
         prod.endpoint = self._endpoints.get(endpoint)
         if prod.endpoint is not None:
             prod.endpoint.producers.append(prod)
-        self._producers[producer] = prod
+        return 0
 
     def remove_producer(self, int64_t producer):
         cdef _Producer prod = self._producers.pop(producer, None)
@@ -420,6 +425,9 @@ cdef class Forwarder:
         cons.ts_base = ts_base & 0xFFFFFFFF
         cons.started = False
         cons.restart = False
+        cons.new_source = False
+        cons.last_out_ts = 0
+        cons.last_out_us = 0
         cons.waiting = False
         cons.wait_started_us = 0
         cons.has_report = False
@@ -453,6 +461,18 @@ cdef class Forwarder:
             for cons in prod.consumers:
                 cons.restart = cons.started
         prod.paused = paused
+
+    def move_producer(self, int64_t producer, int64_t endpoint, uint32_t ssrc):
+        """Take the producer's media from another endpoint and SSRC (see the twin's)."""
+        cdef _Producer prod = self._producers.get(producer)
+        cdef _Consumer cons
+        if prod is None:
+            raise ValueError(f"unknown producer {producer}")
+        if prod.endpoint is not None:
+            prod.endpoint.producers.remove(prod)
+        self._attach_source(prod, endpoint, ssrc)
+        for cons in prod.consumers:
+            cons.restart = cons.new_source = cons.started
 
     def remove_consumer(self, int64_t consumer):
         cdef _Consumer cons = self._consumers.pop(consumer, None)
@@ -725,12 +745,19 @@ cdef class Forwarder:
                 cons.start_ext_seq = cons.highest_ext_seq = c_extend_seq(
                     cons.highest_ext_seq, seq)
                 cons.restart = False
+                if cons.new_source:  # at least one tick on, so no two frames share one
+                    cons.ts_offset = cons.last_out_ts - timestamp + <uint32_t>max(
+                        <uint64_t>1, c_to_rtp_units(<uint64_t>max(0, now_us - cons.last_out_us),
+                                                    cons.producer.clock_rate))
+                    cons.new_source = False
         cdef int64_t ext_seq = c_extend_seq(cons.highest_ext_seq, seq)
         if ext_seq < cons.start_ext_seq:
             counters[C_SKIP_BEFORE_START] += 1
             return
-        if ext_seq > cons.highest_ext_seq:
+        if ext_seq > cons.highest_ext_seq or ext_seq == cons.start_ext_seq:
             cons.highest_ext_seq = ext_seq
+            cons.last_out_ts = timestamp + cons.ts_offset
+            cons.last_out_us = now_us
 
         # Size first, so nothing is written past the buffer: rewriting can grow a packet
         # (a longer mid, one-byte elements turned two-byte).

@@ -87,8 +87,11 @@ class _Consumer:
         "history",
         "id",
         "is_video",
+        "last_out_ts",
+        "last_out_us",
         "mid",
         "mid_id",
+        "new_source",
         "octets_sent",
         "packets_sent",
         "payload_types",
@@ -136,6 +139,11 @@ class _Consumer:
         self.highest_ext_seq = 0
         # Set when its producer resumes: start again at a keyframe, numbering on.
         self.restart = False
+        # Set when its producer moved to a new source: timestamps continue from the
+        # last one sent, advanced by the time that passed, not from the old offset.
+        self.new_source = False
+        self.last_out_ts = 0  # of the highest packet sent, and when it was sent
+        self.last_out_us = 0
         self.wait_started_us: int | None = None  # waiting for a keyframe since
         # What the subscriber last reported: [fraction lost, cumulative lost, jitter, RTT
         # in us or -1]; and the NTP middle bits and time of the last SR sent to it.
@@ -243,6 +251,25 @@ class Forwarder:
             for cons in prod.consumers:
                 cons.restart = cons.start_ext_seq is not None
         prod.paused = paused
+
+    def move_producer(self, producer: int, endpoint: int, ssrc: int) -> None:
+        """Take the producer's media from another endpoint and SSRC (the publisher
+        reconnected: an ICE restart over TURN, say). Its consumers carry on: each starts
+        again at a keyframe (for video), numbering on from its last packet, timestamps
+        moving on by the time that passed. Receive statistics and NACK state start anew.
+        """
+        prod = self._producers.get(producer)
+        if prod is None:
+            raise ValueError(f"unknown producer {producer}")
+        self._producer_by_ssrc.pop(_key(prod.endpoint, prod.ssrc), None)
+        fresh = _Producer(producer, endpoint, ssrc, prod.codec)
+        fresh.consumers = prod.consumers
+        fresh.paused = prod.paused
+        for cons in fresh.consumers:
+            cons.producer = fresh
+            cons.restart = cons.new_source = cons.start_ext_seq is not None
+        self._producers[producer] = fresh
+        self._producer_by_ssrc[_key(endpoint, ssrc)] = fresh
 
     def remove_consumer(self, consumer: int) -> None:
         cons = self._consumers.pop(consumer, None)
@@ -471,14 +498,21 @@ class Forwarder:
                 cons.start_ext_seq = cons.highest_ext_seq = rtp.extend_seq(
                     cons.highest_ext_seq, seq)
                 cons.restart = False
+                if cons.new_source:  # at least one tick on, so no two frames share one
+                    passed = rtp.to_rtp_units(max(0, now_us - cons.last_out_us),
+                                              cons.producer.clock_rate)
+                    cons.ts_offset = (cons.last_out_ts + max(1, passed) - timestamp
+                                      ) & 0xFFFFFFFF
+                    cons.new_source = False
         ext_seq = rtp.extend_seq(cons.highest_ext_seq, seq)
         if ext_seq < cons.start_ext_seq:
             counters[rtp.C_SKIP_BEFORE_START] += 1
             return
-        if ext_seq > cons.highest_ext_seq:
-            cons.highest_ext_seq = ext_seq
         out_seq = (ext_seq - cons.start_ext_seq + cons.seq_base) & 0xFFFF
         out_ts = (timestamp + cons.ts_offset) & 0xFFFFFFFF
+        if ext_seq > cons.highest_ext_seq or ext_seq == cons.start_ext_seq:
+            cons.highest_ext_seq = ext_seq
+            cons.last_out_ts, cons.last_out_us = out_ts, now_us
 
         out_elements = []
         for ext_id, value in elements:

@@ -281,6 +281,36 @@ def test_pause_and_resume_continue_numbering_at_a_keyframe(impl: Any) -> None:
         rig.fwd.set_producer_paused(999, True)
 
 
+def test_moved_producer_continues_numbering_and_time_from_its_new_source(impl: Any) -> None:
+    """The publisher reconnected (new peer connection: new endpoint, SSRC, numbering and
+    timestamps): the subscriber's stream carries on as if nothing happened."""
+    pub2_protect, sfu_rx_pub2 = session_pair("AES128_CM_SHA1_80")
+    sfu_tx_pub2, _ = session_pair("AES128_CM_SHA1_80")
+    rig = make_rig(impl, seq_base=65534)
+    for i in range(3):  # out 65534, 65535, 0 at 50_000 + 3000 i, 33 ms apart
+        rig.publish(rtp_packet(seq=100 + i, timestamp=3000 * i, ssrc=PUB_SSRC,
+                               payload=KEY if i == 0 else DELTA), now_us=33_333 * i)
+    rig.fwd.add_endpoint(PUB + 100, sfu_rx_pub2, sfu_tx_pub2, Capture(), -1, PUB_ADDR)
+    rig.fwd.move_producer(PRODUCER, PUB + 100, 0x33333333)
+    # The old source is gone, and the new one starts at a keyframe.
+    assert rig.publish(rtp_packet(seq=103, timestamp=9000, ssrc=PUB_SSRC,
+                                  payload=KEY)) == rtp.DROP_UNKNOWN_SSRC
+    later = 66_666 + 2_000_000  # two seconds after the last packet sent
+    for i, payload in enumerate((DELTA, KEY, DELTA)):
+        datagram = pub2_protect.protect(rtp_packet(
+            seq=40_000 + i, timestamp=7_777_777 + 3000 * i, ssrc=0x33333333, payload=payload))
+        assert rig.fwd.handle_packet(PUB + 100, datagram, later + 33_333 * i) == rtp.OK
+    out = [header(p) for p in rig.received()]
+    assert [h[1] for h in out] == [65534, 65535, 0, 1, 2]  # no gap across the move
+    # The keyframe's timestamp is the last one sent plus the time that passed (90 kHz).
+    last_ts = 50_000 + 6000
+    passed = (later + 33_333 - 66_666) * 90_000 // 1_000_000
+    assert [h[2] for h in out[3:]] == [last_ts + passed, last_ts + passed + 3000]
+    assert rig.fwd.receive_report(PRODUCER, later + 100_000)[0] == 0x33333333
+    with pytest.raises(ValueError):
+        rig.fwd.move_producer(999, PUB, 1)
+
+
 def test_send_rtcp_reaches_the_endpoint_protected(impl: Any) -> None:
     from sfu.rtcp.remb import build_remb
 

@@ -4,7 +4,8 @@ Hypothesis generates sequences of publisher RTP (random payloads and sizes, CSRC
 one- and two-byte header extensions, padding, sequence and timestamp wraps,
 reordering, duplicates, loss), garbage and truncated packets, subscriber RTCP (NACKs,
 answered from history, among it), the publisher's sender reports, receiver-report
-statistics, and pausing and resuming the producer. Both forwarders get the same bytes
+statistics, pausing and resuming the producer, and moving it to a new source (the
+publisher reconnected: new SSRC, numbering and timestamps). Both forwarders get the same bytes
 with the same keys; they must return the same statuses and reports, send
 byte-identical SRTP and end with identical counters. Run on every SRTP profile.
 """
@@ -36,6 +37,7 @@ if REASON is None:
 PUB, SUB_A, SUB_B = 1, 2, 3
 PRODUCER = 10
 PUB_SSRC = 0xCAFE0001
+PUB_SSRC_AFTER_MOVE = 0xCAFE0002
 # (consumer, endpoint, ssrc, payload types, ext map, mid id, abs-send-time id, seq, ts)
 CONSUMERS = [
     (20, SUB_A, 0xA0000001, {96: 100, 97: 101}, {1: 4, 3: 9, 5: 14}, 4, 9, 65530, 2**32 - 5000),
@@ -94,13 +96,13 @@ VP8_DELTA = b"\x10\x01\x00"
 
 
 @st.composite
-def media_packets(draw: st.DrawFn, seq: int, timestamp: int) -> bytes:
+def media_packets(draw: st.DrawFn, seq: int, timestamp: int, source: int) -> bytes:
     start = draw(st.sampled_from([VP8_KEY, VP8_DELTA, b"\x90\x80\x81\x23\x00", b""]))
     payload = start + draw(st.binary(max_size=draw(st.sampled_from([16, 200, 1300]))))
     return rtp_packet(
         seq=seq & 0xFFFF,
         timestamp=timestamp & 0xFFFFFFFF,
-        ssrc=draw(st.sampled_from([PUB_SSRC, PUB_SSRC, PUB_SSRC, 0x0BAD0BAD])),
+        ssrc=draw(st.sampled_from([source, source, source, 0x0BAD0BAD, PUB_SSRC])),
         payload_type=draw(st.sampled_from([96, 96, 97, 98])),
         marker=draw(st.booleans()),
         payload=payload,
@@ -112,7 +114,9 @@ def media_packets(draw: st.DrawFn, seq: int, timestamp: int) -> bytes:
 
 @st.composite
 def scenarios(draw: st.DrawFn) -> list[tuple[str, Any, int]]:
-    """(kind, data, now_us) events: media, raw, truncate, tamper, rtcp, pause, resume."""
+    """(kind, data, now_us) events: media, raw, truncate, tamper, rtcp, pause, resume,
+    move."""
+    source = PUB_SSRC
     seq = draw(st.integers(0, 0xFFFF))
     timestamp = draw(st.integers(0, 2**32 - 1))
     now = draw(st.integers(0, 2**40))
@@ -120,13 +124,19 @@ def scenarios(draw: st.DrawFn) -> list[tuple[str, Any, int]]:
     for _ in range(draw(st.integers(1, 40))):
         now += draw(st.sampled_from([0, 1_000, 20_000, 300_000]))
         kind = draw(st.sampled_from(["media"] * 6 + ["raw", "truncate", "tamper", "rtcp",
-                                                      "pause", "resume", "sr", "report"]))
-        if kind in ("pause", "resume", "report"):
+                                                      "pause", "resume", "sr", "report",
+                                                      "move"]))
+        if kind == "move":  # a new source: its own SSRC, numbering and timestamps
+            source = PUB_SSRC_AFTER_MOVE if source == PUB_SSRC else PUB_SSRC
+            seq = draw(st.integers(0, 0xFFFF))
+            timestamp = draw(st.integers(0, 2**32 - 1))
+            events.append((kind, source, now))
+        elif kind in ("pause", "resume", "report"):
             events.append((kind, None, now))
         elif kind == "sr":  # the publisher's sender report, to be translated per consumer
             blocks = draw(st.integers(0, 2))
             report = struct.pack("!BBHI", 0x80 | blocks, 200, 6 + 6 * blocks,
-                                 draw(st.sampled_from([PUB_SSRC, PUB_SSRC, 0x0BAD0BAD])))
+                                 draw(st.sampled_from([source, source, 0x0BAD0BAD])))
             # NTP whose middle bits are 0x23456789 half the time: what the RRs echo.
             ntp = draw(st.sampled_from([bytes.fromhex("0001234567890000"),
                                         draw(st.binary(min_size=8, max_size=8))]))
@@ -138,7 +148,7 @@ def scenarios(draw: st.DrawFn) -> list[tuple[str, Any, int]]:
         elif kind == "media":
             seq += draw(st.sampled_from([1, 1, 1, 2, 5, 0, -1, -3, 3000, 40000]))
             timestamp += draw(st.sampled_from([0, 3000, 90000, 2**31]))
-            events.append((kind, draw(media_packets(seq, timestamp)), now))
+            events.append((kind, draw(media_packets(seq, timestamp, source)), now))
         elif kind == "raw":
             events.append((kind, draw(st.binary(max_size=1600)), now))
         elif kind == "rtcp":
@@ -173,7 +183,7 @@ def scenarios(draw: st.DrawFn) -> list[tuple[str, Any, int]]:
             endpoint = draw(st.sampled_from([SUB_A, SUB_B]))
             events.append((kind, (endpoint, packet + extra), now))
         else:
-            events.append((kind, draw(media_packets(seq, timestamp)), now))
+            events.append((kind, draw(media_packets(seq, timestamp, source)), now))
     return events
 
 
@@ -185,6 +195,10 @@ def run(sides: list[Side], keys: dict[int, tuple[bytes, bytes]], profile: str,
         if kind in ("pause", "resume"):
             for side in sides:
                 side.fwd.set_producer_paused(PRODUCER, kind == "pause")
+            continue
+        if kind == "move":
+            for side in sides:
+                side.fwd.move_producer(PRODUCER, PUB, data)
             continue
         if kind == "report":  # receiver-report statistics and NACK requests agree too
             reports = [side.fwd.receive_report(PRODUCER, now) for side in sides]
