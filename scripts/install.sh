@@ -9,12 +9,13 @@ cd "$(dirname "$0")/.."
 with_test=0
 [ "${1:-}" = "--test" ] && with_test=1
 
-# chromium: the demo page's browser in tests; janus: a system `sfu bench` compares
-# with; iptables: packet loss in the tests' network namespaces; iproute2/util-linux:
-# `ip` and `unshare` for those namespaces; build-essential/python3-dev: the Cython
-# extension.
-packages=(build-essential python3-dev python3-venv iproute2 util-linux)
-[ "$with_test" = 1 ] && packages+=(chromium janus iptables)
+# coturn: the TURN server (`[turn] start_local`, and the TURN tests); chromium: the
+# demo page's browser in tests; janus: a system `sfu bench` compares with; iptables:
+# packet loss and firewalls in the tests' network namespaces; openssl: an independent
+# HMAC for the TURN credential test; iproute2/util-linux: `ip` and `unshare` for those
+# namespaces; build-essential/python3-dev: the Cython extension.
+packages=(build-essential python3-dev python3-venv iproute2 util-linux coturn)
+[ "$with_test" = 1 ] && packages+=(chromium janus iptables openssl procps)
 
 missing=()
 for package in "${packages[@]}"; do
@@ -28,9 +29,13 @@ if [ "${#missing[@]}" -gt 0 ]; then
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
         "${missing[@]}" >/dev/null
-    # Debian's janus enables a system-wide service; the bench starts its own Janus.
-    if [[ " ${missing[*]} " == *" janus "* ]] && command -v systemctl >/dev/null; then
-        $sudo systemctl disable --now janus >/dev/null 2>&1 || true
+    # Debian's janus and coturn enable system-wide services; sfu starts its own.
+    if command -v systemctl >/dev/null; then
+        for service in janus coturn; do
+            if [[ " ${missing[*]} " == *" $service "* ]]; then
+                $sudo systemctl disable --now "$service" >/dev/null 2>&1 || true
+            fi
+        done
     fi
 fi
 

@@ -78,6 +78,14 @@ def main(argv: list[str] | None = None) -> int:
 async def _serve(config: sfu_config.Config) -> None:
     from sfu.server import Server
 
+    coturn = None
+    if config.turn.start_local:
+        from sfu.coturn import Coturn
+
+        coturn = Coturn(config.turn)
+        await asyncio.to_thread(coturn.start)
+        print(f"sfu: coturn on {config.turn.host}:{config.turn.port} "
+              f"(TLS {config.turn.tls_port})", flush=True)
     server = Server(config)
     await server.start()
     stop = asyncio.Event()
@@ -87,3 +95,5 @@ async def _serve(config: sfu_config.Config) -> None:
     print(f"sfu: serving http://{config.server.host}:{server.port}/", flush=True)
     await stop.wait()
     await server.stop()
+    if coturn is not None:
+        coturn.stop()

@@ -27,6 +27,8 @@ from aiortc import (
     RTCPeerConnection,
     RTCSessionDescription,
 )
+from aiortc.contrib.media import MediaRelay
+from aiortc.exceptions import InvalidStateError
 
 from sfu.control import codec
 from sfu.transport.internals import HostGathering, prepare_gathering
@@ -72,7 +74,13 @@ class Client:
         self._session: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._reader: asyncio.Task[None] | None = None
-        self._offers: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        # Server offers, each with the restart epoch it arrived in: an offer sent
+        # before a `restarted` reply belongs to connections that are gone.
+        self._offers: asyncio.Queue[tuple[int, dict[str, Any]]] = asyncio.Queue()
+        self._epoch = 0
+        self._restarting = False
+        self._published: list[MediaStreamTrack] = []
+        self._relay = MediaRelay()
         self._offer_task: asyncio.Task[None] | None = None
         self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.tracks: asyncio.Queue[tuple[RemoteTrack, MediaStreamTrack]] = asyncio.Queue()
@@ -92,23 +100,50 @@ class Client:
             message["token"] = self.token
         joined = await self.request(message)
         self.participant_id = joined["participant"]["id"]
+        self._take_ice_servers(joined)
+        return joined
+
+    def _take_ice_servers(self, message: dict[str, Any]) -> None:
         self.ice_servers = [
             RTCIceServer(urls=s["urls"], username=s.get("username"),
                          credential=s.get("credential"))
-            for s in joined.get("ice_servers", [])
+            for s in message.get("ice_servers", [])
         ]
-        return joined
 
     async def publish(self, tracks: list[MediaStreamTrack]) -> dict[str, Any]:
         """Publish tracks on the publish connection; returns the server's answer message."""
         pc = self.publish_pc = self._new_pc()
+        self._published = list(tracks)
         for track in tracks:
-            pc.addTransceiver(track, direction="sendonly")
+            # aiortc stops a sender's track when its connection closes: send a relay's
+            # proxy, so that a restart can publish the same source again.
+            pc.addTransceiver(self._relay.subscribe(track, buffered=False),
+                              direction="sendonly")
         prepare_gathering(pc, self._gathering, None)
         await pc.setLocalDescription(await pc.createOffer())
         answer = await self.request({"type": "publish", "sdp": pc.localDescription.sdp})
         await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
         return answer
+
+    async def restart(self, relay_only: bool = False) -> dict[str, Any]:
+        """Replace both peer connections and publish the same tracks again; the room
+        keeps this participant's tracks and subscriptions (see docs/protocol.md).
+        ``relay_only`` is passed to the server; aiortc itself has no relay-only policy,
+        so the new connections use every candidate, with the fresh ICE servers."""
+        for pc in (self.publish_pc, self.subscribe_pc):
+            if pc is not None:
+                await pc.close()
+        self.publish_pc = self.subscribe_pc = None
+        self.mids.clear()
+        self._restarting = True  # until `restarted`: offers that come are stale
+        try:
+            reply = await self.request({"type": "restart", "relay_only": relay_only})
+        finally:
+            self._restarting = False
+        self._take_ice_servers(reply)
+        if self._published:
+            await self.publish(self._published)
+        return reply
 
     async def next_track(self, timeout: float = 10.0) -> tuple[RemoteTrack, MediaStreamTrack]:
         return await asyncio.wait_for(self.tracks.get(), timeout)
@@ -168,18 +203,23 @@ class Client:
             if frame.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
                 continue
             message = codec.decode(frame.data, 1 << 24)
+            if message["type"] == "restarted":
+                self._epoch += 1
+                self._restarting = False
             future = self._pending.pop(message.get("id"), None)
             if future is not None and not future.done():
                 future.set_result(message)
             elif message["type"] == "offer":
-                self._offers.put_nowait(message)
+                self._offers.put_nowait((-1 if self._restarting else self._epoch, message))
             else:
                 self.events.put_nowait(message)
 
     async def _offer_loop(self) -> None:
         """Answer the server's subscribe offers one at a time, in order."""
         while True:
-            offer = await self._offers.get()
+            epoch, offer = await self._offers.get()
+            if epoch != self._epoch or self._restarting:
+                continue  # for connections a restart replaced
             for item in offer["tracks"]:
                 self.mids[item["mid"]] = RemoteTrack(
                     item["mid"], item["track"], item["participant"], item["kind"]
@@ -188,10 +228,14 @@ class Client:
                 self.subscribe_pc = self._new_pc()
                 self.subscribe_pc.on("track", self._on_track)
             pc = self.subscribe_pc
-            await pc.setRemoteDescription(RTCSessionDescription(offer["sdp"], "offer"))
-            prepare_gathering(pc, self._gathering, None)
-            await pc.setLocalDescription(await pc.createAnswer())
-            await self.send({"type": "answer", "sdp": pc.localDescription.sdp})
+            try:
+                await pc.setRemoteDescription(RTCSessionDescription(offer["sdp"], "offer"))
+                prepare_gathering(pc, self._gathering, None)
+                await pc.setLocalDescription(await pc.createAnswer())
+            except InvalidStateError:
+                continue  # closed by a restart meanwhile
+            if epoch == self._epoch and not self._restarting:
+                await self.send({"type": "answer", "sdp": pc.localDescription.sdp})
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         assert self.subscribe_pc is not None

@@ -89,6 +89,10 @@ class LivenessConfig:
     # After its WebSocket drops, a participant keeps its publications and peer
     # connections this long for the same identity to resume; then it is removed.
     reconnect_grace_s: int = 20
+    # After one of its peer connections fails (ICE, DTLS, consent expiry), a
+    # participant has this long to send `restart` (say, to come back through TURN);
+    # then it is removed. 0: removed at once.
+    restart_grace_s: int = 15
 
 
 @dataclass
@@ -104,6 +108,24 @@ class WebhooksConfig:
 
 
 @dataclass
+class TurnConfig:
+    # The TURN server handed to participants in `joined.ice_servers` (TURN/UDP, TURN/TCP
+    # and TURNS URLs) with ephemeral credentials by the TURN REST API scheme, which
+    # coturn checks with `use-auth-secret`. An empty host: no TURN.
+    host: str = ""  # the address clients reach it at
+    port: int = 3478  # TURN over UDP and TCP
+    tls_port: int = 5349  # TURN over TLS; 0: none
+    secret: str = ""  # coturn's static-auth-secret; never sent to clients
+    realm: str = "sfu"
+    credential_ttl_s: int = 600
+    # `sfu serve` starts a coturn for development with this section (sfu.coturn);
+    # it relays on host, on these ports.
+    start_local: bool = False
+    relay_port_min: int = 50000
+    relay_port_max: int = 50999
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
@@ -112,6 +134,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     liveness: LivenessConfig = field(default_factory=LivenessConfig)
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
+    turn: TurnConfig = field(default_factory=TurnConfig)
 
     def validate(self) -> None:
         _check(self.server.port, 0 <= self.server.port <= 65535, "server.port", "0..65535")
@@ -179,6 +202,7 @@ class Config:
             ("liveness.ping_interval_s", self.liveness.ping_interval_s, 1, 3600),
             ("liveness.timeout_s", self.liveness.timeout_s, 2, 36_000),
             ("liveness.reconnect_grace_s", self.liveness.reconnect_grace_s, 0, 3600),
+            ("liveness.restart_grace_s", self.liveness.restart_grace_s, 0, 3600),
             ("webhooks.timeout_s", self.webhooks.timeout_s, 1, 300),
             ("webhooks.retries", self.webhooks.retries, 0, 20),
             ("webhooks.queue_size", self.webhooks.queue_size, 1, 1_000_000),
@@ -204,6 +228,31 @@ class Config:
             "rooms.max_participants",
             "1..1000",
         )
+        self._validate_turn()
+
+    def _validate_turn(self) -> None:
+        turn = self.turn
+        if not turn.host:
+            _check(turn.start_local, not turn.start_local, "turn.start_local",
+                   "false unless turn.host is set")
+            return
+        _check("<hidden>", len(turn.secret) >= 16, "turn.secret",
+               "at least 16 chars when turn.host is set")
+        _check(turn.realm, bool(turn.realm), "turn.realm", "non-empty")
+        _check(turn.port, 1 <= turn.port <= 65535, "turn.port", "1..65535")
+        _check(turn.tls_port, 0 <= turn.tls_port <= 65535 and turn.tls_port != turn.port,
+               "turn.tls_port", "0..65535, not turn.port")
+        _check(turn.credential_ttl_s, 10 <= turn.credential_ttl_s <= 86_400,
+               "turn.credential_ttl_s", "10..86400")
+        _check(
+            (turn.relay_port_min, turn.relay_port_max),
+            1024 <= turn.relay_port_min <= turn.relay_port_max <= 65535,
+            "turn.relay_port_min/turn.relay_port_max",
+            "1024 <= relay_port_min <= relay_port_max <= 65535",
+        )
+        if turn.start_local:
+            _check(turn.host, _is_ip(turn.host), "turn.host",
+                   "an IP address when turn.start_local is true (coturn listens on it)")
 
 
 def _check(value: object, ok: bool, key: str, expected: str) -> None:

@@ -88,6 +88,14 @@ class ConnectionStateChanged(Event):
     remote_candidate: str | None = None
 
 
+@dataclass(frozen=True)
+class ParticipantRestarted(Event):
+    """The participant replaced its peer connections (``restart``); it stayed in the room."""
+
+    participant: str
+    relay_only: bool
+
+
 EVENT_TYPES: dict[type[Event], str] = {
     RoomStarted: "room_started",
     RoomFinished: "room_finished",
@@ -97,6 +105,7 @@ EVENT_TYPES: dict[type[Event], str] = {
     TrackUnpublished: "track_unpublished",
     TrackMuted: "track_muted",
     ConnectionStateChanged: "connection_state_changed",
+    ParticipantRestarted: "participant_restarted",
 }
 
 Listener = Callable[[Event], Awaitable[None]]

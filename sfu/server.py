@@ -22,7 +22,7 @@ from aiortc import RTCRtpTransceiver
 from aiortc.exceptions import InvalidStateError
 from aiortc.sdp import candidate_from_sdp
 
-from sfu import events, rooms, rtp
+from sfu import events, rooms, rtp, turn
 from sfu.auth import AuthError, Grants, mint_token, verify_token
 from sfu.config import Config
 from sfu.control import admin
@@ -89,6 +89,10 @@ class Peer:
     renegotiate: bool = False
     leaving: bool = False
     grace: asyncio.TimerHandle | None = None
+    # A peer connection failed: removed when this fires, unless it restarts first.
+    failed: asyncio.TimerHandle | None = None
+    # After a restart: publications waiting for the next publish offer to carry them.
+    detached: list[Publication] = field(default_factory=list)
 
     def send(self, message: dict[str, Any]) -> None:
         """To the participant's WebSocket; dropped while it is disconnected (a resumed
@@ -146,6 +150,8 @@ class Session:
         if msg_type == "unsubscribe":
             self.server.change_subscriptions(peer, message["tracks"], subscribe=False)
             return None
+        if msg_type == "restart":
+            return await self.server.restart(peer, bool(message.get("relay_only")))
         if msg_type == "leave":
             await self.server.leave(peer, "left")
             self.peer = None
@@ -183,6 +189,7 @@ class Server:
         self.connections = ConnectionStats()
         self.webhook_outcomes: Counter[str] = Counter()
         self.rtcp_sent: Counter[str] = Counter()  # RTCP the server originates, by type
+        self.restarts: Counter[bool] = Counter()  # by relay_only
         self.loop_lag = 0.0
         self._ready = False
         # Media dropped by the transports before the forwarder, by reason.
@@ -413,7 +420,7 @@ class Server:
             "participant": {"id": peer.id, "name": peer.name},
             "participants": [p.describe() for p in room.participants.values() if p.id != peer.id],
             "tracks": [t.describe() for t in room.tracks.values()],
-            "ice_servers": [],
+            "ice_servers": turn.ice_servers(self.config.turn, peer.identity or peer.id),
         }
         if resumed:
             joined["resumed"] = True
@@ -473,9 +480,10 @@ class Server:
         if peer.leaving or peer.id not in self.peers:
             return
         peer.leaving = True
-        if peer.grace is not None:
-            peer.grace.cancel()
-            peer.grace = None
+        for timer in (peer.grace, peer.failed):
+            if timer is not None:
+                timer.cancel()
+        peer.grace = peer.failed = None
         room = peer.room
         self._apply(room.leave(peer.id))
         del self.peers[peer.id]
@@ -516,6 +524,10 @@ class Server:
         room_events: list[rooms.Event] = []
         tracks = []
         for item in media:
+            moved = self._reattach(peer, peer.publish.endpoint, item)
+            if moved is not None:
+                tracks.append(moved.track.describe())
+                continue
             track_id = "TR_" + secrets.token_hex(6)
             producer = next(self._ids)
             codec = rtp.CODECS_BY_NAME.get(
@@ -528,6 +540,83 @@ class Server:
         # The events only send to other participants, so the answer may follow them.
         self._apply(room_events)
         return {"type": "answer", "sdp": answer_sdp, "tracks": tracks}
+
+    def _reattach(self, peer: Peer, endpoint: int, item: PublishedMedia) -> Publication | None:
+        """After a restart, the publish offer's media carries the participant's earlier
+        publications on (by kind, in order): same track, same subscribers, the forwarder's
+        producer moved to the new connection. A track whose payload type or header
+        extensions changed cannot be moved (consumers map them): it is published anew."""
+        for publication in list(peer.detached):
+            if publication.track.kind != item.kind:
+                continue
+            peer.detached.remove(publication)
+            old = publication.media
+            if (old.codec.mime_type, old.codec.payload_type, old.extensions) != (
+                    item.codec.mime_type, item.codec.payload_type, item.extensions):
+                logger.info("%s: track %s changed its codec or extensions on restart; "
+                            "published anew", peer.id, publication.track.id)
+                self._apply(peer.room.unpublish(publication.track.id))
+                return None
+            self.forwarder.move_producer(publication.producer, endpoint, item.ssrc)
+            publication.media = item
+            return publication
+        return None
+
+    # -- restarting --------------------------------------------------------------------
+
+    async def restart(self, peer: Peer, relay_only: bool) -> dict[str, Any]:
+        """Replace the participant's peer connections, keeping its place in the room.
+
+        The client asks when ICE fails or takes too long (then usually ``relay_only``,
+        to come in through TURN): the old connections close, the subscriptions move to
+        a new subscribe connection (a new `offer` follows), and the next `publish` offer
+        carries the publications on. Nobody else sees a leave or a join.
+        """
+        if peer.failed is not None:
+            peer.failed.cancel()
+            peer.failed = None
+        for transport in (peer.publish, peer.subscribe):
+            if transport is not None:
+                self._endpoint_owner.pop(transport.endpoint, None)
+                await transport.close()
+        peer.publish = peer.subscribe = None
+        peer.offer_outstanding = peer.renegotiate = False
+        peer.detached = [p for p in self.publications.values()
+                         if p.track.participant == peer.id]
+        subscriptions = list(peer.subscriptions.values())
+        peer.subscriptions.clear()
+        for subscription in subscriptions:
+            self._retire(subscription)
+            self.forwarder.remove_consumer(subscription.consumer)
+        for subscription in subscriptions:
+            if subscription.track.id in self.publications:
+                self._subscribe(peer, subscription.track)
+        self.restarts[relay_only] += 1
+        self.events.publish(events.ParticipantRestarted(
+            peer.room.name, participant=peer.id, relay_only=relay_only))
+        logger.info("%s restarted its connections%s", peer.id,
+                    " (relay only)" if relay_only else "",
+                    extra={"room": peer.room.name, "participant": peer.id})
+        # Fresh credentials: the ones from `joined` may be close to their expiry.
+        return {"type": "restarted", "relay_only": relay_only,
+                "ice_servers": turn.ice_servers(self.config.turn, peer.identity or peer.id)}
+
+    def _connection_lost(self, peer: Peer, transport: PeerTransport) -> None:
+        """A peer connection failed: the client may restart within the grace period
+        (it is told so); after it, the participant is removed."""
+        grace = self.config.liveness.restart_grace_s
+        if grace <= 0 or peer.control is None:
+            self._spawn(self.leave(peer, "failed"))
+            return
+        peer.send({"type": "connection_failed", "pc": transport.role})
+        if peer.failed is None:
+            peer.failed = asyncio.get_running_loop().call_later(
+                grace, lambda: self._spawn(self._failed_over(peer)))
+
+    async def _failed_over(self, peer: Peer) -> None:
+        peer.failed = None
+        logger.info("%s: peer connection failed and no restart came; removing", peer.id)
+        await self.leave(peer, "failed")
 
     # -- subscribing -------------------------------------------------------------------
 
@@ -696,8 +785,8 @@ class Server:
         if not lost:
             return
         if peer is not None and not peer.leaving:
-            logger.info("%s: peer connection failed; removing the participant", peer.id)
-            self._spawn(self.leave(peer, "failed"))
+            logger.info("%s: %s connection failed", peer.id, transport.role)
+            self._connection_lost(peer, transport)
 
     def _check_sdp(self, sdp: str) -> None:
         limits = self.config.limits

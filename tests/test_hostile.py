@@ -179,7 +179,8 @@ async def test_ice_consent_failure_removes_the_participant(
     call: Call, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The laptop lid closes but the WebSocket lingers (say, behind a proxy): ICE
-    consent (RFC 7675) expires and the server removes the participant anyway."""
+    consent (RFC 7675) expires, the client is told (it may `restart`), and when no
+    restart comes within liveness.restart_grace_s the server removes it anyway."""
     import aioice.ice
 
     # aioice checks consent every 5 s and gives up after 6 failures: shorten both.
@@ -198,6 +199,10 @@ async def test_ice_consent_failure_removes_the_participant(
     client = call.alice.publish_pc.getTransceivers()[0].receiver.transport.transport._connection
     for protocol in client._protocols:
         protocol.transport.abort()
-    event = await call.bob.next_event("participant_left", timeout=15)
+    call.server.config.liveness.restart_grace_s = 1
+    failed = await call.alice.next_event("connection_failed", timeout=15)
+    assert failed["pc"] == "publish"
+    assert alice_id in call.server.peers  # within the grace period
+    event = await call.bob.next_event("participant_left", timeout=5)
     assert event["participant"] == alice_id
     assert alice_id not in call.server.peers

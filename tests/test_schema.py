@@ -33,6 +33,7 @@ MINIMAL: dict[str, dict[str, Any]] = {
     "candidate": {"type": "candidate", "pc": "publish", "candidate": None},
     "subscribe": {"type": "subscribe", "tracks": ["t"]},
     "unsubscribe": {"type": "unsubscribe", "tracks": ["t"]},
+    "restart": {"type": "restart"},
     "ping": {"type": "ping"},
     "leave": {"type": "leave"},
 }
@@ -44,6 +45,7 @@ REQUIRED: dict[str, list[str]] = {
     "candidate": ["pc", "candidate"],
     "subscribe": ["tracks"],
     "unsubscribe": ["tracks"],
+    "restart": [],
     "ping": [],
     "leave": [],
 }
@@ -145,7 +147,7 @@ def documented_client_types() -> list[str]:
 
 def test_schema_has_exactly_the_documented_client_messages() -> None:
     documented = documented_client_types()
-    assert len(documented) == 8
+    assert len(documented) == 9
     assert set(documented) == set(SCHEMA) == set(MINIMAL) == set(REQUIRED)
 
 

@@ -54,6 +54,10 @@ def _pc_name(value: Any) -> str | None:
     return None if value in ("publish", "subscribe") else '"publish" or "subscribe"'
 
 
+def _boolean(value: Any) -> str | None:
+    return None if isinstance(value, bool) else "true or false"
+
+
 def _candidate(value: Any) -> str | None:
     if value is None:
         return None
@@ -86,6 +90,7 @@ SCHEMA: dict[str, tuple[dict[str, Check], dict[str, Check]]] = {
     "candidate": ({"pc": _pc_name, "candidate": _candidate}, {}),
     "subscribe": ({"tracks": _track_list}, {}),
     "unsubscribe": ({"tracks": _track_list}, {}),
+    "restart": ({}, {"relay_only": _boolean}),
     "ping": ({}, {}),
     "leave": ({}, {}),
 }

@@ -1,0 +1,152 @@
+"""A coturn (Debian's ``coturn``) run from the SFU's ``[turn]`` config.
+
+``sfu serve`` starts one when ``turn.start_local`` is set, for development; tests start
+their own. The config it writes is what a deployment needs too: ``use-auth-secret``
+with the SFU's secret (credentials from ``sfu.turn``), a realm, the listening and relay
+address, a relay port range, and TURN over UDP, TCP and TLS with a certificate made for
+local use. Loopback peers are allowed only when coturn itself listens on loopback
+(coturn 4.6 refuses to relay to 127.0.0.1 otherwise; DESIGN.md §7).
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import logging
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from sfu.config import TurnConfig
+
+logger = logging.getLogger(__name__)
+
+TURNSERVER = "turnserver"
+
+
+class CoturnError(RuntimeError):
+    """coturn is missing, or did not start."""
+
+
+def write_certificate(directory: Path, address: str) -> tuple[Path, Path]:
+    """A self-signed ECDSA certificate for ``address``, valid a year (local use only)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, address)])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=365))
+        .add_extension(x509.SubjectAlternativeName(
+            [x509.IPAddress(ipaddress.ip_address(address))]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "turn-cert.pem", directory / "turn-key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    key_path.chmod(0o600)
+    return cert_path, key_path
+
+
+def config_text(turn: TurnConfig, directory: Path, cert: Path, key: Path) -> str:
+    """turnserver.conf for ``turn`` (see turnserver(1))."""
+    loopback = ipaddress.ip_address(turn.host).is_loopback
+    lines = [
+        f"listening-ip={turn.host}",
+        f"relay-ip={turn.host}",
+        f"listening-port={turn.port}",
+        f"min-port={turn.relay_port_min}",
+        f"max-port={turn.relay_port_max}",
+        "use-auth-secret",
+        f"static-auth-secret={turn.secret}",
+        f"realm={turn.realm}",
+        "fingerprint",
+        "no-cli",
+        "no-multicast-peers",
+        "no-dtls",  # TURN over DTLS: no browser uses it
+        f"userdb={directory / 'turndb'}",
+        f"pidfile={directory / 'turnserver.pid'}",
+        f"log-file={directory / 'turnserver.log'}",
+        "simple-log",
+        "no-stdout-log",
+    ]
+    if turn.tls_port:
+        lines += [f"tls-listening-port={turn.tls_port}", f"cert={cert}", f"pkey={key}"]
+    else:
+        lines.append("no-tls")
+    if loopback:
+        lines.append("allow-loopback-peers")  # development on 127.0.0.1 only
+    return "\n".join(lines) + "\n"
+
+
+class Coturn:
+    """One turnserver process: ``start()``, ``stop()``; or a context manager."""
+
+    def __init__(self, turn: TurnConfig) -> None:
+        self.turn = turn
+        self.directory = Path(tempfile.mkdtemp(prefix="sfu-coturn-"))
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / "turnserver.log"
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        executable = shutil.which(TURNSERVER, path="/usr/bin:/usr/sbin:/bin")
+        if executable is None:
+            raise CoturnError("turnserver is missing: scripts/install.sh installs coturn")
+        self.directory.mkdir(exist_ok=True)
+        cert, key = write_certificate(self.directory, self.turn.host)
+        conf = self.directory / "turnserver.conf"
+        conf.write_text(config_text(self.turn, self.directory, cert, key))
+        conf.chmod(0o600)  # it holds the secret
+        self.process = subprocess.Popen([executable, "-c", str(conf)], stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout_s
+        while not self._listening():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                log = self.log_path.read_text() if self.log_path.exists() else ""
+                self.stop()
+                raise CoturnError(f"coturn did not start on {self.turn.host}:{self.turn.port}:"
+                                  f"\n{log[-2000:]}")
+            time.sleep(0.05)
+        logger.info("coturn listening on %s:%d (TLS %d)", self.turn.host, self.turn.port,
+                    self.turn.tls_port)
+
+    def _listening(self) -> bool:
+        try:
+            with socket.create_connection((self.turn.host, self.turn.port), timeout=0.2):
+                return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None:
+            if self.process.poll() is None:
+                self.process.terminate()
+                try:
+                    self.process.wait(5)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait()
+            self.process = None
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def __enter__(self) -> Coturn:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

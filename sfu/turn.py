@@ -1,0 +1,48 @@
+"""TURN credentials by the TURN REST API scheme (draft-uberti-behave-turn-rest-00),
+which coturn checks with ``use-auth-secret``: the username is
+``"<expiry unix time>:<identity>"`` and the password ``base64(HMAC-SHA1(secret,
+username))``, so the TURN server verifies it with the shared secret alone and the
+credential stops working at the expiry. The static secret never leaves the server.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import time
+from typing import Any
+
+from sfu.config import TurnConfig
+
+
+def credential(secret: str, username: str) -> str:
+    digest = hmac.new(secret.encode(), username.encode(), hashlib.sha1).digest()
+    return base64.b64encode(digest).decode()
+
+
+def ephemeral_credentials(secret: str, identity: str, ttl_s: int,
+                          now: float | None = None) -> tuple[str, str]:
+    """(username, credential) valid for ``ttl_s`` seconds from ``now``."""
+    # coturn splits the username at the first ":" only if what precedes it is a
+    # number, so an identity may hold colons; it may not be empty.
+    expiry = int(now if now is not None else time.time()) + ttl_s
+    username = f"{expiry}:{identity or 'participant'}"
+    return username, credential(secret, username)
+
+
+def turn_urls(turn: TurnConfig) -> list[str]:
+    host = f"[{turn.host}]" if ":" in turn.host else turn.host
+    urls = [f"turn:{host}:{turn.port}?transport=udp", f"turn:{host}:{turn.port}?transport=tcp"]
+    if turn.tls_port:
+        urls.append(f"turns:{host}:{turn.tls_port}?transport=tcp")
+    return urls
+
+
+def ice_servers(turn: TurnConfig, identity: str, now: float | None = None
+                ) -> list[dict[str, Any]]:
+    """What `joined.ice_servers` carries: RTCIceServer dictionaries (W3C WebRTC §4.2.1)."""
+    if not turn.host:
+        return []
+    username, password = ephemeral_credentials(turn.secret, identity, turn.credential_ttl_s, now)
+    return [{"urls": turn_urls(turn), "username": username, "credential": password}]
