@@ -10,13 +10,7 @@ video for 30 s. Run with the SFU's NACKs to publishers and without.
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import stat
-import subprocess
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,53 +18,27 @@ import pytest
 from sfu.auth import mint_token
 from sfu.server import Server
 from tests.conftest import CHROMIUM, make_config, requires_chromium, requires_isolated_network
+from tests.netns import ClientNamespace, client_namespace, requires_root_and_iptables
 from tests.test_browser_room import CHROMIUM_ARGS
 
-NS = f"sfu-lossy-{os.getpid()}"
-HOST_ADDRESS, CLIENT_ADDRESS = "10.88.0.1", "10.88.0.2"
 LOSS = 0.05
 SECONDS = 30
 SECRET = "l" * 32
 
-# Debian installs iptables in /usr/sbin, which a non-login PATH may lack.
-IPTABLES = shutil.which("iptables", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
-
 pytestmark = [
-    requires_isolated_network, requires_chromium, pytest.mark.browser,
-    pytest.mark.skipif(os.geteuid() != 0 or IPTABLES is None,
-                       reason="needs root and iptables (scripts/install.sh --test)"),
+    requires_isolated_network, requires_chromium, requires_root_and_iptables,
+    pytest.mark.browser,
 ]
 
 
-def run(*command: str) -> None:
-    subprocess.run(command, check=True, capture_output=True)
-
-
 @pytest.fixture
-def lossy_chromium() -> Iterator[str]:
-    """A Chromium executable that runs in a namespace losing 5 % of its UDP."""
-    run("ip", "netns", "add", NS)
-    try:
-        run("ip", "link", "add", "sfuloss0", "type", "veth", "peer", "name", "sfuloss1")
-        run("ip", "link", "set", "sfuloss1", "netns", NS)
-        run("ip", "addr", "add", f"{HOST_ADDRESS}/24", "dev", "sfuloss0")
-        run("ip", "link", "set", "sfuloss0", "up")
-        inside = ("ip", "netns", "exec", NS)
-        run(*inside, "ip", "link", "set", "lo", "up")
-        run(*inside, "ip", "addr", "add", f"{CLIENT_ADDRESS}/24", "dev", "sfuloss1")
-        run(*inside, "ip", "link", "set", "sfuloss1", "up")
-        run(*inside, "ip", "route", "add", "default", "via", HOST_ADDRESS)
+def lossy() -> Iterator[ClientNamespace]:
+    """A namespace losing 5 % of its UDP each way, and a Chromium that runs in it."""
+    with client_namespace("loss", "10.88.0") as namespace:
         for chain in ("INPUT", "OUTPUT"):
-            run(*inside, str(IPTABLES), "-A", chain, "-p", "udp", "-m", "statistic", "--mode",
-                "random", "--probability", str(LOSS), "-j", "DROP")
-        with tempfile.TemporaryDirectory() as directory:
-            wrapper = Path(directory) / "chromium"
-            wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {NS} {CHROMIUM} "$@"\n')
-            wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
-            yield str(wrapper)
-    finally:
-        subprocess.run(["ip", "netns", "del", NS], capture_output=True)
-        subprocess.run(["ip", "link", "del", "sfuloss0"], capture_output=True)
+            namespace.iptables("-A", chain, "-p", "udp", "-m", "statistic", "--mode",
+                               "random", "--probability", str(LOSS), "-j", "DROP")
+        yield namespace
 
 
 STATS = """async () => {
@@ -88,18 +56,18 @@ STATS = """async () => {
 }"""
 
 
-async def call(playwright: Any, lossy_executable: str, nack: bool) -> dict[str, Any]:
+async def call(playwright: Any, lossy: ClientNamespace, nack: bool) -> dict[str, Any]:
     config = make_config()
     config.server.host = "0.0.0.0"
     config.auth.mode, config.auth.secret = "jwt", SECRET
-    config.rtc.listen_ips = ["127.0.0.1", HOST_ADDRESS]
+    config.rtc.listen_ips = ["127.0.0.1", lossy.host_address]
     config.rtc.nack = nack
     server = Server(config)
     await server.start()
     browsers = []
     try:
         pages = {}
-        for name, executable, host in (("lossy", lossy_executable, HOST_ADDRESS),
+        for name, executable, host in (("lossy", lossy.chromium, lossy.host_address),
                                        ("clean", CHROMIUM, "127.0.0.1")):
             # getUserMedia needs a secure context; only localhost counts by default.
             origin = f"--unsafely-treat-insecure-origin-as-secure=http://{host}:{server.port}"
@@ -140,12 +108,12 @@ async def call(playwright: Any, lossy_executable: str, nack: bool) -> dict[str, 
         await server.stop()
 
 
-async def test_video_survives_five_percent_loss(lossy_chromium: str) -> None:
+async def test_video_survives_five_percent_loss(lossy: ClientNamespace) -> None:
     from playwright.async_api import async_playwright
 
     async with async_playwright() as playwright:
-        with_nack = await call(playwright, lossy_chromium, nack=True)
-        without = await call(playwright, lossy_chromium, nack=False)
+        with_nack = await call(playwright, lossy, nack=True)
+        without = await call(playwright, lossy, nack=False)
     print(f"\n{LOSS:.0%} loss on one participant's UDP, {SECONDS} s:")
     for key in with_nack:
         print(f"  {key:34} with NACK {with_nack[key]:>8.1f}   without {without[key]:>8.1f}")

@@ -194,6 +194,27 @@ def selected_pair(pc: RTCPeerConnection) -> SelectedPair | None:
     pair = connection._nominated.get(1)
     if pair is None:
         return None
+    return _describe(pc, pair)
+
+
+def validated_pair(pc: RTCPeerConnection, addr: tuple[Any, ...]) -> SelectedPair | None:
+    """The pair whose remote end is ``addr``, if ICE checks have validated it.
+
+    The peer may move its media to another valid pair mid-call: as controlling agent
+    by nominating it (aioice then changes its own nominated pair), as controlled
+    agent (Chrome does) by switching when the first stops answering — say, the
+    direct path breaks and its TURN relay pair still works. Media from a validated
+    pair is legitimate (RFC 8445 §7.3); anything else is not.
+    """
+    connection = _ice_connection(pc)
+    for pair in connection._check_list:
+        if (pair.state == aioice_ice.CandidatePair.State.SUCCEEDED
+                and pair.component == 1 and pair.remote_addr == tuple(addr[:2])):
+            return _describe(pc, pair)
+    return None
+
+
+def _describe(pc: RTCPeerConnection, pair: aioice_ice.CandidatePair) -> SelectedPair:
     transport = pair.protocol.transport
     fd = -1
     # A TURN allocation's transport reports the socket to the TURN server: not ours to use.
@@ -206,8 +227,27 @@ def selected_pair(pc: RTCPeerConnection) -> SelectedPair | None:
         remote_addr=pair.remote_addr,
         fd=fd,
         local_type=pair.local_candidate.type,
-        remote_type=pair.remote_candidate.type,
+        remote_type=_signalled_type(pc, pair.remote_candidate),
     )
+
+
+def _signalled_type(pc: RTCPeerConnection, candidate: Any) -> str:
+    """The remote candidate's type as the peer signalled it.
+
+    aioice takes the candidates of one m-line; a browser that gathers per m-line
+    (bundlePolicy "balanced") may nominate one listed under another, which aioice then
+    calls peer-reflexive although the SDP says what it is (a TURN relay, say).
+    """
+    if candidate.type != "prflx" or pc.remoteDescription is None:
+        return str(candidate.type)
+    for line in pc.remoteDescription.sdp.splitlines():
+        if line.startswith("a=candidate:"):
+            fields = line.split()
+            # foundation component transport priority address port "typ" type ...
+            if len(fields) >= 8 and fields[4] == candidate.host and fields[5] == str(
+                    candidate.port) and fields[1] == str(candidate.component):
+                return fields[7]
+    return "prflx"
 
 
 def silence_rtcp(transceiver: RTCRtpTransceiver) -> None:

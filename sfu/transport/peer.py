@@ -83,6 +83,7 @@ class PeerTransport:
         # Media from an address other than the ICE-selected one (RFC 8445 §7.3: only
         # validated pairs carry media).
         self.drops_unvalidated_source = 0
+        self.path_changes = 0  # times the peer moved its media to another valid pair
         self.connected = asyncio.Event()
         self.closing = False
         self.created = time.monotonic()
@@ -92,11 +93,31 @@ class PeerTransport:
         internals.prepare_gathering(self.pc, self._gathering, self._datagram_received)
 
     def _datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        if self._remote_addr is not None and addr[:2] != self._remote_addr[:2]:
+        if self._remote_addr is not None and addr[:2] != self._remote_addr[:2] and (
+                not self._follow(addr)):
             self.drops_unvalidated_source += 1
             self.drops["unvalidated_source"] += 1
             return
         self._forwarder.handle_packet(self.endpoint, data, now_us())
+
+    def _follow(self, addr: tuple[Any, ...]) -> bool:
+        """Media from another address: if ICE validated that pair, the peer moved its
+        media there (its own failover, e.g. from a broken direct path to its TURN
+        relay); send there too from now on. Checked only when the address changes."""
+        if not self.connected.is_set():
+            return False
+        pair = internals.validated_pair(self.pc, addr)
+        if pair is None:
+            return False
+        logger.info("endpoint %d: media moved to %s (%s → %s)", self.endpoint,
+                    pair.remote_addr, pair.local_type, pair.remote_type)
+        rx, tx = internals.srtp_sessions(internals.dtls_transport(self.pc))
+        self.selected = pair
+        self._remote_addr = pair.remote_addr
+        self._forwarder.add_endpoint(self.endpoint, rx, tx, pair.sendto, pair.fd,
+                                     pair.remote_addr)
+        self.path_changes += 1
+        return True
 
     async def _connection_state_changed(self) -> None:
         state = self.pc.connectionState

@@ -209,7 +209,20 @@ async function join() {
   const name = nameInput.value.trim();
   setTitle(room);
   setJoined(true);
-  const c = (client = window.sfu = new SfuClient({ room, name, token: params.get('token') || undefined }));
+  const c = (client = window.sfu = new SfuClient({
+    room, name, token: params.get('token') || undefined,
+    // ?relay=1 uses TURN from the start; ?fallback=0 turns the automatic TURN restart off.
+    iceTransportPolicy: params.get('relay') === '1' ? 'relay' : undefined,
+    relayFallback: params.get('fallback') !== '0',
+    ...(params.get('connect_timeout_ms') ? { connectTimeoutMs: Number(params.get('connect_timeout_ms')) } : {}),
+  }));
+  c.addEventListener('connectiontrouble', ({ detail }) => {
+    setStatus(`The ${detail.pc} connection ${detail.reason === 'timeout' ? 'is slow to connect' : detail.reason}; `
+      + (c.relayFallback ? 'reconnecting through TURN…' : 'no fallback.'), true);
+  });
+  c.addEventListener('restarted', ({ detail }) => {
+    setStatus(`Reconnected${detail.relayOnly ? ' through TURN' : ''}: in room ${room} as ${name}.`);
+  });
   c.addEventListener('track', ({ detail }) => {
     const tile = tileFor(detail.participant);
     tile.byMid.set(detail.mid, detail.track);

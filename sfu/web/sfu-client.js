@@ -5,7 +5,12 @@
 const GATHER_TIMEOUT_MS = 3000; // never hang on a slow or broken STUN/TURN server
 const LEAVE_TIMEOUT_MS = 2000;
 const PING_INTERVAL_MS = 20000; // keeps idle proxies from dropping the socket
-const REPLY_TYPES = new Set(['joined', 'answer', 'error', 'pong', 'left']);
+// ICE fallback (docs/protocol.md, "Restarting"): a connection not connected this long
+// after it was made, or disconnected this long, is rebuilt through TURN.
+const CONNECT_TIMEOUT_MS = 10000;
+const DISCONNECTED_TIMEOUT_MS = 3000;
+const MAX_RESTARTS_UNCONNECTED = 3; // then give up restarting until something connects
+const REPLY_TYPES = new Set(['joined', 'answer', 'error', 'pong', 'left', 'restarted']);
 
 // The protocol is non-trickle: the SDP we send must already hold every candidate.
 function gatheringComplete(pc, timeoutMs = GATHER_TIMEOUT_MS) {
@@ -39,11 +44,19 @@ function serverError(msg) {
 }
 
 export class SfuClient extends EventTarget {
-  constructor({ url, room, name, token, iceTransportPolicy } = {}) {
+  // `relayFallback` (default true): when a connection fails, does not connect within
+  // `connectTimeoutMs` or stays disconnected `disconnectedTimeoutMs`, restart both
+  // connections relay-only (TURN) while keeping our place in the room.
+  constructor({
+    url, room, name, token, iceTransportPolicy, relayFallback = true,
+    connectTimeoutMs = CONNECT_TIMEOUT_MS, disconnectedTimeoutMs = DISCONNECTED_TIMEOUT_MS,
+  } = {}) {
     super();
     const scheme = globalThis.location?.protocol === 'https:' ? 'wss' : 'ws';
     this.url = url || `${scheme}://${globalThis.location?.host}/ws`;
-    Object.assign(this, { room, name, token, iceTransportPolicy });
+    Object.assign(this, {
+      room, name, token, iceTransportPolicy, relayFallback, connectTimeoutMs, disconnectedTimeoutMs,
+    });
     this.ws = null;
     this.pubPc = null;
     this.subPc = null;
@@ -56,6 +69,12 @@ export class SfuClient extends EventTarget {
     this._mids = new Map();    // subscribe mid -> {mid, track, participant, kind}
     this._offers = Promise.resolve(); // server offers are applied strictly in order
     this._pingTimer = null;
+    this._published = null;    // {mediaStream, options}: what a restart publishes again
+    this._epoch = 0;           // restarts so far: offers from before one are stale
+    this._restarting = null;   // the restart under way, if any
+    this._restartPending = false; // sent `restart`, `restarted` not yet here
+    this._unconnectedRestarts = 0;
+    this.restarts = 0;
   }
 
   async join() {
@@ -90,6 +109,11 @@ export class SfuClient extends EventTarget {
   async publish(mediaStream, { videoCodec } = {}) {
     if (!this.joined) throw new Error('publish() before join()');
     if (this.pubPc) throw new Error('already published');
+    this._published = { mediaStream, options: { videoCodec } };
+    return this._publish(mediaStream, { videoCodec });
+  }
+
+  async _publish(mediaStream, { videoCodec } = {}) {
     const pc = (this.pubPc = this._newPc());
     for (const track of mediaStream.getTracks()) {
       const transceiver = pc.addTransceiver(track, { direction: 'sendonly', streams: [mediaStream] });
@@ -107,6 +131,41 @@ export class SfuClient extends EventTarget {
   unsubscribe(trackIds) { this._send({ type: 'unsubscribe', tracks: trackIds }); }
 
   ping() { return this._request('ping'); }
+
+  // Replace both connections, keeping our tracks, subscriptions and place in the room
+  // (the server carries them over; nobody else sees a leave or a join). With
+  // `relayOnly` the new connections use TURN only. Called by the fallback; callable too.
+  restart({ relayOnly = true } = {}) {
+    if (!this._restarting) {
+      this._restarting = this._restart(relayOnly).finally(() => { this._restarting = null; });
+    }
+    return this._restarting;
+  }
+
+  async _restart(relayOnly) {
+    if (relayOnly) this.iceTransportPolicy = 'relay';
+    this._epoch += 1;
+    const old = [this.pubPc, this.subPc];
+    this.pubPc = this.subPc = null;
+    for (const pc of old) pc?.close();
+    for (const t of this._mids.values()) {
+      this._emit('trackended', { participant: t.participant, trackId: t.track, mid: t.mid });
+    }
+    this._mids = new Map();
+    this._unconnectedRestarts += 1;
+    this._restartPending = true;
+    let reply;
+    try {
+      reply = await this._request('restart', { relay_only: relayOnly });
+    } finally {
+      this._restartPending = false;
+    }
+    this.iceServers = reply.ice_servers || this.iceServers;
+    this.restarts += 1;
+    if (this._published) await this._publish(this._published.mediaStream, this._published.options);
+    this._emit('restarted', { relayOnly });
+    return reply;
+  }
 
   async leave() {
     if (this.ws?.readyState === WebSocket.OPEN) {
@@ -185,7 +244,41 @@ export class SfuClient extends EventTarget {
   _newPc() {
     const config = { iceServers: this.iceServers };
     if (this.iceTransportPolicy) config.iceTransportPolicy = this.iceTransportPolicy;
-    return new RTCPeerConnection(config);
+    const pc = new RTCPeerConnection(config);
+    this._watch(pc);
+    return pc;
+  }
+
+  // The fallback's eyes: a connection that fails, is slow to connect, or stays
+  // disconnected makes us restart relay-only (a few times at most while nothing
+  // connects; after that a failure is only reported).
+  _watch(pc) {
+    let disconnected = null;
+    const connecting = setTimeout(() => this._trouble(pc, 'timeout'), this.connectTimeoutMs);
+    pc.addEventListener('connectionstatechange', () => {
+      const state = pc.connectionState;
+      if (state !== 'disconnected') clearTimeout(disconnected);
+      if (state === 'connected') {
+        clearTimeout(connecting);
+        this._unconnectedRestarts = 0;
+      }
+      else if (state === 'failed') this._trouble(pc, 'failed');
+      else if (state === 'disconnected') {
+        disconnected = setTimeout(() => this._trouble(pc, 'disconnected'), this.disconnectedTimeoutMs);
+      } else if (state === 'closed') clearTimeout(connecting);
+    });
+  }
+
+  _trouble(pc, reason) {
+    if (pc !== this.pubPc && pc !== this.subPc) return; // replaced or closed already
+    if (reason === 'timeout' && pc.connectionState === 'connected') return;
+    const which = pc === this.pubPc ? 'publish' : 'subscribe';
+    this._emit('connectiontrouble', { pc: which, reason });
+    if (!this.relayFallback || this.ws?.readyState !== WebSocket.OPEN) return;
+    if (this._unconnectedRestarts >= MAX_RESTARTS_UNCONNECTED) return;
+    this.restart({ relayOnly: true }).catch((err) => {
+      this._emit('error', { type: 'error', code: 'restart_failed', message: String(err), local: true });
+    });
   }
 
   _emit(type, detail) { this.dispatchEvent(new CustomEvent(type, { detail })); }
@@ -212,6 +305,7 @@ export class SfuClient extends EventTarget {
     if (typeof event.data !== 'string') return; // we only speak JSON, so never msgpack
     let msg;
     try { msg = JSON.parse(event.data); } catch { return; }
+    if (msg.type === 'restarted') this._restartPending = false; // offers from here are new
     const pending = REPLY_TYPES.has(msg.type) && this._pending.get(msg.id);
     if (pending) {
       this._pending.delete(msg.id);
@@ -220,14 +314,22 @@ export class SfuClient extends EventTarget {
       return;
     }
     switch (msg.type) {
-      case 'offer':
-        this._offers = this._offers.then(() => this._applyOffer(msg)).catch((err) => {
+      case 'offer': {
+        if (this._restartPending) return; // for the connections the restart replaces
+        const epoch = this._epoch;
+        this._offers = this._offers.then(() => this._applyOffer(msg, epoch)).catch((err) => {
           if (this.ws?.readyState !== WebSocket.OPEN) return; // torn down mid-negotiation
           this._emit('error', {
             type: 'error', code: 'negotiation_failed', message: String(err), ref: 'offer', local: true,
           });
         });
         return;
+      }
+      case 'connection_failed': { // the server saw it fail first
+        const pc = msg.pc === 'publish' ? this.pubPc : this.subPc;
+        if (pc) this._trouble(pc, 'failed');
+        break;
+      }
       case 'participant_joined':
         this.participants[msg.participant.id] = { id: msg.participant.id, name: msg.participant.name };
         break;
@@ -242,7 +344,8 @@ export class SfuClient extends EventTarget {
     this._emit(msg.type, msg);
   }
 
-  async _applyOffer(msg) {
+  async _applyOffer(msg, epoch) {
+    if (epoch !== this._epoch) return; // a restart came in between
     if (!this.subPc) {
       this.subPc = this._newPc();
       this.subPc.addEventListener('track', (e) => this._onTrack(e));
@@ -260,6 +363,7 @@ export class SfuClient extends EventTarget {
       this._emit('trackended', { participant: t.participant, trackId: t.track, mid: t.mid });
     }
     await gatheringComplete(pc);
+    if (epoch !== this._epoch) return;
     this._send({ type: 'answer', sdp: pc.localDescription.sdp });
   }
 

@@ -1,0 +1,270 @@
+"""Through TURN when the network says no: coturn between a firewalled browser and the SFU.
+
+The test builds the topology itself (tests/netns.py): a client namespace joined to the
+test's own by a veth pair, with one Chromium in it and another on the test's side,
+the SFU and a coturn (started from the SFU's `[turn]` config) on the test's side.
+iptables rules inside the client namespace make each case:
+
+1. direct UDP between the client and the SFU's ports dropped: TURN/UDP relays it;
+2. all UDP from the client dropped: TURN over TCP;
+3. nothing blocked: a direct host pair, no relay;
+4. the direct path breaks mid-call: media resumes within RECOVERY_BOUND_S, without the
+   other participant seeing a leave, either by Chrome's own ICE failover to its relay
+   pair (the SFU follows the media to the validated pair) or, when there is no relay
+   pair to fail over to (TURN was out of reach at the start), by the client's
+   relay-only restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from sfu import events
+from sfu.auth import mint_token
+from sfu.config import TurnConfig
+from sfu.coturn import Coturn
+from sfu.server import Server
+from tests.conftest import CHROMIUM, make_config, requires_chromium, requires_isolated_network
+from tests.netns import ClientNamespace, client_namespace, requires_root_and_iptables
+from tests.test_browser_room import CHROMIUM_ARGS
+from tests.test_turn import UCLIENT
+
+SECRET = "t" * 32
+TURN_SECRET = "turn-" + "s" * 27
+RECOVERY_BOUND_S = 20  # link cut → frames decoded again both ways, through TURN
+
+pytestmark = [
+    requires_isolated_network, requires_chromium, requires_root_and_iptables,
+    pytest.mark.browser,
+    pytest.mark.skipif(UCLIENT is None, reason="coturn is missing (scripts/install.sh --test)"),
+]
+
+# The selected pair's local candidate and the video frames decoded, per connection.
+STATE = """async () => {
+    const c = window.sfu;
+    const out = {restarts: c.restarts, policy: c.iceTransportPolicy || 'all'};
+    for (const [name, pc] of [['pub', c.pubPc], ['sub', c.subPc]]) {
+        if (!pc) { out[name] = null; continue; }
+        const stats = await pc.getStats();
+        let pair = null;
+        for (const s of stats.values())
+            if (s.type === 'transport' && s.selectedCandidatePairId)
+                pair = stats.get(s.selectedCandidatePairId);
+        const local = pair ? stats.get(pair.localCandidateId) : null;
+        let frames = 0;
+        for (const s of stats.values())
+            if (s.type === 'inbound-rtp' && s.kind === 'video') frames += s.framesDecoded || 0;
+        out[name] = {state: pc.connectionState, type: local ? local.candidateType : null,
+                     relayProtocol: local ? (local.relayProtocol || null) : null, frames};
+    }
+    return out;
+}"""
+
+
+@pytest.fixture(scope="module")
+def topology() -> Iterator[tuple[ClientNamespace, TurnConfig]]:
+    with client_namespace("turn", "10.89.0") as namespace:
+        turn = TurnConfig(host=namespace.host_address, secret=TURN_SECRET,
+                          credential_ttl_s=300, start_local=True)
+        with Coturn(turn):
+            yield namespace, turn
+
+
+@dataclass
+class Call:
+    server: Server
+    client: Any  # the page in the client namespace
+    host: Any  # the page on the test's side
+    room_events: list[events.Event]
+    turn: TurnConfig
+
+    async def state(self, page: Any) -> dict[str, Any]:
+        result: dict[str, Any] = await page.evaluate(STATE)
+        return result
+
+    async def frames_flow(self, seconds: float) -> bool:
+        """Video frames decoded go up both ways within ``seconds``."""
+        deadline = time.monotonic() + seconds
+        before = [await self.state(p) for p in (self.client, self.host)]
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+            now = [await self.state(p) for p in (self.client, self.host)]
+            if all(n["sub"] and b["sub"] and n["sub"]["frames"] > b["sub"]["frames"] + 5
+                   and n["pub"] and n["pub"]["state"] == "connected"
+                   for n, b in zip(now, before, strict=True)):
+                return True
+            # A replaced connection counts its frames from zero: measure from it.
+            before = [n if n["sub"] and b["sub"] and n["sub"]["frames"] < b["sub"]["frames"]
+                      else b for n, b in zip(now, before, strict=True)]
+        return False
+
+
+@pytest.fixture
+async def call(topology: tuple[ClientNamespace, TurnConfig],
+               request: pytest.FixtureRequest) -> AsyncIterator[Call]:
+    from playwright.async_api import async_playwright
+
+    namespace, turn = topology
+    for chain in ("INPUT", "OUTPUT"):
+        namespace.iptables("-F", chain)
+    for rule in getattr(request, "param", []):
+        namespace.iptables(*rule)
+    config = make_config()
+    config.server.host = "0.0.0.0"
+    config.auth.mode, config.auth.secret = "jwt", SECRET
+    config.rtc.listen_ips = ["127.0.0.1", namespace.host_address]
+    config.turn = turn
+    server = Server(config)
+    await server.start()
+    room_events: list[events.Event] = []
+    server.events.add_listener(lambda event: _record(room_events, event))
+    async with async_playwright() as playwright:
+        browsers = []
+        try:
+            pages = {}
+            for name, executable, address in (("client", namespace.chromium,
+                                               namespace.host_address),
+                                              ("host", CHROMIUM, "127.0.0.1")):
+                origin = f"--unsafely-treat-insecure-origin-as-secure=http://{address}:{server.port}"
+                browser = await playwright.chromium.launch(executable_path=executable,
+                                                           args=[*CHROMIUM_ARGS, origin])
+                browsers.append(browser)
+                page = await (await browser.new_context()).new_page()
+                token = mint_token(SECRET, room="turn", identity=name)
+                await page.goto(f"http://{address}:{server.port}/?room=turn&name={name}"
+                                f"&autojoin=1&token={token}&connect_timeout_ms=8000")
+                await page.evaluate("() => window.sfuReady")
+                pages[name] = page
+            yield Call(server, pages["client"], pages["host"], room_events, turn)
+        finally:
+            for browser in browsers:
+                await browser.close()
+            await server.stop()
+            for chain in ("INPUT", "OUTPUT"):
+                namespace.iptables("-F", chain)
+
+
+async def _record(sink: list[events.Event], event: events.Event) -> None:
+    sink.append(event)
+
+
+def drop_direct_udp() -> list[tuple[str, ...]]:
+    """iptables rules (client side) that drop UDP to and from the SFU's ICE ports."""
+    ports = "40000:49999"  # config/sfu.toml's rtc.port_min..port_max
+    return [("-A", "OUTPUT", "-p", "udp", "--dport", ports, "-j", "DROP"),
+            ("-A", "INPUT", "-p", "udp", "--sport", ports, "-j", "DROP")]
+
+
+DROP_ALL_UDP = [("-A", "OUTPUT", "-p", "udp", "-j", "DROP"),
+                ("-A", "INPUT", "-p", "udp", "-j", "DROP")]
+
+
+def relayed_selected(state: dict[str, Any]) -> set[tuple[str, str | None]]:
+    return {(state[pc]["type"], state[pc]["relayProtocol"]) for pc in ("pub", "sub")}
+
+
+def server_outcomes(server: Server) -> dict[tuple[str, str, str], int]:
+    return dict(server.connections.outcomes)
+
+
+@pytest.mark.parametrize("call", [drop_direct_udp()], indirect=True, ids=["direct-udp-blocked"])
+async def test_blocked_direct_udp_goes_through_turn_udp(call: Call) -> None:
+    assert await call.frames_flow(20)
+    state = await call.state(call.client)
+    print("client:", state, "server outcomes:", server_outcomes(call.server))
+    assert relayed_selected(state) == {("relay", "udp")}
+    # The SFU's side: both of the client's connections end at coturn's relay ports, and
+    # the metrics count them as relay.
+    client = next(p for p in call.server.peers.values() if p.name == "client")
+    for transport in (client.publish, client.subscribe):
+        assert transport is not None and transport.selected is not None
+        assert transport.selected.remote_type == "relay"
+        host, port = transport.selected.remote_addr[:2]
+        assert host == call.turn.host and (
+            call.turn.relay_port_min <= port <= call.turn.relay_port_max)
+    assert sum(n for (_, remote, outcome), n in call.server.connections.outcomes.items()
+               if remote == "relay" and outcome == "connected") == 2
+
+
+@pytest.mark.parametrize("call", [DROP_ALL_UDP], indirect=True, ids=["all-udp-blocked"])
+async def test_blocked_udp_goes_through_turn_tcp(call: Call) -> None:
+    assert await call.frames_flow(25)
+    state = await call.state(call.client)
+    print("client:", state, "server outcomes:", server_outcomes(call.server))
+    assert relayed_selected(state) <= {("relay", "tcp"), ("relay", "tls")}
+
+
+@pytest.mark.parametrize("call", [[]], indirect=True, ids=["open"])
+async def test_open_network_connects_directly(call: Call) -> None:
+    assert await call.frames_flow(20)
+    state = await call.state(call.client)
+    print("client:", state, "server outcomes:", server_outcomes(call.server))
+    assert relayed_selected(state) == {("host", None)}
+    assert state["restarts"] == 0
+    assert not any(remote == "relay" for (_, remote, _) in call.server.connections.outcomes)
+
+
+def block_turn() -> list[tuple[str, ...]]:
+    """iptables rules (client side) that keep the client from reaching coturn."""
+    return [("-A", "OUTPUT", "-p", protocol, "--dport", str(port), "-j", "DROP")
+            for protocol, port in (("udp", 3478), ("tcp", 3478), ("tcp", 5349))]
+
+
+async def cut_and_recover(call: Call, namespace: ClientNamespace,
+                          unblock: list[tuple[str, ...]]) -> float:
+    """Drop direct UDP (and lift ``unblock``) mid-call; seconds until media flows both
+    ways again."""
+    assert await call.frames_flow(20)
+    assert relayed_selected(await call.state(call.client)) == {("host", None)}
+    call.room_events.clear()
+    cut = time.monotonic()
+    for rule in unblock:
+        namespace.iptables("-D", *rule[1:])
+    for rule in drop_direct_udp():
+        namespace.iptables(*rule)
+    assert await call.frames_flow(RECOVERY_BOUND_S)
+    return time.monotonic() - cut
+
+
+def assert_nobody_saw_it(call: Call) -> None:
+    """The other participant saw no leave or join; the room kept its tracks."""
+    assert not [e for e in call.room_events if isinstance(
+        e, events.ParticipantLeft | events.ParticipantJoined | events.TrackUnpublished)]
+
+
+@pytest.mark.parametrize("call", [[]], indirect=True, ids=["open-then-cut"])
+async def test_link_cut_mid_call_fails_over_to_the_relay_pair(
+        call: Call, topology: tuple[ClientNamespace, TurnConfig]) -> None:
+    """Chrome gathered a relay candidate at the start, so its ICE fails over to the
+    relay pair by itself; the SFU follows the media to the validated pair."""
+    recovered = await cut_and_recover(call, topology[0], [])
+    state = await call.state(call.client)
+    client = next(p for p in call.server.peers.values() if p.name == "client")
+    moved = [t.path_changes for t in (client.publish, client.subscribe) if t is not None]
+    print(f"link cut → media both ways again in {recovered:.1f} s (SFU followed the "
+          f"path {moved} times): {state}")
+    assert relayed_selected(state) == {("relay", "udp")}
+    assert moved == [1, 1]
+    assert_nobody_saw_it(call)
+
+
+@pytest.mark.parametrize("call", [block_turn()], indirect=True, ids=["no-relay-then-cut"])
+async def test_link_cut_mid_call_restarts_relay_only(
+        call: Call, topology: tuple[ClientNamespace, TurnConfig]) -> None:
+    """TURN was out of reach when the call started (no relay pair to fail over to):
+    when the direct path breaks, the client restarts relay-only through TURN."""
+    recovered = await cut_and_recover(call, topology[0], block_turn())
+    state = await call.state(call.client)
+    print(f"link cut → restarted through TURN, media both ways again in {recovered:.1f} s: "
+          f"{state}")
+    assert state["restarts"] == 1 and state["policy"] == "relay"
+    assert relayed_selected(state) == {("relay", "udp")}
+    assert call.server.restarts[True] == 1
+    assert_nobody_saw_it(call)
+    assert [type(e).__name__ for e in call.room_events].count("ParticipantRestarted") == 1
