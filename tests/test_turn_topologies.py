@@ -12,7 +12,8 @@ iptables rules inside the client namespace make each case:
    other participant seeing a leave, either by Chrome's own ICE failover to its relay
    pair (the SFU follows the media to the validated pair) or, when there is no relay
    pair to fail over to (TURN was out of reach at the start), by the client's
-   relay-only restart.
+   relay-only restart;
+5. nothing reachable while the call starts: the client restarts relay-only.
 """
 
 from __future__ import annotations
@@ -99,8 +100,9 @@ class Call:
                    and n["pub"] and n["pub"]["state"] == "connected"
                    for n, b in zip(now, before, strict=True)):
                 return True
-            # A replaced connection counts its frames from zero: measure from it.
-            before = [n if n["sub"] and b["sub"] and n["sub"]["frames"] < b["sub"]["frames"]
+            # A new connection (none before, or one that replaced the old and counts
+            # from zero): measure from it.
+            before = [n if not b["sub"] or (n["sub"] and n["sub"]["frames"] < b["sub"]["frames"])
                       else b for n, b in zip(now, before, strict=True)]
         return False
 
@@ -211,9 +213,11 @@ async def test_open_network_connects_directly(call: Call) -> None:
 
 
 def block_turn() -> list[tuple[str, ...]]:
-    """iptables rules (client side) that keep the client from reaching coturn."""
-    return [("-A", "OUTPUT", "-p", protocol, "--dport", str(port), "-j", "DROP")
-            for protocol, port in (("udp", 3478), ("tcp", 3478), ("tcp", 5349))]
+    """iptables rules (client side) that keep the client from reaching coturn, refused
+    at once (so Chrome gives up its allocations rather than retrying them later)."""
+    return [("-A", "OUTPUT", "-p", "udp", "--dport", "3478", "-j", "REJECT"),
+            *[("-A", "OUTPUT", "-p", "tcp", "--dport", port, "-j", "REJECT",
+               "--reject-with", "tcp-reset") for port in ("3478", "5349")]]
 
 
 async def cut_and_recover(call: Call, namespace: ClientNamespace,
@@ -268,3 +272,29 @@ async def test_link_cut_mid_call_restarts_relay_only(
     assert call.server.restarts[True] == 1
     assert_nobody_saw_it(call)
     assert [type(e).__name__ for e in call.room_events].count("ParticipantRestarted") == 1
+
+
+@pytest.mark.parametrize("call", [drop_direct_udp() + block_turn()], indirect=True,
+                         ids=["nothing-reachable-at-first"])
+async def test_no_connection_at_first_restarts_relay_only(
+        call: Call, topology: tuple[ClientNamespace, TurnConfig]) -> None:
+    """Direct UDP blocked and TURN out of reach while the call starts: nothing
+    connects, and the client restarts relay-only when its connection fails (Chrome
+    says so in about 4 s here) or the page's connect timeout (8 s) passes, whichever
+    comes first. TURN comes back only then (left blocked, Chrome would keep retrying
+    its first allocations and get in without a restart)."""
+    call.room_events.clear()  # both have joined and published
+    started = time.monotonic()
+    async with asyncio.timeout(15):
+        while (await call.state(call.client))["restarts"] < 1:
+            await asyncio.sleep(0.25)
+    waited = time.monotonic() - started
+    for rule in block_turn():
+        topology[0].iptables("-D", *rule[1:])
+    assert await call.frames_flow(RECOVERY_BOUND_S)
+    print(f"restarted relay-only {waited:.1f} s after the page joined")
+    state = await call.state(call.client)
+    print("client:", state)
+    assert state["restarts"] >= 1 and state["policy"] == "relay"
+    assert relayed_selected(state) == {("relay", "udp")}
+    assert_nobody_saw_it(call)
