@@ -22,7 +22,7 @@ from typing import Any
 
 from bench import recording as recordings
 from bench.analysis import StreamResult, analyse_stream, summarise
-from bench.peer import MediaConnection, Publisher, set_remote
+from bench.peer import MediaConnection, Publisher, c_receive_available, set_remote
 from bench.signalling import Signalling, SubscribeOffer
 from sfu.transport import internals
 
@@ -100,6 +100,9 @@ async def run(job: dict[str, Any]) -> dict[str, Any]:
                 await asyncio.sleep(0.05)
             for connection in list(participant.subscriptions.values()):
                 await connection.wait_connected()
+    in_c = [connection.receive_in_c() for participant in participants
+            for connection in participant.subscriptions.values()]
+    receive_path = "c" if in_c and all(in_c) else "python"
     emit("ready")
 
     for participant in participants:
@@ -114,6 +117,9 @@ async def run(job: dict[str, Any]) -> dict[str, Any]:
     media_seconds = time.monotonic() - started
     usage_end = resource.getrusage(resource.RUSAGE_SELF)
     emit("stop")
+    for participant in participants:
+        for connection in participant.subscriptions.values():
+            connection.collect()
 
     position_of_payload = {p.payload: i for i, p in enumerate(recording.packets)}
     by_name = {p.name: p for p in participants}
@@ -152,6 +158,7 @@ async def run(job: dict[str, Any]) -> dict[str, Any]:
         "sent_packets": sent,
         "generator_cpu_seconds": round(cpu, 3),
         "generator_cpu_us_per_packet": round(cpu * 1e6 / max(sent + received, 1), 3),
+        "generator_receive_path": receive_path,
         **summarise(streams),
         "per_stream": [
             {"publisher": s.publisher, "subscriber": s.subscriber, "kind": s.kind,
@@ -163,12 +170,17 @@ async def run(job: dict[str, Any]) -> dict[str, Any]:
 
 def main() -> None:
     job = json.loads(sys.argv[1])
-    try:
-        import uvloop
-
-        result = uvloop.run(run(job))
-    except ImportError:
+    if c_receive_available():
+        # asyncio's own loop: its datagram transports can hand their socket over to
+        # the C receive path (uvloop's cannot stop reading).
         result = asyncio.run(run(job))
+    else:
+        try:
+            import uvloop
+
+            result = uvloop.run(run(job))
+        except ImportError:
+            result = asyncio.run(run(job))
     emit("result", **result)
 
 

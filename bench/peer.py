@@ -4,12 +4,17 @@ Publishing replays the recording, re-stamped and SRTP-protected once before the
 timed phase, at its recorded pace times ``rate``. Receiving logs the clear RTP header
 of every packet (SSRC, sequence number, arrival time) and decrypts one packet in
 ``SAMPLE_EVERY`` to check it and to identify which sent packet it is (bench/analysis.py).
-This keeps the generator's per-packet cost well below the server's.
+Once connected, a subscribe connection's socket is read in C (bench/_receiver.pyx:
+recvmmsg, one record per packet, no Python object) when that extension is built and
+the event loop is asyncio's own (uvloop's UDP transport cannot stop reading); else in
+Python, one callback per packet. The C path keeps the generator's per-packet cost
+below the server's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import time
 from array import array
@@ -26,6 +31,16 @@ from sfu.transport import internals
 from sfu.transport.peer import SilentTrack
 
 SAMPLE_EVERY = 64
+
+_receiver: Any
+try:
+    from bench import _receiver
+except ImportError:  # not built (SFU_PUREPYTHON): receive in Python
+    _receiver = None
+
+
+def c_receive_available() -> bool:
+    return _receiver is not None
 
 OPUS = RTCRtpCodecCapability(mimeType="audio/opus", clockRate=48000, channels=2)
 VP8 = RTCRtpCodecCapability(mimeType="video/VP8", clockRate=90000)
@@ -64,6 +79,9 @@ class MediaConnection:
         self._rx: Any = None
         self._pair: internals.SelectedPair | None = None
         self._prepared = False
+        self._receiver: Any = None  # bench._receiver.Receiver once reading in C
+        self._reader_fd = -1
+        self._samples: list[tuple[int, bytes]] = []  # (record index, datagram)
 
     def prepare(self) -> None:
         """Once transceivers exist: our host candidates, and SRTP diverted to us."""
@@ -82,6 +100,50 @@ class MediaConnection:
         dtls = internals.dtls_transport(self.pc)
         self._rx, _ = internals.srtp_sessions(dtls)
         self._pair = internals.selected_pair(self.pc)
+
+    def receive_in_c(self) -> bool:
+        """Read this connection's socket with bench/_receiver.pyx from now on; False
+        (Python keeps reading) when it is not built or the loop cannot hand over."""
+        protocol = internals.selected_protocol(self.pc)
+        transport: Any = getattr(protocol, "transport", None)
+        if _receiver is None or not hasattr(transport, "pause_reading"):
+            return False
+        transport.pause_reading()  # asyncio stops reading the socket; we read a dup
+        self._reader_fd = os.dup(transport.get_extra_info("socket").fileno())
+        self._receiver = _receiver.Receiver(self._reader_fd, SAMPLE_EVERY)
+        self._stun_received = protocol.datagram_received
+        asyncio.get_running_loop().add_reader(self._reader_fd, self._drain)
+        return True
+
+    def _drain(self) -> None:
+        others, samples = self._receiver.drain()
+        for data, addr in others:  # STUN, DTLS, RTCP: where they went before
+            self._stun_received(data, addr)
+        self._samples += samples
+
+    def collect(self) -> None:
+        """Turn the C records into ``received`` (after the run)."""
+        if self._receiver is None:
+            return
+        self._drain()
+        raw_ssrcs, raw_seqs, raw_lengths, raw_times = self._receiver.records()
+        ssrcs, seqs, lengths, times = array("I"), array("H"), array("H"), array("d")
+        ssrcs.frombytes(raw_ssrcs)
+        seqs.frombytes(raw_seqs)
+        lengths.frombytes(raw_lengths)
+        times.frombytes(raw_times)
+        position: dict[int, int] = {}  # record index → index in its stream
+        for i, ssrc in enumerate(ssrcs):
+            stream = self.received.get(ssrc)
+            if stream is None:
+                stream = self.received[ssrc] = ReceivedStream()
+            position[i] = len(stream.seqs)
+            stream.seqs.append(seqs[i])
+            stream.times.append(times[i])
+            stream.octets += lengths[i]
+        for index, datagram in self._samples:
+            self._sample(self.received[ssrcs[index]], position[index], datagram)
+        self._samples = []
 
     def tx_session(self) -> Any:
         return internals.srtp_sessions(internals.dtls_transport(self.pc))[1]
@@ -104,19 +166,30 @@ class MediaConnection:
         stream.seqs.append((data[2] << 8) | data[3])
         stream.times.append(time.monotonic())
         stream.octets += len(data)
-        if index % SAMPLE_EVERY == 0 and self._rx is not None:
-            try:
-                plain = self._rx.unprotect(data)
-            except Exception:
-                stream.sample_failures += 1
-                return
-            layout = rtp.parse_header(plain)
-            if isinstance(layout, rtp.HeaderLayout):
-                stream.samples.append((index, plain[layout.payload_offset:layout.payload_end]))
-            else:
-                stream.sample_failures += 1
+        if index % SAMPLE_EVERY == 0:
+            self._sample(stream, index, data)
+
+    def _sample(self, stream: ReceivedStream, index: int, data: bytes) -> None:
+        """Decrypt one packet: it must authenticate, and its payload tells which sent
+        packet it was."""
+        if self._rx is None:
+            return
+        try:
+            plain = self._rx.unprotect(data)
+        except Exception:
+            stream.sample_failures += 1
+            return
+        layout = rtp.parse_header(plain)
+        if isinstance(layout, rtp.HeaderLayout):
+            stream.samples.append((index, plain[layout.payload_offset:layout.payload_end]))
+        else:
+            stream.sample_failures += 1
 
     async def close(self) -> None:
+        if self._reader_fd >= 0:
+            asyncio.get_running_loop().remove_reader(self._reader_fd)
+            os.close(self._reader_fd)
+            self._reader_fd = -1
         await self.pc.close()
 
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bench.peer import c_receive_available
 from bench.systems import all_systems
 from tests.conftest import requires_isolated_network
 
@@ -39,6 +40,8 @@ def test_bench_smoke(tmp_path: Path) -> None:
         assert row["forwarded_packets"] > 0 and row["forwarded_pps"] > 100, row
         assert row["server_cpu_seconds"] > 0 and row["server_rss_mib"] > 10, row
         assert row["generator_cpu_seconds"] > 0, row
+        if c_receive_available():  # subscribers read in C (bench/_receiver.pyx)
+            assert row["generator_receive_path"] == "c", row
         # A smoke test, not a performance test: the re-encoding relay may drop more.
         assert 0 <= row["loss"] < (0.5 if row["system"] == "mediarelay" else 0.05), row
         if row["system"].startswith("sfu"):

@@ -184,6 +184,13 @@ def divert(protocol: aioice_ice.StunProtocol, on_datagram: DatagramHandler) -> N
     setattr(protocol, "datagram_received", datagram_received)  # noqa: B010
 
 
+def selected_protocol(pc: RTCPeerConnection) -> Any:
+    """The aioice protocol (socket) of the nominated pair, or None: its ``transport``
+    is the asyncio datagram transport, its ``datagram_received`` what reads it."""
+    pair = _ice_connection(pc)._nominated.get(1)
+    return None if pair is None else pair.protocol
+
+
 def srtp_sessions(dtls: RTCDtlsTransport) -> tuple[Any, Any]:
     """The pylibsrtp (receive, send) sessions DTLS produced; (None, None) before that."""
     return dtls._rx_srtp, dtls._tx_srtp

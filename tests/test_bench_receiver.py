@@ -1,0 +1,49 @@
+"""The load generator's C receive path (bench/_receiver.pyx) on a real socket."""
+
+from __future__ import annotations
+
+import socket
+import struct
+from array import array
+
+import pytest
+
+from bench.peer import c_receive_available
+
+pytestmark = pytest.mark.skipif(not c_receive_available(),
+                                reason="bench/_receiver.pyx is not built (SFU_PUREPYTHON)")
+
+
+def rtp(ssrc: int, seq: int, size: int) -> bytes:
+    return struct.pack("!BBHII", 0x80, 96, seq, 1234, ssrc) + bytes(size - 12)
+
+
+def test_rtp_is_recorded_and_the_rest_handed_back() -> None:
+    from bench._receiver import Receiver
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+        rx.bind(("127.0.0.1", 0))
+        rx.setblocking(False)
+        rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        tx.bind(("127.0.0.1", 0))
+        source = tx.getsockname()
+        receiver = Receiver(rx.fileno(), 4, 8)  # capacity 8: it must grow
+        sent = [(0xA, i, 100 + i) for i in range(150)] + [(0xB, 65535, 1200)]
+        for ssrc, seq, size in sent:
+            tx.sendto(rtp(ssrc, seq, size), rx.getsockname())
+        stun = b"\x00\x01\x00\x00" + bytes(16)
+        rtcp = struct.pack("!BBHI", 0x80, 201, 1, 7)  # a receiver report: not RTP
+        for datagram in (stun, rtcp, b"\x80"):  # and one too short to be RTP
+            tx.sendto(datagram, rx.getsockname())
+        others, samples = receiver.drain()
+        assert receiver.drain() == ([], [])  # nothing left
+        ssrcs, seqs, lengths, times = (array(code) for code in "IHHd")
+        for column, raw in zip((ssrcs, seqs, lengths, times), receiver.records(), strict=True):
+            column.frombytes(raw)
+    assert list(zip(ssrcs, seqs, lengths, strict=True)) == sent
+    assert list(times) == sorted(times) and times[0] > 0
+    assert [data for data, _ in others] == [stun, rtcp, b"\x80"]
+    assert {addr for _, addr in others} == {source}
+    assert [index for index, _ in samples] == list(range(0, len(sent), 4))
+    assert [data for _, data in samples] == [rtp(*sent[i]) for i in range(0, len(sent), 4)]
