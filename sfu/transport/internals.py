@@ -59,10 +59,42 @@ class SelectedPair:
 
 
 def new_peer_connection() -> RTCPeerConnection:
-    """A server-side peer connection: no STUN/TURN servers, one transport per connection."""
-    return RTCPeerConnection(
+    """A server-side peer connection: no STUN/TURN servers, one transport per
+    connection, DTLS with peers whose certificates are RSA as well as ECDSA."""
+    pc = RTCPeerConnection(
         RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
     )
+    accept_rsa_peers(pc)
+    return pc
+
+
+# aiortc 1.16's suites, each followed by its ECDHE-RSA twin.
+DTLS_CIPHERS = (
+    b"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    b"ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+    b"ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA:ECDHE-RSA-AES256-SHA"
+)
+
+
+def accept_rsa_peers(pc: RTCPeerConnection) -> None:
+    """Let DTLS succeed with a peer whose certificate is RSA (GStreamer's webrtcbin).
+
+    aiortc offers only ECDHE-ECDSA cipher suites, and a suite names the key type of
+    the DTLS *server's* certificate. The SFU answers ``a=setup:active``, so it is the
+    DTLS client of every publisher: against an RSA server no suite matches and the
+    handshake fails with "no shared cipher" once ICE has completed. Adding the
+    ECDHE-RSA suites changes nothing against ECDSA peers (the server still picks an
+    ECDSA suite for its ECDSA certificate).
+    """
+    for certificate in pc._RTCPeerConnection__certificates:  # type: ignore[attr-defined]
+        create = certificate._create_ssl_context
+
+        def create_accepting_rsa(srtp_profiles: Any, create: Any = create) -> Any:
+            context = create(srtp_profiles)
+            context.set_cipher_list(DTLS_CIPHERS)
+            return context
+
+        setattr(certificate, "_create_ssl_context", create_accepting_rsa)  # noqa: B010
 
 
 def dtls_transport(pc: RTCPeerConnection) -> RTCDtlsTransport:
@@ -321,6 +353,10 @@ def check_internals(pc: RTCPeerConnection) -> None:
     ``pc`` must have at least one transceiver and be connected.
     """
     dtls = dtls_transport(pc)
+    certificates = getattr(pc, "_RTCPeerConnection__certificates", None)
+    assert certificates, "RTCPeerConnection.__certificates is gone"
+    assert all(hasattr(c, "_create_ssl_context") for c in certificates), (
+        "RTCCertificate._create_ssl_context is gone")
     for owner, name in (
         (dtls, "_rx_srtp"),
         (dtls, "_tx_srtp"),
