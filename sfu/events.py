@@ -96,6 +96,15 @@ class ParticipantRestarted(Event):
     relay_only: bool
 
 
+@dataclass(frozen=True)
+class SubscriptionFailed(Event):
+    """A subscriber cannot receive a track: its client took none of the track's codecs."""
+
+    participant: str  # the subscriber
+    track: str
+    codec: str
+
+
 EVENT_TYPES: dict[type[Event], str] = {
     RoomStarted: "room_started",
     RoomFinished: "room_finished",
@@ -106,6 +115,7 @@ EVENT_TYPES: dict[type[Event], str] = {
     TrackMuted: "track_muted",
     ConnectionStateChanged: "connection_state_changed",
     ParticipantRestarted: "participant_restarted",
+    SubscriptionFailed: "subscription_failed",
 }
 
 Listener = Callable[[Event], Awaitable[None]]

@@ -69,6 +69,7 @@ class Subscription:
     transceiver: RTCRtpTransceiver
     consumer: int
     active: bool = False
+    failed: bool = False  # the subscriber's answer took none of the publisher's codecs
 
 
 @dataclass
@@ -691,7 +692,7 @@ class Server:
             raise ProtocolError("negotiation_failed", f"cannot apply the answer: {exc}") from None
         peer.offer_outstanding = False
         for subscription in peer.subscriptions.values():
-            if not subscription.active:
+            if not subscription.active and not subscription.failed:
                 self._activate(peer, transport, subscription)
         if peer.renegotiate:
             peer.renegotiate = False
@@ -702,8 +703,11 @@ class Server:
     ) -> None:
         """Start forwarding a negotiated subscription: add its Consumer."""
         publication = self.publications.get(subscription.track.id)
+        if publication is None:
+            return
         down = transport.down_track(subscription.transceiver)
-        if publication is None or down is None:
+        if down is None:
+            self._cannot_receive(peer, subscription, publication)
             return
         media = publication.media
         ext_map = {
@@ -729,6 +733,22 @@ class Server:
         subscription.active = True
         if subscription.track.kind == "video":
             self.forwarder.request_keyframe(publication.producer, now_us())
+
+    def _cannot_receive(self, peer: Peer, subscription: Subscription,
+                        publication: Publication) -> None:
+        """The subscriber's answer rejected the track or took none of its codecs (the
+        SFU forwards, never transcodes): say so, rather than leave a black tile."""
+        subscription.failed = True
+        codec = publication.media.codec.mime_type
+        track = subscription.track
+        peer.send({"type": "subscription_failed", "track": track.id,
+                   "participant": track.participant, "kind": track.kind, "codec": codec,
+                   "reason": "codec",
+                   "message": f"this client cannot receive {codec}, the codec "
+                              f"{track.participant} publishes {track.kind} in"})
+        self.events.publish(events.SubscriptionFailed(
+            peer.room.name, participant=peer.id, track=track.id, codec=codec))
+        logger.info("%s cannot receive %s (%s)", peer.id, track.id, codec)
 
     async def add_candidate(
         self, peer: Peer, pc_name: str, candidate: dict[str, Any] | None

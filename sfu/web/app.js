@@ -238,6 +238,10 @@ async function join() {
     tile.stream.removeTrack(track);
   });
   c.addEventListener('participant_left', ({ detail }) => removeTile(detail.participant));
+  c.addEventListener('subscription_failed', ({ detail }) => {
+    const who = c.participants[detail.participant]?.name ?? detail.participant;
+    setStatus(`Cannot show ${who}'s ${detail.kind}: this browser cannot decode ${detail.codec}.`, true);
+  });
   c.addEventListener('error', ({ detail }) => setStatus(`Error: ${detail.message}`, true));
   c.addEventListener('close', () => {
     if (client !== c) return; // a deliberate leave already cleaned up

@@ -336,7 +336,7 @@ export class SfuClient extends EventTarget {
       case 'participant_left':
         delete this.participants[msg.participant];
         break;
-      case 'track_published': case 'track_unpublished': case 'error':
+      case 'track_published': case 'track_unpublished': case 'error': case 'subscription_failed':
         break;
       default:
         return; // replies nobody waits for (e.g. a late `pong`) and unknown types
