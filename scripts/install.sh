@@ -9,13 +9,20 @@ cd "$(dirname "$0")/.."
 with_test=0
 [ "${1:-}" = "--test" ] && with_test=1
 
-# coturn: the TURN server (`[turn] start_local`, and the TURN tests); chromium: the
-# demo page's browser in tests; janus: a system `sfu bench` compares with; iptables:
-# packet loss and firewalls in the tests' network namespaces; openssl: an independent
-# HMAC for the TURN credential test; iproute2/util-linux: `ip` and `unshare` for those
-# namespaces; build-essential/python3-dev: the Cython extension.
+# coturn: the TURN server (`[turn] start_local`, and the TURN tests); chromium and
+# firefox-esr: browsers in tests (Firefox driven by puppeteer-core from npm, hence
+# nodejs); GStreamer's webrtcbin with Debian's python3 (and python3-websocket): the
+# GStreamer participant; janus: a system `sfu bench` compares with; iptables: packet
+# loss and firewalls in the tests' network namespaces; openssl: an independent HMAC for
+# the TURN credential test; iproute2/util-linux: `ip` and `unshare` for those
+# namespaces; build-essential/python3-dev: the Cython extensions.
 packages=(build-essential python3-dev python3-venv iproute2 util-linux coturn)
-[ "$with_test" = 1 ] && packages+=(chromium janus iptables openssl procps)
+[ "$with_test" = 1 ] && packages+=(chromium janus iptables openssl procps firefox-esr nodejs
+    gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
+    gstreamer1.0-nice python3-gst-1.0 gir1.2-gst-plugins-base-1.0
+    gir1.2-gst-plugins-bad-1.0 python3-websocket)
+# Debian's nodejs comes without npm (NodeSource's, if that is installed, bundles it).
+[ "$with_test" = 1 ] && ! command -v npm >/dev/null && packages+=(npm)
 
 missing=()
 for package in "${packages[@]}"; do
@@ -37,6 +44,11 @@ if [ "${#missing[@]}" -gt 0 ]; then
             fi
         done
     fi
+fi
+
+if [ "$with_test" = 1 ]; then
+    # puppeteer-core, pinned by tests/clients/package-lock.json; it downloads no browser.
+    (cd tests/clients && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
 fi
 
 python="${PYTHON:-python3}"
