@@ -703,8 +703,8 @@ class Server:
     ) -> None:
         """Start forwarding a negotiated subscription: add its Consumer."""
         publication = self.publications.get(subscription.track.id)
-        if publication is None:
-            return
+        if publication is None or subscription.transceiver.mid is None:
+            return  # gone, or added after this offer was made: the next offer has it
         down = transport.down_track(subscription.transceiver)
         if down is None:
             self._cannot_receive(peer, subscription, publication)

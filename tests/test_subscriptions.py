@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 from aiortc import VideoStreamTrack
 
@@ -65,3 +66,41 @@ async def test_subscribe_unsubscribe_resubscribe() -> None:
         await alice.close()
         await bob.close()
         await server.stop()
+
+
+class SlowAnswerClient(Client):
+    """Answers subscribe offers half a second late, so more tracks arrive meanwhile."""
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if message.get("type") == "answer":
+            await asyncio.sleep(0.5)
+        await super().send(message)
+
+
+async def test_track_published_while_an_offer_is_outstanding_arrives_next(
+        server: Server) -> None:
+    """A subscription added after the outstanding offer was made is not in its answer:
+    it waits for the next offer (and is not judged by an answer it was not in)."""
+    url = f"ws://127.0.0.1:{server.port}/ws"
+    bob = SlowAnswerClient(url, room="late", name="bob")
+    alice = Client(url, room="late", name="alice")
+    carol = Client(url, room="late", name="carol")
+    try:
+        for client in (bob, alice, carol):
+            await client.join()
+        await alice.publish([VideoStreamTrack()])
+        async with asyncio.timeout(10):  # bob's first offer is out, his answer pending
+            while not server.peers[bob.participant_id or ""].offer_outstanding:
+                await asyncio.sleep(0.01)
+        await carol.publish([VideoStreamTrack()])
+        got = set()
+        for _ in range(2):
+            info, track = await bob.next_track(timeout=15)
+            await asyncio.wait_for(track.recv(), 10)
+            got.add(info.participant)
+        assert got == {alice.participant_id, carol.participant_id}
+        subscriptions = server.peers[bob.participant_id or ""].subscriptions.values()
+        assert all(s.active and not s.failed for s in subscriptions)
+    finally:
+        for client in (bob, alice, carol):
+            await client.close()
