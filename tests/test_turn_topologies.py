@@ -9,10 +9,11 @@ iptables rules inside the client namespace make each case:
 2. all UDP from the client dropped: TURN over TCP;
 3. nothing blocked: a direct host pair, no relay;
 4. the direct path breaks mid-call: media resumes within RECOVERY_BOUND_S, without the
-   other participant seeing a leave, either by Chrome's own ICE failover to its relay
-   pair (the SFU follows the media to the validated pair) or, when there is no relay
-   pair to fail over to (TURN was out of reach at the start), by the client's
-   relay-only restart;
+   other participant seeing a leave, by Chrome's own ICE failover to its relay pair
+   (the SFU follows the media to the validated pair) or the client's relay-only
+   restart, whichever comes first; with no relay pair to fail over to (TURN was out
+   of reach at the start), by the restart; with the restart off, the SFU follows the
+   publisher's failover;
 5. nothing reachable while the call starts: the client restarts relay-only.
 """
 
@@ -243,19 +244,49 @@ def assert_nobody_saw_it(call: Call) -> None:
 
 
 @pytest.mark.parametrize("call", [[]], indirect=True, ids=["open-then-cut"])
-async def test_link_cut_mid_call_fails_over_to_the_relay_pair(
+async def test_link_cut_mid_call_recovers_through_turn(
         call: Call, topology: tuple[ClientNamespace, TurnConfig]) -> None:
-    """Chrome gathered a relay candidate at the start, so its ICE fails over to the
-    relay pair by itself; the SFU follows the media to the validated pair."""
+    """Chrome gathered a relay candidate at the start. When the direct path breaks,
+    either its own ICE moves both connections to the relay pair (the SFU follows the
+    media to the validated pair) or, when it does not in time, the page restarts
+    relay-only; which one wins is a race. Either way media is back both ways."""
     recovered = await cut_and_recover(call, topology[0], [])
     state = await call.state(call.client)
     client = next(p for p in call.server.peers.values() if p.name == "client")
     moved = [t.path_changes for t in (client.publish, client.subscribe) if t is not None]
-    print(f"link cut → media both ways again in {recovered:.1f} s (SFU followed the "
-          f"path {moved} times): {state}")
+    how = "restart" if state["restarts"] else f"failover, SFU followed {moved}"
+    print(f"link cut → media both ways again in {recovered:.1f} s ({how}): {state}")
     assert relayed_selected(state) == {("relay", "udp")}
-    assert moved == [1, 1]
+    assert state["restarts"] == 1 or moved == [1, 1]
     assert_nobody_saw_it(call)
+
+
+@pytest.mark.parametrize("call", [[]], indirect=True, ids=["open-then-cut-no-fallback"])
+async def test_sfu_follows_a_publisher_failing_over_to_its_relay_pair(
+        call: Call, topology: tuple[ClientNamespace, TurnConfig]) -> None:
+    """With the page's fallback off, only ICE itself can save the publish connection:
+    Chrome, its controlling agent, nominates its relay pair; aioice takes the
+    nomination and the SFU moves the forwarder's send address with it. (The subscribe
+    connection, where the SFU is controlling and aioice cannot renominate, is left to
+    the relay-only restart above.)"""
+    assert await call.frames_flow(20)
+    await call.client.evaluate("() => { window.sfu.relayFallback = false; }")
+    cut = time.monotonic()
+    for rule in drop_direct_udp():
+        topology[0].iptables(*rule)
+    client = next(p for p in call.server.peers.values() if p.name == "client")
+    assert client.publish is not None
+    async with asyncio.timeout(RECOVERY_BOUND_S):
+        while client.publish.path_changes < 1:
+            await asyncio.sleep(0.25)
+        before = (await call.state(call.host))["sub"]["frames"]
+        while (await call.state(call.host))["sub"]["frames"] < before + 10:
+            await asyncio.sleep(0.25)
+    print(f"publisher's media back at the other participant through TURN in "
+          f"{time.monotonic() - cut:.1f} s")
+    assert client.publish.selected is not None
+    assert client.publish.selected.remote_type == "relay"
+    assert (await call.state(call.client))["pub"]["type"] == "relay"
 
 
 @pytest.mark.parametrize("call", [block_turn()], indirect=True, ids=["no-relay-then-cut"])
