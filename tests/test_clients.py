@@ -32,7 +32,7 @@ from sfu.client import Client
 from sfu.server import Server
 from tests.conftest import CHROMIUM, make_config, requires_chromium, requires_isolated_network
 from tests.netns import requires_root_and_iptables, run
-from tests.test_browser_room import CHROMIUM_ARGS
+from tests.test_browser_room import launch_demo_page
 
 CLIENTS = Path(__file__).parent / "clients"
 ADDRESS = "10.79.0.1"
@@ -106,9 +106,8 @@ async def room_server(veth: str) -> AsyncIterator[Server]:
         await server.stop()
 
 
-def page_url(server: Server, name: str) -> str:
-    token = mint_token(SECRET, room="mixed", identity=name)
-    return f"http://{ADDRESS}:{server.port}/?room=mixed&name={name}&autojoin=1&token={token}"
+def page_query(name: str) -> str:
+    return f"room=mixed&name={name}&token={mint_token(SECRET, room='mixed', identity=name)}"
 
 
 class LineReader:
@@ -159,7 +158,8 @@ class FirefoxParticipant:
     @classmethod
     async def start(cls, server: Server, name: str) -> FirefoxParticipant:
         process = await asyncio.create_subprocess_exec(
-            "node", str(CLIENTS / "firefox_participant.mjs"), page_url(server, name),
+            "node", str(CLIENTS / "firefox_participant.mjs"),
+            f"http://{ADDRESS}:{server.port}/?autojoin=1&{page_query(name)}",
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL)
         participant = cls(name, LineReader(process))
@@ -251,12 +251,8 @@ class ChromiumParticipant:
 
     @classmethod
     async def start(cls, server: Server, name: str, playwright: Any) -> ChromiumParticipant:
-        origin = f"--unsafely-treat-insecure-origin-as-secure=http://{ADDRESS}:{server.port}"
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM,
-                                                   args=[*CHROMIUM_ARGS, origin])
-        page = await (await browser.new_context()).new_page()
-        await page.goto(page_url(server, name))
-        await page.evaluate("() => window.sfuReady.then(() => true)")
+        browser, page = await launch_demo_page(playwright, CHROMIUM, ADDRESS, server.port,
+                                               page_query(name))
         return cls(name, page, browser)
 
     async def received(self) -> dict[str, tuple[int, int]]:
@@ -311,27 +307,19 @@ async def everyone_decodes_everyone(server: Server, participants: list[Participa
     return counts
 
 
-@requires_firefox
-async def test_firefox_and_aiortc(room_server: Server) -> None:
+@pytest.mark.parametrize("kind", [
+    pytest.param(FirefoxParticipant, id="firefox", marks=requires_firefox),
+    pytest.param(GstParticipant, id="gstreamer", marks=requires_gstreamer),
+])
+async def test_client_and_aiortc(room_server: Server, kind: Any) -> None:
+    """One client of this kind and an aiortc participant decode each other."""
     bot = await AiortcParticipant.start(room_server, "bot")
-    firefox = await FirefoxParticipant.start(room_server, "firefox")
+    other = await kind.start(room_server, kind.__name__.removesuffix("Participant").lower())
     try:
-        counts = await everyone_decodes_everyone(room_server, [bot, firefox], 45)
-        print(f"\n{firefox.version}: {counts}")
+        counts = await everyone_decodes_everyone(room_server, [bot, other], 45)
+        print(f"\n{getattr(other, 'version', '') or kind.__name__}: {counts}")
     finally:
-        await firefox.close()
-        await bot.close()
-
-
-@requires_gstreamer
-async def test_gstreamer_and_aiortc(room_server: Server) -> None:
-    bot = await AiortcParticipant.start(room_server, "bot")
-    gst = await GstParticipant.start(room_server, "gstreamer")
-    try:
-        counts = await everyone_decodes_everyone(room_server, [bot, gst], 45)
-        print(f"\nGStreamer webrtcbin: {counts}")
-    finally:
-        await gst.close()
+        await other.close()
         await bot.close()
 
 

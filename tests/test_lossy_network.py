@@ -19,7 +19,7 @@ from sfu.auth import mint_token
 from sfu.server import Server
 from tests.conftest import CHROMIUM, make_config, requires_chromium, requires_isolated_network
 from tests.netns import ClientNamespace, client_namespace, requires_root_and_iptables
-from tests.test_browser_room import CHROMIUM_ARGS
+from tests.test_browser_room import launch_demo_page
 
 LOSS = 0.05
 SECONDS = 30
@@ -69,17 +69,11 @@ async def call(playwright: Any, lossy: ClientNamespace, nack: bool) -> dict[str,
         pages = {}
         for name, executable, host in (("lossy", lossy.chromium, lossy.host_address),
                                        ("clean", CHROMIUM, "127.0.0.1")):
-            # getUserMedia needs a secure context; only localhost counts by default.
-            origin = f"--unsafely-treat-insecure-origin-as-secure=http://{host}:{server.port}"
-            browser = await playwright.chromium.launch(executable_path=executable,
-                                                       args=[*CHROMIUM_ARGS, origin])
-            browsers.append(browser)
-            page = await (await browser.new_context()).new_page()
             token = mint_token(SECRET, room="lossy", identity=name)
-            await page.goto(f"http://{host}:{server.port}/?room=lossy&name={name}"
-                            f"&autojoin=1&token={token}")
-            await page.evaluate("() => window.sfuReady")
-            pages[name] = page
+            browser, pages[name] = await launch_demo_page(
+                playwright, executable, host, server.port,
+                f"room=lossy&name={name}&token={token}")
+            browsers.append(browser)
         await asyncio.sleep(5)  # connected, ramped, decoding
         start = {name: await page.evaluate(STATS) for name, page in pages.items()}
         await asyncio.sleep(SECONDS)

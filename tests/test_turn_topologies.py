@@ -34,7 +34,7 @@ from sfu.coturn import Coturn
 from sfu.server import Server
 from tests.conftest import CHROMIUM, make_config, requires_chromium, requires_isolated_network
 from tests.netns import ClientNamespace, client_namespace, requires_root_and_iptables
-from tests.test_browser_room import CHROMIUM_ARGS
+from tests.test_browser_room import launch_demo_page
 from tests.test_turn import UCLIENT
 
 SECRET = "t" * 32
@@ -134,16 +134,11 @@ async def call(topology: tuple[ClientNamespace, TurnConfig],
             for name, executable, address in (("client", namespace.chromium,
                                                namespace.host_address),
                                               ("host", CHROMIUM, "127.0.0.1")):
-                origin = f"--unsafely-treat-insecure-origin-as-secure=http://{address}:{server.port}"
-                browser = await playwright.chromium.launch(executable_path=executable,
-                                                           args=[*CHROMIUM_ARGS, origin])
-                browsers.append(browser)
-                page = await (await browser.new_context()).new_page()
                 token = mint_token(SECRET, room="turn", identity=name)
-                await page.goto(f"http://{address}:{server.port}/?room=turn&name={name}"
-                                f"&autojoin=1&token={token}&connect_timeout_ms=8000")
-                await page.evaluate("() => window.sfuReady")
-                pages[name] = page
+                browser, pages[name] = await launch_demo_page(
+                    playwright, executable, address, server.port,
+                    f"room=turn&name={name}&token={token}&connect_timeout_ms=8000")
+                browsers.append(browser)
             yield Call(server, pages["client"], pages["host"], room_events, turn)
         finally:
             for browser in browsers:
