@@ -125,6 +125,14 @@ class Client:
         await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
         return answer
 
+    async def subscribe(self, track_ids: list[str]) -> None:
+        """Receive these tracks (with `[rooms] auto_subscribe` off); they come as a new
+        offer, answered for you, then from ``next_track``."""
+        await self.send({"type": "subscribe", "tracks": track_ids})
+
+    async def unsubscribe(self, track_ids: list[str]) -> None:
+        await self.send({"type": "unsubscribe", "tracks": track_ids})
+
     async def restart(self, relay_only: bool = False) -> dict[str, Any]:
         """Replace both peer connections and publish the same tracks again; the room
         keeps this participant's tracks and subscriptions (see docs/protocol.md).

@@ -34,7 +34,7 @@ async def test_subscribe_unsubscribe_resubscribe() -> None:
         assert bob.subscribe_pc is None and bob.tracks.empty()  # nothing without subscribe
 
         started = time.monotonic()
-        await bob.send({"type": "subscribe", "tracks": [track["id"]]})
+        await bob.subscribe([track["id"]])
         info, remote = await bob.next_track()
         assert info.track_id == track["id"]
         await asyncio.wait_for(remote.recv(), 5)
@@ -49,7 +49,7 @@ async def test_subscribe_unsubscribe_resubscribe() -> None:
         subscription = bob_peer.subscriptions[track["id"]]
         sent_before = server.forwarder.consumer_stats(subscription.consumer)[0]
         assert sent_before > 0
-        await bob.send({"type": "unsubscribe", "tracks": [track["id"]]})
+        await bob.unsubscribe([track["id"]])
         for _ in range(50):
             await asyncio.sleep(0.05)
             if not bob_peer.offer_outstanding and track["id"] not in bob_peer.subscriptions:
@@ -58,7 +58,7 @@ async def test_subscribe_unsubscribe_resubscribe() -> None:
         assert server.forwarder.consumer_stats(subscription.consumer) == (0, 0)  # removed
         assert subscription.transceiver.direction == "inactive"
 
-        await bob.send({"type": "subscribe", "tracks": [track["id"]]})
+        await bob.subscribe([track["id"]])
         info2, remote2 = await bob.next_track()
         assert info2.track_id == track["id"] and info2.mid != info.mid  # a fresh m-line
         await asyncio.wait_for(remote2.recv(), 5)
