@@ -1,7 +1,9 @@
 """``Server``: wires the control channel, the rooms, the transports and the forwarder.
 
 The room state (``sfu.rooms``) decides; this module carries its events out: control
-messages to participants, peer-connection changes, and forwarder tables.
+messages to participants, peer-connection changes, and forwarder tables. Each
+WebSocket's messages come through ``sfu.session``; what is held per participant is in
+``sfu.participants``; the RTCP sent on timers is ``sfu.feedback``.
 """
 
 from __future__ import annotations
@@ -13,16 +15,14 @@ import random
 import secrets
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from aiohttp import web
-from aiortc import RTCRtpTransceiver
 from aiortc.exceptions import InvalidStateError
 from aiortc.sdp import candidate_from_sdp
 
-from sfu import events, rooms, rtp, turn
+from sfu import events, feedback, rooms, rtp, turn
 from sfu.auth import AuthError, Grants, mint_token, verify_token
 from sfu.config import Config
 from sfu.control import admin
@@ -30,8 +30,8 @@ from sfu.control.schema import ProtocolError
 from sfu.control.websocket import ConnectionLimits, ControlConnection
 from sfu.forwarding import make_forwarder
 from sfu.metrics import ConnectionStats, metrics_handler
-from sfu.rtcp.remb import build_remb
-from sfu.rtcp.reports import ReportBlock, build_rr
+from sfu.participants import Peer, Publication, Subscription
+from sfu.session import Session
 from sfu.transport.internals import HostGathering
 from sfu.transport.peer import (
     PeerTransport,
@@ -47,123 +47,7 @@ logger = logging.getLogger(__name__)
 WEB_DIR = Path(__file__).parent / "web"
 # A peer connection not connected this long after it was made counts as a timeout.
 CONNECT_TIMEOUT_S = 20.0
-NACK_POLL_S = 0.02
 PeerTransportT = TypeVar("PeerTransportT", bound=PeerTransport)
-
-
-@dataclass
-class Publication:
-    """A published track and the forwarder Producer that carries it."""
-
-    track: rooms.Track
-    producer: int
-    media: PublishedMedia
-    muted: bool = False  # server-side: forwarding paused
-
-
-@dataclass
-class Subscription:
-    """A subscribed track: its transceiver on the subscribe connection, and its Consumer."""
-
-    track: rooms.Track
-    transceiver: RTCRtpTransceiver
-    consumer: int
-    active: bool = False
-    failed: bool = False  # the subscriber's answer took none of the publisher's codecs
-
-
-@dataclass
-class Peer:
-    """Everything the server holds for one joined participant."""
-
-    id: str
-    name: str
-    identity: str
-    room: rooms.Room
-    grants: Grants
-    # None while the WebSocket is gone and the participant may still resume.
-    control: ControlConnection | None
-    publish: PublishTransport | None = None
-    subscribe: SubscribeTransport | None = None
-    subscriptions: dict[str, Subscription] = field(default_factory=dict)
-    offer_outstanding: bool = False
-    renegotiate: bool = False
-    leaving: bool = False
-    grace: asyncio.TimerHandle | None = None
-    # A peer connection failed: removed when this fires, unless it restarts first.
-    failed: asyncio.TimerHandle | None = None
-    # After a restart: publications waiting for the next publish offer to carry them.
-    detached: list[Publication] = field(default_factory=list)
-
-    def send(self, message: dict[str, Any]) -> None:
-        """To the participant's WebSocket; dropped while it is disconnected (a resumed
-        participant gets the room's state again in `joined`)."""
-        if self.control is not None:
-            self.control.send(message)
-
-
-class Session:
-    """One WebSocket client: before ``join`` it has no Peer."""
-
-    def __init__(self, server: Server, control: ControlConnection) -> None:
-        self.server = server
-        self.control = control
-        self.peer: Peer | None = None
-
-    async def handle(self, message: dict[str, Any]) -> None:
-        msg_type = message["type"]
-        msg_id = message.get("id")
-        try:
-            reply = await self._dispatch(msg_type, message)
-        except ProtocolError as exc:
-            self.control.send_error(exc, msg_type, msg_id)
-            return
-        except (rooms.RoomError, AuthError) as exc:
-            self.control.send_error(ProtocolError(exc.code, str(exc)), msg_type, msg_id)
-            return
-        if reply is not None:
-            if msg_id is not None:
-                reply["id"] = msg_id
-            self.control.send(reply)
-
-    async def _dispatch(self, msg_type: str, message: dict[str, Any]) -> dict[str, Any] | None:
-        if msg_type == "ping":
-            return {"type": "pong"}
-        if msg_type == "join":
-            if self.peer is not None:
-                raise ProtocolError("already_joined", "this connection has joined already")
-            self.peer = await self.server.join(self, message)
-            return None  # join() sent `joined` before the events it caused
-        peer = self.peer
-        if peer is None:
-            raise ProtocolError("not_joined", f"send join before {msg_type}")
-        if msg_type == "publish":
-            return await self.server.publish(peer, message["sdp"])
-        if msg_type == "answer":
-            await self.server.subscribe_answer(peer, message["sdp"])
-            return None
-        if msg_type == "candidate":
-            await self.server.add_candidate(peer, message["pc"], message["candidate"])
-            return None
-        if msg_type == "subscribe":
-            self.server.change_subscriptions(peer, message["tracks"], subscribe=True)
-            return None
-        if msg_type == "unsubscribe":
-            self.server.change_subscriptions(peer, message["tracks"], subscribe=False)
-            return None
-        if msg_type == "restart":
-            return await self.server.restart(peer, bool(message.get("relay_only")))
-        if msg_type == "leave":
-            await self.server.leave(peer, "left")
-            self.peer = None
-            return {"type": "left"}
-        raise ProtocolError("unknown_type", f"unknown message type {msg_type!r}", "type")
-
-    async def closed(self) -> None:
-        """The WebSocket ended without `leave`: the participant may resume."""
-        if self.peer is not None:
-            await self.server.disconnected(self.peer, self.control)
-            self.peer = None
 
 
 class Server:
@@ -223,9 +107,9 @@ class Server:
         aiohttp application (``your_app.add_subapp("/sfu", server.app)``) instead.
         """
         self._spawn(self._watch_loop_lag())
-        self._spawn(self._feedback_loop())
+        self._spawn(feedback.feedback_loop(self))
         if self.config.rtc.nack:
-            self._spawn(self._nack_loop())
+            self._spawn(feedback.nack_loop(self))
         self.webhooks.start()
         if serve:
             self._runner = web.AppRunner(self.app)
@@ -273,50 +157,6 @@ class Server:
             await asyncio.sleep(0.25)
             worst = [*worst[-11:], max(0.0, loop.time() - started - 0.25)]
             self.loop_lag = max(worst)
-
-    async def _feedback_loop(self) -> None:
-        """Once an interval, every publisher gets one compound RTCP packet: a receiver
-        report for its streams (loss, jitter, LSR/DLSR; RFC 3550 §6.4.2), then REMB at
-        its tracks' configured maximum bitrates. Browsers that negotiated goog-remb
-        (and not transport-cc, which aiortc does not offer) take REMB as their send
-        target, so video ramps up instead of staying blurry."""
-        rtc = self.config.rtc
-        maximum = {"video": rtc.max_video_bitrate_bps, "audio": rtc.max_audio_bitrate_bps}
-        while True:
-            await asyncio.sleep(rtc.feedback_interval_ms / 1000)
-            now = now_us()
-            for peer in list(self.peers.values()):
-                if peer.publish is None or not peer.publish.connected.is_set():
-                    continue
-                mine = [p for p in self.publications.values()
-                        if p.track.participant == peer.id]
-                reports = [self.forwarder.receive_report(p.producer, now) for p in mine]
-                blocks = [ReportBlock(*report) for report in reports if report is not None]
-                if not blocks:
-                    continue
-                packet = build_rr(rtp.SFU_RTCP_SSRC, blocks)
-                if rtc.remb:
-                    packet += build_remb(rtp.SFU_RTCP_SSRC,
-                                         sum(maximum[p.track.kind] for p in mine),
-                                         [p.media.ssrc for p in mine])
-                if self.forwarder.send_rtcp(peer.publish.endpoint, packet):
-                    self.rtcp_sent["rr"] += 1
-                    self.rtcp_sent["remb"] += rtc.remb
-
-    async def _nack_loop(self) -> None:
-        """Every 20 ms, ask publishers for the video packets that went missing (the
-        forwarders track gaps and retry timing; this only sends what is due)."""
-        while True:
-            await asyncio.sleep(NACK_POLL_S)
-            now = now_us()
-            for publication in list(self.publications.values()):
-                peer = self.peers.get(publication.track.participant)
-                if peer is None or peer.publish is None or publication.track.kind != "video":
-                    continue
-                lost = self.forwarder.nack_due(publication.producer, now)
-                if lost and self.forwarder.send_rtcp(peer.publish.endpoint, rtp.build_nack(
-                        rtp.SFU_RTCP_SSRC, publication.media.ssrc, lost)):
-                    self.rtcp_sent["nack"] += 1
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "forwarder": self.forwarder.implementation})
