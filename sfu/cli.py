@@ -71,7 +71,13 @@ def main(argv: list[str] | None = None) -> int:
         run = asyncio.run
     else:
         run = uvloop.run
-    run(_serve(config))
+    from sfu.coturn import CoturnError
+
+    try:
+        run(_serve(config))
+    except CoturnError as exc:
+        print(f"sfu: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

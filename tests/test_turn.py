@@ -170,3 +170,21 @@ async def test_sfu_serve_starts_coturn_and_hands_out_working_credentials() -> No
         assert await asyncio.wait_for(process.wait(), 15) == 0
     left = subprocess.run(["pgrep", "-f", "sfu-coturn-"], capture_output=True, text=True)
     assert left.stdout == "", f"coturn still running: {left.stdout}"
+
+
+@requires_isolated_network
+def test_sfu_serve_says_why_when_coturn_cannot_start() -> None:
+    """An address coturn cannot listen on (on no interface here): a clear error and
+    exit status 2, not a traceback or a server without its TURN."""
+    import os
+    import sys
+
+    if UCLIENT is None:
+        pytest.skip("coturn is missing: scripts/install.sh --test installs it")
+    env = {**os.environ, "SFU_SERVER_PORT": "0", "SFU_TURN_HOST": "192.0.2.1",
+           "SFU_TURN_SECRET": SECRET, "SFU_TURN_START_LOCAL": "true"}
+    done = subprocess.run([sys.executable, "-m", "sfu", "serve"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "coturn did not start on 192.0.2.1:3478" in done.stderr
+    assert "Traceback" not in done.stderr
