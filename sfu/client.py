@@ -133,11 +133,15 @@ class Client:
     async def unsubscribe(self, track_ids: list[str]) -> None:
         await self.send({"type": "unsubscribe", "tracks": track_ids})
 
-    async def restart(self, relay_only: bool = False) -> dict[str, Any]:
-        """Replace both peer connections and publish the same tracks again; the room
-        keeps this participant's tracks and subscriptions (see docs/protocol.md).
+    async def restart(self, relay_only: bool = False,
+                      tracks: list[MediaStreamTrack] | None = None) -> dict[str, Any]:
+        """Replace both peer connections and publish the same tracks again (or
+        ``tracks``); the room keeps this participant's tracks and subscriptions (see
+        docs/protocol.md), and unpublishes those not published again.
         ``relay_only`` is passed to the server; aiortc itself has no relay-only policy,
         so the new connections use every candidate, with the fresh ICE servers."""
+        if tracks is not None:
+            self._published = list(tracks)
         for pc in (self.publish_pc, self.subscribe_pc):
             if pc is not None:
                 await pc.close()

@@ -378,6 +378,11 @@ class Server:
             room_events += peer.room.publish(peer.id, track_id, item.kind)
             self.publications[track_id] = Publication(peer.room.tracks[track_id], producer, item)
             tracks.append(peer.room.tracks[track_id].describe())
+        # Earlier publications this offer did not carry on are gone (the client
+        # published fewer tracks after its restart): their subscribers are told.
+        for publication in peer.detached:
+            room_events += peer.room.unpublish(publication.track.id)
+        peer.detached = []
         # The events only send to other participants, so the answer may follow them.
         self._apply(room_events)
         return {"type": "answer", "sdp": answer_sdp, "tracks": tracks}

@@ -149,3 +149,24 @@ async def test_malformed_restart_is_refused(room: Room) -> None:
     with pytest.raises(Exception, match="bad_field"):
         await carol.request({"type": "restart", "relay_only": "yes"})
     await carol.leave()
+
+
+async def test_publications_not_published_again_are_unpublished(room: Room) -> None:
+    """alice had published video; after her restart she publishes audio instead: the
+    video track is unpublished for bob, the audio is new."""
+    from aiortc import AudioStreamTrack
+
+    (video_id,) = room.server.publications
+    unexpected_events(room.bob)
+    reply = await room.alice.restart(tracks=[AudioStreamTrack()])
+    assert reply["type"] == "restarted"
+    seen: dict[str, dict[str, object]] = {}
+    async with asyncio.timeout(10):
+        while len(seen) < 2:
+            event = await room.bob.events.get()
+            if event["type"] in ("track_unpublished", "track_published"):
+                seen[event["type"]] = event
+    assert seen["track_unpublished"]["track"] == video_id
+    assert seen["track_published"]["track"]["kind"] == "audio"  # type: ignore[index]
+    assert [p.track.kind for p in room.server.publications.values()] == ["audio"]
+    assert room.server.peers[room.alice.participant_id or ""].detached == []
