@@ -328,10 +328,7 @@ class Server:
         room = peer.room
         self._apply(room.leave(peer.id))
         del self.peers[peer.id]
-        for transport in (peer.publish, peer.subscribe):
-            if transport is not None:
-                self._endpoint_owner.pop(transport.endpoint, None)
-                await transport.close()
+        await self._close_transports(peer)
         self.events.publish(events.ParticipantLeft(room.name, participant=peer.id,
                                                    identity=peer.identity, reason=reason))
         if not room.participants and room.name not in self._kept_rooms:
@@ -421,10 +418,7 @@ class Server:
         if peer.failed is not None:
             peer.failed.cancel()
             peer.failed = None
-        for transport in (peer.publish, peer.subscribe):
-            if transport is not None:
-                self._endpoint_owner.pop(transport.endpoint, None)
-                await transport.close()
+        await self._close_transports(peer)
         peer.publish = peer.subscribe = None
         peer.offer_outstanding = peer.renegotiate = False
         peer.detached = [p for p in self.publications.values()
@@ -446,6 +440,12 @@ class Server:
         # Fresh credentials: the ones from `joined` may be close to their expiry.
         return {"type": "restarted", "relay_only": relay_only,
                 "ice_servers": turn.ice_servers(self.config.turn, peer.identity or peer.id)}
+
+    async def _close_transports(self, peer: Peer) -> None:
+        for transport in (peer.publish, peer.subscribe):
+            if transport is not None:
+                self._endpoint_owner.pop(transport.endpoint, None)
+                await transport.close()
 
     def _connection_lost(self, peer: Peer, transport: PeerTransport) -> None:
         """A peer connection failed: the client may restart within the grace period

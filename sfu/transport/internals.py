@@ -279,13 +279,11 @@ def _signalled_type(pc: RTCPeerConnection, candidate: Any) -> str:
     """
     if candidate.type != "prflx" or pc.remoteDescription is None:
         return str(candidate.type)
-    for line in pc.remoteDescription.sdp.splitlines():
-        if line.startswith("a=candidate:"):
-            fields = line.split()
-            # foundation component transport priority address port "typ" type ...
-            if len(fields) >= 8 and fields[4] == candidate.host and fields[5] == str(
-                    candidate.port) and fields[1] == str(candidate.component):
-                return fields[7]
+    for media in sdp.SessionDescription.parse(pc.remoteDescription.sdp).media:
+        for signalled in media.ice_candidates:
+            if (signalled.ip, signalled.port, signalled.component) == (
+                    candidate.host, candidate.port, candidate.component):
+                return str(signalled.type)
     return "prflx"
 
 
@@ -345,6 +343,14 @@ def remote_media_ssrcs(description_sdp: str) -> dict[str, int]:
             fid = next((g for g in media.ssrc_group if g.semantic == "FID"), None)
             result[media.rtp.muxId] = int(fid.items[0]) if fid else media.ssrc[0].ssrc
     return result
+
+
+def rejected_mids(description_sdp: str) -> set[str]:
+    """Mids of the m-lines a description rejects (port 0, RFC 3264 §6), as a browser
+    answers an m-line whose codecs it lacks; aiortc applies such an answer as if the
+    m-line were accepted."""
+    parsed = sdp.SessionDescription.parse(description_sdp)
+    return {media.rtp.muxId for media in parsed.media if media.port == 0 and media.rtp.muxId}
 
 
 def check_internals(pc: RTCPeerConnection) -> None:

@@ -217,6 +217,10 @@ class SubscribeTransport(PeerTransport):
 
     role = "subscribe"
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._rejected_mids: set[str] = set()  # m-lines the last answer rejected
+
     def add_track(self, kind: str, codec: CodecInfo) -> RTCRtpTransceiver:
         """A send-only transceiver that offers exactly the publisher's codec."""
         transceiver = self.pc.addTransceiver(SilentTrack(kind), direction="sendonly")
@@ -236,20 +240,7 @@ class SubscribeTransport(PeerTransport):
 
     async def apply_answer(self, answer_sdp: str) -> None:
         await self.pc.setRemoteDescription(RTCSessionDescription(answer_sdp, "answer"))
-
-    def rejected_mids(self) -> set[str]:
-        """Mids of the m-lines the remote answer rejected (port 0, RFC 3264 §6)."""
-        remote = self.pc.remoteDescription
-        if remote is None:
-            return set()
-        rejected = set()
-        for section in remote.sdp.split("\nm=")[1:]:
-            port = section.split(" ", 2)[1] if " " in section else ""
-            mid = next((line[6:].strip() for line in section.splitlines()
-                        if line.startswith("a=mid:")), None)
-            if port == "0" and mid is not None:
-                rejected.add(mid)
-        return rejected
+        self._rejected_mids = internals.rejected_mids(answer_sdp)
 
     def down_track(self, transceiver: RTCRtpTransceiver) -> DownTrack | None:
         """The negotiated parameters of a transceiver, once the answer is applied; None
@@ -257,7 +248,7 @@ class SubscribeTransport(PeerTransport):
         browser answers an m-line whose codecs it lacks: aiortc does not look)."""
         codecs = internals.negotiated_codecs(transceiver)
         media = [c for c in codecs if not c.mime_type.lower().endswith("/rtx")]
-        if transceiver.mid is None or not media or transceiver.mid in self.rejected_mids():
+        if transceiver.mid is None or not media or transceiver.mid in self._rejected_mids:
             return None
         return DownTrack(
             mid=transceiver.mid,
