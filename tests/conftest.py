@@ -52,6 +52,24 @@ def make_config(**rtc: object) -> Config:
     return config
 
 
+def jwt_config(secret: str) -> Config:
+    """A config whose joins need HS256 tokens signed with ``secret``."""
+    config = make_config()
+    config.auth.mode, config.auth.secret = "jwt", secret
+    return config
+
+
+@contextlib.asynccontextmanager
+async def running(config: Config) -> AsyncIterator[Server]:
+    """A started server, stopped on the way out."""
+    instance = Server(config)
+    await instance.start()
+    try:
+        yield instance
+    finally:
+        await instance.stop()
+
+
 def _forwarder_params() -> list[Any]:
     reason = cython_unavailable_reason()
     cython_marks = [] if reason is None else [pytest.mark.skip(reason=reason)]

@@ -12,7 +12,7 @@ import pytest
 from sfu.auth import mint_token
 from sfu.control.admin import mint_admin_token
 from sfu.server import Server
-from tests.conftest import make_config
+from tests.conftest import jwt_config, running
 from tests.test_control import Ws
 
 SECRET = "a" * 32
@@ -20,13 +20,8 @@ SECRET = "a" * 32
 
 @pytest.fixture
 async def server() -> AsyncIterator[Server]:
-    config = make_config()
-    config.auth.mode = "jwt"
-    config.auth.secret = SECRET
-    instance = Server(config)
-    await instance.start()
-    yield instance
-    await instance.stop()
+    async with running(jwt_config(SECRET)) as instance:
+        yield instance
 
 
 class Admin:

@@ -30,7 +30,13 @@ from aiortc import AudioStreamTrack, VideoStreamTrack
 from sfu.auth import mint_token
 from sfu.client import Client
 from sfu.server import Server
-from tests.conftest import CHROMIUM, make_config, requires_chromium, requires_isolated_network
+from tests.conftest import (
+    CHROMIUM,
+    jwt_config,
+    requires_chromium,
+    requires_isolated_network,
+    running,
+)
 from tests.netns import requires_root_and_iptables, run
 from tests.test_browser_room import launch_demo_page
 
@@ -94,16 +100,11 @@ def veth() -> Iterator[str]:
 
 @pytest.fixture
 async def room_server(veth: str) -> AsyncIterator[Server]:
-    config = make_config()
+    config = jwt_config(SECRET)
     config.server.host = "0.0.0.0"
-    config.auth.mode, config.auth.secret = "jwt", SECRET
     config.rtc.listen_ips = [veth]
-    server = Server(config)
-    await server.start()
-    try:
+    async with running(config) as server:
         yield server
-    finally:
-        await server.stop()
 
 
 def page_query(name: str) -> str:

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from sfu.client import Client
 from sfu.server import Server
 from sfu.transport import internals
-from tests.conftest import make_config, requires_isolated_network
+from tests.conftest import make_config, requires_isolated_network, running
 
 pytestmark = requires_isolated_network
 
@@ -75,20 +75,12 @@ async def rsa_call(server: Server) -> tuple[str, str]:
 
 
 async def test_rsa_participant_publishes_and_receives() -> None:
-    server = Server(make_config())
-    await server.start()
-    try:
+    async with running(make_config()) as server:
         assert await rsa_call(server) == ("decoded", "decoded")
-    finally:
-        await server.stop()
 
 
 async def test_without_rsa_suites_dtls_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(internals, "DTLS_CIPHERS", AIORTC_CIPHERS)
-    server = Server(make_config())
-    await server.start()
-    try:
+    async with running(make_config()) as server:
         outcome, state = await rsa_call(server)
         assert outcome == "timeout" and state in ("failed", "connecting", "closed"), state
-    finally:
-        await server.stop()

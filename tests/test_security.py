@@ -15,7 +15,7 @@ import pytest
 from sfu.auth import mint_token
 from sfu.config import Config, ConfigError
 from sfu.server import Server
-from tests.conftest import make_config
+from tests.conftest import jwt_config, make_config, running
 from tests.test_control import Ws
 
 SECRET = "s" * 32
@@ -27,13 +27,8 @@ def token(room: str = "r", identity: str = "alice", **claims: Any) -> str:
 
 @pytest.fixture
 async def jwt_server() -> AsyncIterator[Server]:
-    config = make_config()
-    config.auth.mode = "jwt"
-    config.auth.secret = SECRET
-    server = Server(config)
-    await server.start()
-    yield server
-    await server.stop()
+    async with running(jwt_config(SECRET)) as server:
+        yield server
 
 
 @pytest.fixture
