@@ -312,13 +312,27 @@ def _apply_mapping(config: Config, data: Mapping[str, Any], origin: str) -> None
             setattr(section, key, _coerce(value, hints[key], f"{section_name}.{key}"))
 
 
+# SFU_* variables that are not config keys: SFU_PUREPYTHON (build without, or do not
+# load, the Cython extension: setup.py, sfu/forwarding.py) and SFU_BENCH_NETNS (the
+# bench's re-run of itself inside its namespace, whose environment `sfu serve` inherits).
+OTHER_ENV = frozenset({"SFU_PUREPYTHON", "SFU_BENCH_NETNS"})
+
+
 def _apply_env(config: Config, env: Mapping[str, str]) -> None:
+    known = set(OTHER_ENV)
     for section_name, section in _sections(config).items():
         hints = get_type_hints(type(section))
         for key, hint in hints.items():
             name = f"SFU_{section_name}_{key}".upper()
+            known.add(name)
             if name in env:
                 setattr(section, key, _coerce_text(env[name], hint, name))
+    # A misspelt variable (SFU_SERVER_PROT) is refused, as an unknown key in the file is,
+    # rather than silently leaving the default in place.
+    unknown = sorted(name for name in env if name.startswith("SFU_") and name not in known)
+    if unknown:
+        raise ConfigError(f"unknown environment variable {', '.join(unknown)}: "
+                          "expected SFU_<SECTION>_<KEY> naming a config key")
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:

@@ -150,8 +150,21 @@ def test_env_booleans(text: str, value: bool) -> None:
     assert load(None, env={"SFU_ROOMS_AUTO_SUBSCRIBE": text}).rooms.auto_subscribe is value
 
 
-def test_env_ignores_other_variables() -> None:
-    config = load(None, env={"PORT": "1", "SFU_PORT": "2", "SFU_SERVER_NOPE": "3"})
+def test_env_ignores_variables_not_named_sfu() -> None:
+    config = load(None, env={"PORT": "1", "SERVER_PORT": "2", "sfu_server_port": "3"})
+    assert dataclasses.asdict(config) == dataclasses.asdict(Config())
+
+
+@pytest.mark.parametrize("name", ["SFU_SERVER_PROT", "SFU_PORT", "SFU_SERVER_NOPE", "SFU_"])
+def test_env_refuses_sfu_variables_naming_no_key(name: str) -> None:
+    message = env_error({name: "1", "SFU_SERVER_PORT": "9000"})
+    assert name in message
+    assert "SFU_SERVER_PORT" not in message
+
+
+@pytest.mark.parametrize("name", ["SFU_PUREPYTHON", "SFU_BENCH_NETNS"])
+def test_env_allows_the_variables_the_project_uses_besides_keys(name: str) -> None:
+    config = load(None, env={name: "1"})
     assert dataclasses.asdict(config) == dataclasses.asdict(Config())
 
 
