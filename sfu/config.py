@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
+# The shortest auth.secret: HS256 keys of fewer bytes than SHA-256's output are weak.
+MIN_SECRET_BYTES = 32
+
 
 class ConfigError(ValueError):
     """A config file or environment variable has a bad key or value."""
@@ -156,8 +159,12 @@ class Config:
             self.auth.mode, self.auth.mode in {"development", "jwt"}, "auth.mode",
             "development or jwt",
         )
-        if self.auth.mode == "jwt":
-            _check("<hidden>", len(self.auth.secret) >= 16, "auth.secret", "at least 16 chars")
+        if self.auth.mode == "jwt" or self.auth.secret:
+            # What PyJWT asks of an HS256 key (RFC 7518 §3.2: at least the hash's size),
+            # lest every token minted or checked warn InsecureKeyLengthWarning.
+            _check("<hidden>", len(self.auth.secret.encode()) >= MIN_SECRET_BYTES,
+                   "auth.secret", f"at least {MIN_SECRET_BYTES} bytes (UTF-8), "
+                   "e.g. `openssl rand -hex 32`")
         if self.auth.mode == "development":
             _check(
                 self.server.host,

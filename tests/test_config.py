@@ -5,15 +5,18 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import tomllib
+import warnings
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sfu.auth import mint_token, verify_token
 from sfu.config import Config, ConfigError, load
 
 SFU_TOML = Path(__file__).parent.parent / "config" / "sfu.toml"
+SECRET = "0123456789abcdef" * 2  # the shortest auth.secret allowed: 32 bytes
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -121,7 +124,7 @@ def test_env_string_and_int_fields() -> None:
         env={
             "SFU_SERVER_HOST": "::1",
             "SFU_AUTH_MODE": "jwt",
-            "SFU_AUTH_SECRET": "0123456789abcdef",
+            "SFU_AUTH_SECRET": SECRET,
             "SFU_RTC_ANNOUNCED_IP": "203.0.113.7",
             "SFU_RTC_FORWARDER": "python",
             "SFU_RTC_KEYFRAME_REQUEST_INTERVAL_MS": "0",
@@ -129,7 +132,7 @@ def test_env_string_and_int_fields() -> None:
         },
     )
     assert config.server.host == "::1"
-    assert (config.auth.mode, config.auth.secret) == ("jwt", "0123456789abcdef")
+    assert (config.auth.mode, config.auth.secret) == ("jwt", SECRET)
     assert config.rtc.announced_ip == "203.0.113.7"
     assert config.rtc.forwarder == "python"
     assert config.rtc.keyframe_request_interval_ms == 0
@@ -282,21 +285,39 @@ def test_loopback_hosts_in_development_mode(tmp_path: Path, host: str) -> None:
 def test_any_host_in_jwt_mode(tmp_path: Path) -> None:
     path = write(
         tmp_path,
-        '[server]\nhost = "0.0.0.0"\n[auth]\nmode = "jwt"\nsecret = "0123456789abcdef"\n',
+        f'[server]\nhost = "0.0.0.0"\n[auth]\nmode = "jwt"\nsecret = "{SECRET}"\n',
     )
     config = load(path, env={})
     assert (config.server.host, config.auth.mode) == ("0.0.0.0", "jwt")
 
 
-@pytest.mark.parametrize("secret", ["", "s3cr3t-xyz", "0123456789abcde"])
+# 16 characters passed once, and PyJWT then warned InsecureKeyLengthWarning on every
+# token: HS256 wants 32 bytes. "é" * 15 is 15 characters but 30 bytes.
+@pytest.mark.parametrize("secret", ["", "s3cr3t-xyz", "0123456789abcdef", "x" * 31, "é" * 15])
 def test_jwt_mode_with_short_secret(tmp_path: Path, secret: str) -> None:
     message = load_error(tmp_path, f'[auth]\nmode = "jwt"\nsecret = "{secret}"\n')
     assert "auth.secret" in message
-    assert "16" in message
+    assert "32 bytes" in message
     # The value of a secret is named without being shown.
     if secret:
         assert secret not in message
     assert "<hidden>" in message
+
+
+def test_a_secret_is_checked_in_development_mode_too(tmp_path: Path) -> None:
+    # `sfu token` and the admin API use it there as well.
+    message = load_error(tmp_path, '[auth]\nsecret = "0123456789abcdef"\n')
+    assert "auth.secret" in message and "32 bytes" in message
+
+
+def test_the_shortest_secret_allowed_is_one_pyjwt_accepts_without_warning(
+    tmp_path: Path,
+) -> None:
+    config = load(write(tmp_path, f'[auth]\nmode = "jwt"\nsecret = "{SECRET}"\n'), env={})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        token = mint_token(config.auth.secret, room="r", identity="i")
+        assert verify_token(config.auth.secret, token, "r").identity == "i"
 
 
 def test_bad_auth_mode(tmp_path: Path) -> None:
@@ -402,8 +423,8 @@ def test_file_that_is_not_utf8(tmp_path: Path) -> None:
 
 def test_utf8_file_is_read_as_utf8(tmp_path: Path) -> None:
     path = tmp_path / "sfu.toml"
-    path.write_bytes('[auth]\nmode = "jwt"\nsecret = "ünïcödé-sécret-ünïcödé"\n'.encode())
-    assert load(path, env={}).auth.secret == "ünïcödé-sécret-ünïcödé"
+    path.write_bytes('[auth]\nmode = "jwt"\nsecret = "ünïcödé-sécret-ünïcödé-sécret"\n'.encode())
+    assert load(path, env={}).auth.secret == "ünïcödé-sécret-ünïcödé-sécret"
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
