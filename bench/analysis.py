@@ -53,8 +53,8 @@ def analyse_stream(
     publisher: str,
     subscriber: str,
     kind: str,
-    received: Any,  # bench.peer.ReceivedStream
-    sent: Any,  # bench.peer.SentStream
+    received: Any,  # sfu_bench.peer.ReceivedStream
+    sent: Any,  # sfu_bench.peer.SentStream
     position_of_payload: dict[bytes, int],
 ) -> StreamResult:
     ext = extended(received.seqs)

@@ -1,6 +1,6 @@
 """Churn soak: participants come and go, a third of them abruptly; what is left over?
 
-    python -m bench.churn [--rounds N] [--killed K]
+    python -m sfu_bench.churn [--rounds N] [--killed K]
 
 An in-process server; clients in other processes (bench/churn_driver.py): each round
 three participants join, publish audio and receive each other, then two leave and one
@@ -21,13 +21,10 @@ import os
 import signal
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from sfu.config import Config
 from sfu.server import Server
-
-ROOT = Path(__file__).parent.parent
 
 
 def snapshot() -> dict[str, int]:
@@ -47,8 +44,8 @@ def snapshot() -> dict[str, int]:
 
 async def drive(*args: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench.churn_driver", *args, cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        sys.executable, "-m", "sfu_bench.churn_driver", *args,
+        stdout=asyncio.subprocess.PIPE,
     )
 
 

@@ -1,7 +1,7 @@
 """Churning participants for bench/churn.py, run as separate processes.
 
-    python -m bench.churn_driver URL ROUNDS           # join, publish, receive, go
-    python -m bench.churn_driver URL hang             # join, publish, wait to be killed
+    python -m sfu_bench.churn_driver URL ROUNDS           # join, publish, receive, go
+    python -m sfu_bench.churn_driver URL hang             # join, publish, wait to be killed
 
 Each round, three participants join one room, publish audio, and wait until each
 receives the other two; then two leave properly and one vanishes: its WebSocket is

@@ -13,7 +13,7 @@ CPU time is this process's user+system time (``time.process_time``); a separate
 process drains the receiving socket. Every case is repeated and the runs of all
 systems are interleaved, so machine noise hits them alike; medians are reported.
 
-    python -m bench.fastpath [--packets N] [--repeat R] [--json PATH]
+    python -m sfu_bench.fastpath [--packets N] [--repeat R] [--json PATH]
 """
 
 from __future__ import annotations
@@ -33,10 +33,11 @@ from typing import Any
 
 from pylibsrtp import Policy, Session
 
-from bench.systems import machine
 from sfu import forwarder as python_forwarder
 from sfu import rtp
 from sfu.forwarding import cython_unavailable_reason
+
+from .systems import machine
 
 PROFILES = {
     "AEAD_AES_128_GCM": (Policy.SRTP_PROFILE_AEAD_AES_128_GCM, 28),

@@ -33,8 +33,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from bench.signalling import SubscribeOffer
-from bench.systems import ProcessSystem, free_port
+from .signalling import SubscribeOffer
+from .systems import ProcessSystem, free_port
 
 JANUS = "/usr/bin/janus"
 HTTP_HOST = "127.0.0.1"  # the REST API; media uses the bench's address
@@ -216,7 +216,7 @@ class JanusSystem(ProcessSystem):
                 await asyncio.sleep(0.1)
 
     def job(self, room: str) -> dict[str, Any]:
-        return {"signalling": "bench.janus:JanusSignalling",
+        return {"signalling": "sfu_bench.janus:JanusSignalling",
                 "signalling_args": {"url": self._url, "room": room}}
 
     async def stop(self) -> None:

@@ -1,6 +1,6 @@
 """The load generator process: real WebRTC participants against one system under test.
 
-    python -m bench.loadgen '<json job>'
+    python -m sfu_bench.loadgen '<json job>'
 
 The job names the system's signalling, the room, who publishes and who only
 listens, the run length and the replay rate. Progress goes to stdout as JSON lines:
@@ -20,11 +20,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench import recording as recordings
-from bench.analysis import StreamResult, analyse_stream, summarise
-from bench.peer import MediaConnection, Publisher, c_receive_available, set_remote
-from bench.signalling import Signalling, SubscribeOffer
 from sfu.transport import internals
+
+from . import recording as recordings
+from .analysis import StreamResult, analyse_stream, summarise
+from .peer import MediaConnection, Publisher, c_receive_available, set_remote
+from .signalling import Signalling, SubscribeOffer
 
 DRAIN_SECONDS = 1.0
 

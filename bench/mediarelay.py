@@ -11,20 +11,18 @@ import asyncio
 import importlib
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from bench.signalling import SubscribeOffer
-from bench.systems import ProcessSystem, free_port, wait_http
+from .signalling import SubscribeOffer
+from .systems import ProcessSystem, free_port, wait_http
 
-REPO = Path(__file__).resolve().parent.parent
 POLL_SECONDS = 0.1
 
 
 class MediaRelaySystem(ProcessSystem):
-    """`python -m bench.mediarelay_server`, one process."""
+    """`python -m sfu_bench.mediarelay_server`, one process."""
 
     name = "mediarelay"
 
@@ -45,9 +43,9 @@ class MediaRelaySystem(ProcessSystem):
         host = address if address.startswith("127.") else "127.0.0.1"
         port = free_port(host)
         self._process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bench.mediarelay_server",
+            sys.executable, "-m", "sfu_bench.mediarelay_server",
             "--host", host, "--port", str(port), "--address", address,
-            cwd=REPO, env={**os.environ}, stdout=asyncio.subprocess.DEVNULL,
+            env={**os.environ}, stdout=asyncio.subprocess.DEVNULL,
         )
         self._url = f"http://{host}:{port}"
         try:
@@ -58,7 +56,7 @@ class MediaRelaySystem(ProcessSystem):
 
     def job(self, room: str) -> dict[str, Any]:
         # One relay per run: the room is the whole server.
-        return {"signalling": "bench.mediarelay:MediaRelaySignalling",
+        return {"signalling": "sfu_bench.mediarelay:MediaRelaySignalling",
                 "signalling_args": {"url": self._url}}
 
 

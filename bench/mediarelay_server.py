@@ -1,6 +1,6 @@
 """The relay a Python developer builds from aiortc's examples, as a system under test.
 
-    python -m bench.mediarelay_server --host H --port P --address A
+    python -m sfu_bench.mediarelay_server --host H --port P --address A
 
 In the style of aiortc's ``examples/server`` and its MediaRelay example: every
 published track is received by aiortc (RTCRtpReceiver: depacketise, decode) and

@@ -25,16 +25,17 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.rtcconfiguration import RTCBundlePolicy
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 
-from bench.recording import AUDIO_CLOCK, VIDEO_CLOCK, Recording
 from sfu import rtp
 from sfu.transport import internals
 from sfu.transport.peer import SilentTrack
+
+from .recording import AUDIO_CLOCK, VIDEO_CLOCK, Recording
 
 SAMPLE_EVERY = 64
 
 _receiver: Any
 try:
-    from bench import _receiver
+    from . import _receiver
 except ImportError:  # not built (SFU_PUREPYTHON): receive in Python
     _receiver = None
 
@@ -79,7 +80,7 @@ class MediaConnection:
         self._rx: Any = None
         self._pair: internals.SelectedPair | None = None
         self._prepared = False
-        self._receiver: Any = None  # bench._receiver.Receiver once reading in C
+        self._receiver: Any = None  # sfu_bench._receiver.Receiver once reading in C
         self._reader_fd = -1
         self._samples: list[tuple[int, bytes]] = []  # (record index, datagram)
 

@@ -25,11 +25,12 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from bench import loadgen
-from bench.systems import System, all_systems, machine, usage
+from . import loadgen
+from .systems import System, all_systems, machine, usage
 
 SCENARIOS_FILE = Path(__file__).parent / "scenarios.toml"
-RESULTS_DIR = Path(__file__).parent / "results"
+# Results go where the user runs the bench, never into the installed package.
+RESULTS_DIR = Path("bench-results")
 
 
 def load_scenarios(path: Path = SCENARIOS_FILE) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
@@ -50,7 +51,7 @@ async def run_case(
         job = {**system.job(room), "publishers": publishers, "listeners": listeners,
                "seconds": seconds, "rate": rate, "addresses": [address]}
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bench.loadgen", json.dumps(job),
+            sys.executable, "-m", "sfu_bench.loadgen", json.dumps(job),
             stdout=asyncio.subprocess.PIPE,
         )
         assert process.stdout is not None
@@ -298,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
             args.address = NETNS_ADDRESS
         elif os.geteuid() == 0 and shutil.which("unshare") and shutil.which("ip"):
             command = ["unshare", "--net", "--", "sh", "-c", NETNS_SETUP, "sh",
-                       sys.executable, "-m", "bench.run", *argv]
+                       sys.executable, "-m", "sfu_bench.run", *argv]
             return subprocess.run(command, env={**os.environ, NETNS_ENV: "1"}).returncode
         else:
             args.address = "127.0.0.1"

@@ -31,7 +31,7 @@ class System(Protocol):
 
     def job(self, room: str) -> dict[str, Any]:
         """What the load generator needs: ``signalling`` ("module:Class" of a
-        bench.signalling.Signalling) and ``signalling_args`` (its keyword arguments)."""
+        sfu_bench.signalling.Signalling) and ``signalling_args`` (its keyword arguments)."""
 
     def pids(self) -> list[int]:
         """The processes whose CPU and memory count as the system's."""
@@ -168,15 +168,15 @@ class SfuSystem(ProcessSystem):
         self._url = f"ws://{host}:{port}/ws"
 
     def job(self, room: str) -> dict[str, Any]:
-        return {"signalling": "bench.signalling:SfuSignalling",
+        return {"signalling": "sfu_bench.signalling:SfuSignalling",
                 "signalling_args": {"url": self._url, "room": room}}
 
 
 
 # Systems that live in their own modules: name → "module:Class".
 OTHER_SYSTEMS = {
-    "janus": "bench.janus:JanusSystem",
-    "mediarelay": "bench.mediarelay:MediaRelaySystem",
+    "janus": "sfu_bench.janus:JanusSystem",
+    "mediarelay": "sfu_bench.mediarelay:MediaRelaySystem",
 }
 
 

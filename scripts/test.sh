@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs everything, then runs the linters and the whole test suite.
 # As root the suite runs inside a fresh network namespace with only loopback
-# (`unshare --net`), which the WebRTC tests need (DESIGN.md §11); elsewhere they skip
+# (`unshare --net`), which the WebRTC tests need (docs/architecture.md, "Testing WebRTC here"); elsewhere they skip
 # and say why. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install.sh --test
+echo "== wheel (sdist and wheel built, installed into fresh environments: tests/test_wheel.py)"
+scripts/wheel.sh 2> >(grep -v "^WARNING: Location" >&2)
 
 echo "== ruff"
 .venv/bin/ruff check sfu tests bench examples

@@ -5,7 +5,7 @@ their own. The config it writes is what a deployment needs too: ``use-auth-secre
 with the SFU's secret (credentials from ``sfu.turn``), a realm, the listening and relay
 address, a relay port range, and TURN over UDP, TCP and TLS with a certificate made for
 local use. Loopback peers are allowed only when coturn itself listens on loopback
-(coturn 4.6 refuses to relay to 127.0.0.1 otherwise; DESIGN.md §7).
+(coturn 4.6 refuses to relay to 127.0.0.1 otherwise; docs/architecture.md, "TURN fallback").
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A client network namespace for browser tests (DESIGN.md §11).
+"""A client network namespace for browser tests (docs/architecture.md, "Testing WebRTC here").
 
 ``client_namespace`` makes a namespace joined to the test's own by a veth pair, with
 a default route back through it, and a Chromium wrapper that runs inside it

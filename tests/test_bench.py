@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.peer import c_receive_available
-from bench.systems import all_systems
+from sfu_bench.peer import c_receive_available
+from sfu_bench.systems import all_systems
 from tests.conftest import requires_isolated_network
 
 pytestmark = requires_isolated_network

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from bench import fastpath
 from sfu.forwarding import cython_unavailable_reason
+from sfu_bench import fastpath
 
 
 def test_fastpath_bench_smoke(capsys: pytest.CaptureFixture[str]) -> None:

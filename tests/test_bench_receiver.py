@@ -8,7 +8,7 @@ from array import array
 
 import pytest
 
-from bench.peer import c_receive_available
+from sfu_bench.peer import c_receive_available
 
 pytestmark = pytest.mark.skipif(not c_receive_available(),
                                 reason="bench/_receiver.pyx is not built (SFU_PUREPYTHON)")
@@ -19,7 +19,7 @@ def rtp(ssrc: int, seq: int, size: int) -> bytes:
 
 
 def test_rtp_is_recorded_and_the_rest_handed_back() -> None:
-    from bench._receiver import Receiver
+    from sfu_bench._receiver import Receiver
 
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx, \
             socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:

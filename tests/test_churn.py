@@ -3,7 +3,7 @@ go, a third of them abruptly, and the server ends up back where it started."""
 
 from __future__ import annotations
 
-from bench.churn import soak
+from sfu_bench.churn import soak
 from tests.conftest import requires_isolated_network
 
 pytestmark = requires_isolated_network

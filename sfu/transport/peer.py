@@ -1,6 +1,6 @@
 """Per-participant aiortc peer connections whose media goes through the forwarder.
 
-Two connections per participant (DESIGN.md §3): the client offers its send-only
+Two connections per participant (docs/architecture.md, "Ingress"): the client offers its send-only
 tracks on the *publish* connection; the server offers send-only transceivers for the
 participant's subscriptions on the *subscribe* connection. Neither ever carries media
 through aiortc's RTCRtpReceiver/RTCRtpSender.
