@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 
 from sfu import config as sfu_config
 from sfu import logs
 from sfu.auth import mint_token
+
+
+class ListenError(Exception):
+    """The HTTP server cannot bind its address (say, the port is in use)."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         run(_serve(config))
-    except CoturnError as exc:
+    except (CoturnError, ListenError) as exc:
         print(f"sfu: {exc}", file=sys.stderr)
         return 2
     return 0
@@ -92,14 +97,25 @@ async def _serve(config: sfu_config.Config) -> None:
         await asyncio.to_thread(coturn.start)
         print(f"sfu: coturn on {config.turn.host}:{config.turn.port} "
               f"(TLS {config.turn.tls_port})", flush=True)
-    server = Server(config)
-    await server.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    print(f"sfu: serving http://{config.server.host}:{server.port}/", flush=True)
-    await stop.wait()
-    await server.stop()
-    if coturn is not None:
-        coturn.stop()
+    try:
+        server = Server(config)
+        try:
+            await server.start()
+        except OSError as exc:
+            await server.stop()
+            host, port = config.server.host, config.server.port
+            address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            # uvloop's and asyncio's messages differ (and repeat the address): the errno's
+            # own text is the same in both.
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise ListenError(f"cannot listen on {address}: {reason}") from None
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        print(f"sfu: serving http://{config.server.host}:{server.port}/", flush=True)
+        await stop.wait()
+        await server.stop()
+    finally:
+        if coturn is not None:
+            coturn.stop()
