@@ -7,10 +7,13 @@ import asyncio
 import os
 import signal
 import sys
+from typing import Any
 
+from sfu import __version__, logs
 from sfu import config as sfu_config
-from sfu import logs
 from sfu.auth import mint_token
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 class ListenError(Exception):
@@ -19,10 +22,24 @@ class ListenError(Exception):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sfu", description="WebRTC selective forwarding unit")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="run the server")
+    serve = commands.add_parser(
+        "serve", help="run the server",
+        description="Run the server. Settings come from the built-in defaults, then "
+        "--config, then SFU_<SECTION>_<KEY> environment variables, then these flags.",
+    )
     serve.add_argument("--config", help="TOML config file (default: built-in defaults)")
+    serve.add_argument("--host", help="address to bind the HTTP server to (server.host)")
+    serve.add_argument("--port", type=int, help="HTTP port (server.port); 0: any free port")
+    serve.add_argument("--log-level", choices=LOG_LEVELS, help="server.log_level")
+    serve.add_argument(
+        "--dev", action="store_true",
+        help="development mode, whatever the config says: auth.mode = development (joins "
+        "need no token) on a loopback address (server.host = 127.0.0.1 unless --host "
+        "names another loopback address)",
+    )
 
     token = commands.add_parser("token", help="mint a join token (HS256 JWT)")
     token.add_argument("--config", help="TOML config file holding auth.secret")
@@ -46,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
-        config = sfu_config.load(args.config)
+        config = sfu_config.load(args.config, overrides=_overrides(args))
     except sfu_config.ConfigError as exc:
         print(f"sfu: config error: {exc}", file=sys.stderr)
         return 2
@@ -84,6 +101,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sfu: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The config keys ``sfu serve``'s flags set (``sfu token`` has none of them)."""
+    server: dict[str, Any] = {}
+    auth: dict[str, Any] = {}
+    if getattr(args, "dev", False):
+        server["host"] = "127.0.0.1"
+        auth["mode"] = "development"
+    for key in ("host", "port", "log_level"):
+        if getattr(args, key, None) is not None:
+            server[key] = getattr(args, key)
+    return {"server": server, "auth": auth}
 
 
 async def _serve(config: sfu_config.Config) -> None:

@@ -284,8 +284,13 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def load(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
-    """Defaults, overlaid by the TOML file at ``path`` (if any), then by env vars."""
+def load(
+    path: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Config:
+    """Defaults, overlaid by the TOML file at ``path`` (if any), then by env vars, then
+    by ``overrides`` (``{section: {key: value}}``, from command-line flags)."""
     config = Config()
     if path is not None:
         try:
@@ -296,6 +301,8 @@ def load(path: str | Path | None = None, env: Mapping[str, str] | None = None) -
             raise ConfigError(f"{path}: {exc}") from exc
         _apply_mapping(config, data, str(path))
     _apply_env(config, os.environ if env is None else env)
+    # Before validating: `--dev` makes valid a config that asks for jwt on 0.0.0.0.
+    _apply_mapping(config, overrides or {}, "command line")
     config.validate()
     return config
 
