@@ -1,4 +1,4 @@
-"""``sfu serve``, ``sfu token``: the command line."""
+"""``sfu serve``, ``sfu token``, ``sfu bench``: the command line."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from sfu import config as sfu_config
 from sfu.auth import mint_token
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# The `[bench]` extra: what `sfu bench` needs beyond sfu's own dependencies.
+BENCH_EXTRA = frozenset({"numpy", "matplotlib"})
 
 
 class ListenError(Exception):
@@ -57,8 +59,19 @@ def main(argv: list[str] | None = None) -> int:
 
     args, rest = parser.parse_known_args(argv)
     if args.command == "bench":
-        from bench.run import main as bench_main
+        try:
+            # matplotlib up front too: the bench imports it only for its chart, at the end
+            # of a run of minutes.
+            import matplotlib  # noqa: F401
+            import numpy  # noqa: F401
 
+            from bench.run import main as bench_main
+        except ImportError as exc:
+            if (exc.name or "").partition(".")[0] not in BENCH_EXTRA:
+                raise
+            print("sfu: sfu bench needs the bench extra: pip install 'sfu[bench]' "
+                  f"({exc.name} is missing)", file=sys.stderr)
+            return 2
         return bench_main(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")

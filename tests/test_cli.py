@@ -131,3 +131,21 @@ def test_token_with_a_32_byte_secret(
         assert cli.main(["token", "--room", "r", "--identity", "i", "--no-publish"]) == 0
     claims = jwt.decode(capsys.readouterr().out.strip(), SECRET, algorithms=["HS256"])
     assert (claims["sub"], claims["room"], claims["can_publish"]) == ("i", "r", False)
+
+
+@pytest.mark.parametrize("missing", ["numpy", "matplotlib"])
+def test_bench_without_the_bench_extra_says_so(
+    missing: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, missing, None)  # `import numpy` raises, named numpy
+    assert cli.main(["bench", "--help"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "pip install 'sfu[bench]'" in err and missing in err
+
+
+def test_bench_lets_other_import_errors_through(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("bench.run", "sfu_bench.run"):  # the bench's name before and after its rename
+        monkeypatch.setitem(sys.modules, name, None)
+    with pytest.raises(ImportError):
+        cli.main(["bench", "--help"])
