@@ -36,6 +36,8 @@ def mint_token(
     can_subscribe: bool = True,
     now: float | None = None,
 ) -> str:
+    """An HS256 join token; ValueError for an empty identity (it would admit anyone)."""
+    check_identity(identity)
     issued = int(time.time() if now is None else now)
     claims = {
         "sub": identity,
@@ -47,6 +49,16 @@ def mint_token(
         "exp": issued + ttl_seconds,
     }
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
+
+
+def check_identity(identity: object) -> str:
+    """The identity, if it can name a participant: a string with a visible character.
+
+    An empty subject would leave the server without an identity to hold a participant
+    to, so it is refused wherever a token is minted or verified."""
+    if not isinstance(identity, str) or not identity.strip():
+        raise ValueError("identity must be a non-empty string")
+    return identity
 
 
 def verify_token(secret: str, token: str, room: str) -> Grants:
@@ -62,8 +74,12 @@ def verify_token(secret: str, token: str, room: str) -> Grants:
     except jwt.PyJWTError as exc:
         raise AuthError(f"invalid token: {exc}") from None
     identity, token_room = claims["sub"], claims["room"]
-    if not isinstance(identity, str) or not isinstance(token_room, str):
-        raise AuthError("invalid token: sub and room must be strings")
+    if not isinstance(token_room, str):
+        raise AuthError("invalid token: room must be a string")
+    try:
+        check_identity(identity)
+    except ValueError:
+        raise AuthError("invalid token: sub must be a non-empty string") from None
     if token_room != room:
         raise AuthError(f"token is for room {token_room!r}, not {room!r}", "forbidden")
     return Grants(

@@ -4,6 +4,7 @@ subscriptions (the room's own state is sfu.rooms)."""
 from __future__ import annotations
 
 import asyncio
+import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +59,9 @@ class Peer:
     failed: asyncio.TimerHandle | None = None
     # After a restart: publications waiting for the next publish offer to carry them.
     detached: list[Publication] = field(default_factory=list)
+    # Sent to this participant alone in `joined`: what `join.resume` must present. The
+    # participant id is no proof, since every other participant in the room knows it.
+    resume_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
 
     def send(self, message: dict[str, Any]) -> None:
         """To the participant's WebSocket; dropped while it is disconnected (a resumed

@@ -201,12 +201,14 @@ class Server:
     async def join(self, session: Session, message: dict[str, Any]) -> Peer:
         room_name: str = message["room"]
         grants = self._authorize(room_name, message.get("token"))
-        # The identity is the token's subject; in development mode, the display name.
-        identity = grants.identity or message["name"]
-        existing = self._peer_by_identity(room_name, identity)
-        if existing is not None and existing.control is None and (
-                message.get("resume") == existing.id):
-            return self._resume(existing, session, message)
+        # The identity is the token's subject, and nothing else: a development join
+        # without a token has none, so it never resumes or replaces anyone. Display
+        # names are not identities; two participants may share one.
+        identity = grants.identity
+        resuming = self._resumable(room_name, identity, message.get("resume"))
+        if resuming is not None:
+            return self._resume(resuming, session, message, grants)
+        existing = self._peer_by_identity(room_name, identity) if identity else None
         if existing is not None:
             # The same identity again, not resuming: the newcomer wins (no ghosts).
             existing.send({"type": "error", "code": "replaced",
@@ -259,6 +261,7 @@ class Server:
         joined: dict[str, Any] = {
             "type": "joined",
             "participant": {"id": peer.id, "name": peer.name},
+            "resume_token": peer.resume_token,
             "participants": [p.describe() for p in room.participants.values() if p.id != peer.id],
             "tracks": [t.describe() for t in room.tracks.values()],
             "ice_servers": turn.ice_servers(self.config.turn, peer.identity or peer.id),
@@ -275,15 +278,30 @@ class Server:
                 return peer
         return None
 
-    def _resume(self, peer: Peer, session: Session, message: dict[str, Any]) -> Peer:
+    def _resumable(self, room: str, identity: str, resume_token: str | None) -> Peer | None:
+        """The disconnected participant ``resume_token`` was issued to, if the joiner
+        has the same identity (both none, for token-less development joins)."""
+        if resume_token is None:
+            return None
+        for peer in self.peers.values():
+            if (peer.room.name == room and peer.control is None and not peer.leaving
+                    and secrets.compare_digest(peer.resume_token.encode(), resume_token.encode())):
+                return peer if peer.identity == identity else None
+        return None
+
+    def _resume(self, peer: Peer, session: Session, message: dict[str, Any],
+                grants: Grants) -> Peer:
         """A participant whose WebSocket dropped is back within the grace period:
-        its publications, subscriptions and peer connections carry on."""
+        its publications, subscriptions and peer connections carry on, under the grants
+        of the token it came back with (never the old ones)."""
         if peer.grace is not None:
             peer.grace.cancel()
             peer.grace = None
         peer.control = session.control
         peer.name = message["name"]
+        peer.resume_token = secrets.token_urlsafe(24)  # each token resumes once
         session.control.send(self._joined(peer, message, resumed=True))
+        self._grant(peer, grants)
         if peer.offer_outstanding and peer.subscribe is not None:
             # The offer may have been lost with the old socket: send it again.
             self._spawn(self._send_offer(peer, resend=True))
@@ -707,19 +725,25 @@ class Server:
         """Change a participant's grants; what it may no longer do stops now."""
         peer = self._peer(room, participant)
         grants = peer.grants
-        peer.grants = Grants(
+        self._grant(peer, Grants(
             identity=grants.identity, room=grants.room,
             can_publish=grants.can_publish if can_publish is None else can_publish,
             can_subscribe=grants.can_subscribe if can_subscribe is None else can_subscribe,
-        )
+        ))
+
+    def _grant(self, peer: Peer, grants: Grants) -> None:
+        """Hold ``peer`` to ``grants``: what it may no longer do stops now, and a newly
+        granted subscription picks up the room's tracks (with auto_subscribe)."""
+        newly_subscribing = grants.can_subscribe and not peer.grants.can_subscribe
+        peer.grants = grants
         room_events: list[rooms.Event] = []
-        if not peer.grants.can_publish:
+        if not grants.can_publish:
             for track_id in list(peer.room.participants[peer.id].tracks):
                 room_events += peer.room.unpublish(track_id)
-        if not peer.grants.can_subscribe:
+        if not grants.can_subscribe:
             room_events += peer.room.unsubscribe(
                 peer.id, sorted(peer.room.participants[peer.id].subscriptions))
-        elif can_subscribe and peer.room.auto_subscribe:
+        elif newly_subscribing and peer.room.auto_subscribe:
             others = [t.id for t in peer.room.tracks.values() if t.participant != peer.id]
             room_events += peer.room.subscribe(peer.id, others)
         self._apply(room_events)
