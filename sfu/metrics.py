@@ -1,4 +1,8 @@
-"""Prometheus metrics, read from the server's state at scrape time (nothing per packet)."""
+"""Prometheus metrics, read from the server's state at scrape time (nothing per packet).
+
+Names follow Prometheus' conventions: a unit in the name (``_seconds``, ``_bytes``),
+``_total`` on counters, label values that are names, never units.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,18 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
+    SummaryMetricFamily,
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
@@ -20,6 +31,9 @@ if TYPE_CHECKING:
 
 # Upper bounds of the time-to-connect histogram buckets, in seconds.
 CONNECT_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+# Forwarder counters that are amounts, not event counts: each has a family of its own
+# with its unit in the name (ServerCollector.collect).
+NOT_EVENTS = frozenset({"sent_bytes", "keyframe_waits", "keyframe_wait_us"})
 
 
 class ConnectionStats:
@@ -51,7 +65,9 @@ class ServerCollector(Collector):
 
     def collect(
         self,
-    ) -> Iterator[GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily]:
+    ) -> Iterator[
+        GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily | SummaryMetricFamily
+    ]:
         server = self.server
         yield GaugeMetricFamily("sfu_rooms", "Rooms with at least one participant",
                                 value=len(server.rooms))
@@ -63,13 +79,24 @@ class ServerCollector(Collector):
                                  labels=["implementation"])
         info.add_metric([server.forwarder.implementation], 1)
         yield info
+        counters = server.forwarder.counters()
         packets = CounterMetricFamily(
             "sfu_forwarder_events", "Forwarder counters by event (drops by reason)",
             labels=["event"],
         )
-        for name, value in server.forwarder.counters().items():
-            packets.add_metric([name], value)
+        for name, value in counters.items():
+            if name not in NOT_EVENTS:
+                packets.add_metric([name], value)
         yield packets
+        yield CounterMetricFamily("sfu_forwarder_sent_bytes",
+                                  "Bytes (SRTP) the forwarder sent to subscribers",
+                                  value=counters["sent_bytes"])
+        yield SummaryMetricFamily(
+            "sfu_forwarder_keyframe_wait_seconds",
+            "Time video subscriptions waited for a keyframe to (re)start",
+            count_value=counters["keyframe_waits"],
+            sum_value=counters["keyframe_wait_us"] / 1e6,
+        )
         drops = CounterMetricFamily(
             "sfu_transport_drops", "Media dropped before the forwarder, by reason",
             labels=["reason"],
@@ -120,12 +147,18 @@ class ServerCollector(Collector):
 
 
 def metrics_handler(server: Server) -> Callable[[web.Request], Awaitable[web.Response]]:
+    # A registry per server, not the global default one, where a second Server in the
+    # process (tests, embedding) would register its collector twice; it carries the
+    # standard collectors the default registry has (process_*, python_info, python_gc_*).
     registry = CollectorRegistry()
     registry.register(ServerCollector(server))
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
 
     async def handler(request: web.Request) -> web.Response:
-        response = web.Response(body=generate_latest(registry))
-        response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
-        return response
+        # The whole content type: the exposition format's version and the charset too.
+        return web.Response(body=generate_latest(registry),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     return handler
