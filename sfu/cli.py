@@ -65,14 +65,16 @@ def main(argv: list[str] | None = None) -> int:
             import matplotlib  # noqa: F401
             import numpy  # noqa: F401
 
-            from bench.run import main as bench_main
+            from sfu_bench.run import main as bench_main
         except ImportError as exc:
             if (exc.name or "").partition(".")[0] not in BENCH_EXTRA:
                 raise
             print("sfu: sfu bench needs the bench extra: pip install 'sfu[bench]' "
                   f"({exc.name} is missing)", file=sys.stderr)
             return 2
-        return bench_main(rest)
+        # Typed, though mypy sees the installed name sfu_bench as untyped (pyproject.toml).
+        status: int = bench_main(rest)
+        return status
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
