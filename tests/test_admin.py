@@ -128,3 +128,31 @@ async def test_refused(admin: Admin, token: str | None, status: int) -> None:
     ]:
         got, reply = await intruder.call(method, path, body)
         assert got == status, (method, path, reply)
+
+
+@pytest.mark.parametrize("msgpack_format", [False, True])
+async def test_every_error_is_the_envelope(
+    admin: Admin, server: Server, monkeypatch: pytest.MonkeyPatch, msgpack_format: bool
+) -> None:
+    """aiohttp's own errors too (no route, wrong method, body too large), and a bug."""
+    def broken() -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(server, "rooms_info", broken)
+    for method, path, body, status, code in [
+        ("GET", "/nope", None, 404, "not_found"),
+        ("GET", "", None, 404, "not_found"),
+        ("PUT", "/rooms", {}, 405, "method_not_allowed"),
+        ("DELETE", "/tokens", None, 405, "method_not_allowed"),
+        ("POST", "/rooms", {"name": "x" * 2_000_000}, 413, "too_large"),
+        ("POST", "/rooms", {"name": 5}, 400, "bad_field"),
+        ("GET", "/rooms", None, 500, "internal_error"),
+    ]:
+        got, reply = await admin.call(method, path, body, msgpack_format=msgpack_format)
+        assert (got, reply["error"]["code"]) == (status, code), (method, path, reply)
+        assert set(reply["error"]) == {"code", "message"}
+        assert reply["error"]["message"]
+    allow = await admin.session.put(admin.base + "/rooms",
+                                    headers={"Authorization": f"Bearer {admin.token}"})
+    assert set(allow.headers["Allow"].split(",")) == {"GET", "HEAD", "POST"}
+    allow.release()

@@ -4,7 +4,8 @@ All routes under ``/admin``; bodies and replies are JSON, or msgpack when the re
 says ``Content-Type: application/msgpack`` (body) or ``Accept: application/msgpack``
 (reply). Requests carry ``Authorization: Bearer <token>``, an HS256 JWT signed with
 ``auth.secret`` whose claims include ``"admin": true`` (``sfu token --admin``). In
-development mode without a secret (loopback only) no token is needed.
+development mode without a secret (loopback only) no token is needed. Every error,
+aiohttp's own (no route, wrong method) included, is ``{"error": {"code", "message"}}``.
 
     GET    /admin/rooms                                          list rooms
     POST   /admin/rooms {name, max_participants?, auto_subscribe?}  create (201)
@@ -19,6 +20,7 @@ development mode without a secret (loopback only) no token is needed.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +36,11 @@ if TYPE_CHECKING:
 
 MSGPACK = "application/msgpack"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Error codes for the HTTP errors aiohttp raises (routing, body size, a bad body).
+HTTP_ERROR_CODES = {400: "bad_message", 404: "not_found", 405: "method_not_allowed",
+                    413: "too_large"}
+
+logger = logging.getLogger(__name__)
 
 
 def mint_admin_token(secret: str, ttl_seconds: int = 3600, now: float | None = None) -> str:
@@ -176,7 +183,29 @@ def _middleware(server: Server) -> Any:
             status = 409 if "exists" in str(exc) else 400
             return problem(request, status, "conflict" if status == 409 else "bad_request",
                            str(exc))
-        except web.HTTPBadRequest as exc:
-            return problem(request, 400, "bad_message", exc.text or "bad request")
+        except web.HTTPException as exc:
+            # aiohttp's own errors (no route, wrong method, body too large) would be plain
+            # text: a backend's client parses one envelope whatever went wrong.
+            if exc.status < 400:
+                raise
+            return _http_problem(request, exc)
+        except Exception:
+            logger.exception("admin API: %s %s failed", request.method, request.path)
+            return problem(request, 500, "internal_error", "internal server error")
 
     return guard
+
+
+def _http_problem(request: web.Request, exc: web.HTTPException) -> web.Response:
+    if exc.status == 404:
+        message = f"no route {request.method} {request.path}"
+    elif exc.status == 405:
+        message = (f"{request.method} is not allowed on {request.path} "
+                   f"(allowed: {exc.headers.get('Allow', '')})")
+    else:
+        message = exc.text or exc.reason
+    response = problem(request, exc.status, HTTP_ERROR_CODES.get(exc.status, "http_error"),
+                       message)
+    if "Allow" in exc.headers:
+        response.headers["Allow"] = exc.headers["Allow"]
+    return response
