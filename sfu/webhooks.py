@@ -1,12 +1,15 @@
 """Webhooks: the server's events, as signed HTTP POSTs to the backend's URLs.
 
-Body: the event as JSON (``{"type": ..., "room": ..., "at": ..., ...}``). Headers:
-``X-Sfu-Event`` (the type) and ``X-Sfu-Signature: sha256=<hex>``, the HMAC-SHA256 of
-the body with the webhook secret (``webhooks.secret``, else ``auth.secret``), so the
-backend can check the sender (compare in constant time). A delivery that fails
-(connection error, timeout, non-2xx) is retried with exponential backoff; events wait
-in a bounded queue, whose oldest entries are dropped (and counted) if the backend
-stays unreachable. Nothing here ever blocks the media path.
+Body: the event as JSON (``{"id": ..., "type": ..., "room": ..., "at": ..., ...}``):
+``id`` is unique per event and the same in every retry of it, so the backend can drop a
+delivery it has already handled; ``at`` is when the event happened (seconds since the
+epoch). Headers: ``X-Sfu-Event`` (the type), ``X-Sfu-Event-Id`` (the id) and
+``X-Sfu-Signature: sha256=<hex>``, the HMAC-SHA256 of the body with the webhook secret
+(``webhooks.secret``, else ``auth.secret``), so the backend can check the sender
+(compare in constant time). A delivery that fails (connection error, timeout, non-2xx)
+is retried with exponential backoff; events wait in a bounded queue, whose oldest
+entries are dropped (and counted) if the backend stays unreachable. Nothing here ever
+blocks the media path.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import uuid
 from collections.abc import Callable
 
 import aiohttp
@@ -60,9 +64,11 @@ class Webhooks:
 
     async def _deliver(self, event: Event) -> None:
         self._count_drops()
-        body = orjson.dumps(event.to_dict())
+        # Made once here, before the retries, so that each retry carries the same id.
+        event_id = f"EV_{uuid.uuid4().hex}"
+        body = orjson.dumps({"id": event_id, **event.to_dict()})
         headers = {"Content-Type": "application/json", "X-Sfu-Event": event.type,
-                   "X-Sfu-Signature": sign(self.secret, body)}
+                   "X-Sfu-Event-Id": event_id, "X-Sfu-Signature": sign(self.secret, body)}
         for url in self.config.urls:
             await self._post(url, body, headers)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import time
 from collections.abc import AsyncIterator
 
 import orjson
@@ -137,6 +138,36 @@ async def test_webhooks_are_signed_and_retried(
     assert verify("k" * 20, body, headers["X-Sfu-Signature"])
     assert not verify("x" * 20, body, headers["X-Sfu-Signature"])
     assert orjson.loads(body)["name"] == "Ann"
+    await hooks.stop()
+
+
+async def test_webhooks_carry_an_event_id_kept_across_retries_and_a_timestamp(
+    receiver: tuple[str, list[tuple[bytes, dict[str, str]]], list[int]]
+) -> None:
+    """So that a backend can drop a retried delivery it has already handled."""
+    url, calls, plan = receiver
+    plan.extend([500, 503])  # the first event is delivered on its third try
+    outcomes: list[str] = []
+    bus = events.EventBus()
+    hooks = Webhooks(WebhooksConfig(urls=[url], secret="k" * 32, retries=3, retry_delay_s=0.01),
+                     bus, outcomes.append, "")
+    hooks.start()
+    before = time.time()
+    bus.publish(events.RoomStarted("r"))
+    bus.publish(events.RoomStarted("r"))
+    for _ in range(100):
+        if len(outcomes) == 2:
+            break
+        await asyncio.sleep(0.02)
+    assert outcomes == ["delivered", "delivered"] and len(calls) == 4
+    bodies = [orjson.loads(body) for body, _ in calls]
+    retried, other = bodies[:3], bodies[3]
+    assert retried[0] == retried[1] == retried[2]  # id and timestamp alike
+    assert retried[0]["id"] != other["id"]
+    assert [headers["X-Sfu-Event-Id"] for _, headers in calls] == [b["id"] for b in bodies]
+    assert before <= retried[0]["at"] <= other["at"] <= time.time()
+    for body, headers in calls:
+        assert headers["X-Sfu-Signature"] == signature("k" * 32, body)
     await hooks.stop()
 
 
