@@ -132,6 +132,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 
 async def _serve(config: sfu_config.Config) -> None:
+    from sfu.control.admission import raise_fd_limit
     from sfu.server import Server
 
     coturn = None
@@ -142,6 +143,9 @@ async def _serve(config: sfu_config.Config) -> None:
         await asyncio.to_thread(coturn.start)
         print(f"sfu: coturn on {config.turn.host}:{config.turn.port} "
               f"(TLS {config.turn.tls_port})", flush=True)
+    # Every WebSocket and peer connection costs a descriptor: take all the process may
+    # have (the connection caps are derived from it, leaving headroom).
+    raise_fd_limit()
     try:
         server = Server(config)
         try:

@@ -81,6 +81,14 @@ class LimitsConfig:
     max_tracks_per_participant: int = 8
     max_sdp_bytes: int = 65_536
     max_sdp_mlines: int = 32
+    # Open WebSockets in all, and from one remote address: past either, a new one gets
+    # `error` and is closed at once. 0 for max_connections: what the process's file
+    # descriptor limit leaves room for (sfu.connlimits.connection_budget).
+    max_connections: int = 0
+    max_connections_per_address: int = 64
+    # A WebSocket that has not joined this long after it opened (or after `leave`) is
+    # closed: unauthenticated sockets do not pile up.
+    join_timeout_s: float = 10.0
 
 
 @dataclass
@@ -206,6 +214,10 @@ class Config:
             ("limits.max_tracks_per_participant", self.limits.max_tracks_per_participant, 1, 64),
             ("limits.max_sdp_bytes", self.limits.max_sdp_bytes, 1024, 1_048_576),
             ("limits.max_sdp_mlines", self.limits.max_sdp_mlines, 1, 512),
+            ("limits.max_connections", self.limits.max_connections, 0, 10_000_000),
+            ("limits.max_connections_per_address", self.limits.max_connections_per_address,
+             1, 10_000_000),
+            ("limits.join_timeout_s", self.limits.join_timeout_s, 0.1, 3600),
             ("liveness.ping_interval_s", self.liveness.ping_interval_s, 1, 3600),
             ("liveness.timeout_s", self.liveness.timeout_s, 2, 36_000),
             ("liveness.reconnect_grace_s", self.liveness.reconnect_grace_s, 0, 3600),

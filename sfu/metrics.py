@@ -128,6 +128,20 @@ class ServerCollector(Collector):
             buckets=[*buckets, ("+Inf", stats.connect_count)],
             sum_value=stats.connect_seconds_sum,
         )
+        yield GaugeMetricFamily("sfu_control_connections", "Open control WebSockets",
+                                value=server.control_connections.open)
+        yield GaugeMetricFamily("sfu_http_connections", "Open HTTP connections",
+                                value=server.http_connections.open)
+        refused = CounterMetricFamily(
+            "sfu_connections_refused",
+            "Connections refused or closed early, by reason: shed at accept over the HTTP "
+            "caps (http_*), refused WebSockets, refused joins, no join in time",
+            labels=["reason"])
+        for prefix, limiter in (("http_", server.http_connections),
+                                ("", server.control_connections)):
+            for reason, count in sorted(limiter.refused.items()):
+                refused.add_metric([prefix + reason], count)
+        yield refused
         yield GaugeMetricFamily("sfu_event_loop_lag_seconds",
                                 "Largest event-loop delay over the last few seconds",
                                 value=server.loop_lag)

@@ -18,7 +18,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, TypeVar
 
-from aiohttp import web
+from aiohttp import WSCloseCode, web
 from aiortc.exceptions import InvalidStateError
 from aiortc.sdp import candidate_from_sdp
 
@@ -26,6 +26,8 @@ from sfu import events, feedback, rooms, rtp, turn
 from sfu.auth import AuthError, Grants, mint_token, verify_token
 from sfu.config import Config
 from sfu.control import admin
+from sfu.control.admission import REFUSALS, ConnectionLimiter, connection_budget, http_limiter
+from sfu.control.listener import GatedListener
 from sfu.control.schema import ProtocolError
 from sfu.control.websocket import ConnectionLimits, ControlConnection
 from sfu.forwarding import make_forwarder
@@ -79,6 +81,12 @@ class Server:
         self._ready = False
         # Media dropped by the transports before the forwarder, by reason.
         self.transport_drops: Counter[str] = Counter()
+        limits = self.config.limits
+        self.control_connections = ConnectionLimiter(
+            connection_budget(limits.max_connections, len(rtc.listen_ips)),
+            limits.max_connections_per_address)
+        self.http_connections = http_limiter(self.control_connections)
+        self._listener: GatedListener | None = None
         # Transport endpoint → the participant it belongs to.
         self._endpoint_owner: dict[int, str] = {}
         self._ids = itertools.count(1)
@@ -114,10 +122,9 @@ class Server:
         if serve:
             self._runner = web.AppRunner(self.app)
             await self._runner.setup()
-            site = web.TCPSite(self._runner, self.config.server.host, self.config.server.port)
-            await site.start()
-            sockets = getattr(site._server, "sockets", None) or []
-            self.port = sockets[0].getsockname()[1] if sockets else self.config.server.port
+            assert self._runner.server is not None  # set up above
+            self._listener = GatedListener(self._runner.server, self.http_connections)
+            self.port = self._listener.listen(self.config.server.host, self.config.server.port)
             logger.info(
                 "sfu listening on http://%s:%s (forwarder: %s)",
                 self.config.server.host, self.port, self.forwarder.implementation,
@@ -135,6 +142,9 @@ class Server:
         await self.events.close()
         for task in list(self._tasks):
             task.cancel()
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -178,10 +188,24 @@ class Server:
         max_bytes = self.config.server.max_message_bytes
         # autoping off: pongs are the liveness signal ControlConnection watches.
         ws = web.WebSocketResponse(max_msg_size=max_bytes + 1, autoping=False)
+        address = request.remote or ""
+        refusal = self.control_connections.admit(address)
         await ws.prepare(request)
+        if refusal is not None:
+            # Told why, then closed at once: a flood holds no descriptors.
+            await ws.send_json({"type": "error", "code": refusal, "message": REFUSALS[refusal]})
+            await ws.close(code=WSCloseCode.TRY_AGAIN_LATER)
+            return ws
+        try:
+            await self._serve_control(ws)
+        finally:
+            self.control_connections.release(address)
+        return ws
+
+    async def _serve_control(self, ws: web.WebSocketResponse) -> None:
         limits, liveness = self.config.limits, self.config.liveness
         control = ControlConnection(ws, ConnectionLimits(
-            max_message_bytes=max_bytes,
+            max_message_bytes=self.config.server.max_message_bytes,
             messages_per_second=limits.messages_per_second,
             message_burst=limits.message_burst,
             ping_interval_s=liveness.ping_interval_s,
@@ -194,7 +218,6 @@ class Server:
         finally:
             await session.closed()
             await control.close()
-        return ws
 
     # -- joining and leaving -----------------------------------------------------------
 

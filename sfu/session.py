@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 from sfu import rooms
@@ -15,23 +16,32 @@ if TYPE_CHECKING:
 
 
 class Session:
-    """One WebSocket client: before ``join`` it has no Peer."""
+    """One WebSocket client: before ``join`` it has no Peer.
+
+    A client that has not joined within ``limits.join_timeout_s`` of connecting (or of
+    leaving), or whose join is refused, is told why and the socket is closed: sockets
+    that never become participants do not pile up."""
 
     def __init__(self, server: Server, control: ControlConnection) -> None:
         self.server = server
         self.control = control
         self.peer: Peer | None = None
+        self.ended = False  # closing: later messages are ignored
+        self._join_deadline: asyncio.TimerHandle | None = None
+        self._arm_join_deadline()
 
     async def handle(self, message: dict[str, Any]) -> None:
+        if self.ended:
+            return
         msg_type = message["type"]
         msg_id = message.get("id")
         try:
             reply = await self._dispatch(msg_type, message)
-        except ProtocolError as exc:
-            self.control.send_error(exc, msg_type, msg_id)
-            return
-        except (rooms.RoomError, AuthError) as exc:
-            self.control.send_error(ProtocolError(exc.code, str(exc)), msg_type, msg_id)
+        except (ProtocolError, rooms.RoomError, AuthError) as exc:
+            error = exc if isinstance(exc, ProtocolError) else ProtocolError(exc.code, str(exc))
+            self.control.send_error(error, msg_type, msg_id)
+            if msg_type == "join" and self.peer is None:
+                self._end("join_refused")
             return
         if reply is not None:
             if msg_id is not None:
@@ -45,6 +55,7 @@ class Session:
             if self.peer is not None:
                 raise ProtocolError("already_joined", "this connection has joined already")
             self.peer = await self.server.join(self, message)
+            self._cancel_join_deadline()
             return None  # join() sent `joined` before the events it caused
         peer = self.peer
         if peer is None:
@@ -68,11 +79,37 @@ class Session:
         if msg_type == "leave":
             await self.server.leave(peer, "left")
             self.peer = None
+            self._arm_join_deadline()
             return {"type": "left"}
         raise ProtocolError("unknown_type", f"unknown message type {msg_type!r}", "type")
 
+    def _arm_join_deadline(self) -> None:
+        self._cancel_join_deadline()
+        timeout = self.server.config.limits.join_timeout_s
+        self._join_deadline = asyncio.get_running_loop().call_later(
+            timeout, self._join_deadline_passed)
+
+    def _cancel_join_deadline(self) -> None:
+        if self._join_deadline is not None:
+            self._join_deadline.cancel()
+            self._join_deadline = None
+
+    def _join_deadline_passed(self) -> None:
+        self._join_deadline = None
+        if self.peer is None and not self.ended:
+            timeout = self.server.config.limits.join_timeout_s
+            self.control.send_error(ProtocolError("join_timeout", f"no join within {timeout} s"))
+            self._end("join_timeout")
+
+    def _end(self, reason: str) -> None:
+        """Close the socket after what is queued (the error saying why)."""
+        self.ended = True
+        self.server.control_connections.refused[reason] += 1
+        self.control.finish()
+
     async def closed(self) -> None:
         """The WebSocket ended without `leave`: the participant may resume."""
+        self._cancel_join_deadline()
         if self.peer is not None:
             await self.server.disconnected(self.peer, self.control)
             self.peer = None

@@ -61,6 +61,11 @@ class ControlConnection:
             return
         self._queue.put_nowait(message)
 
+    def finish(self) -> None:
+        """Close the socket once what is queued has been sent (the reader then ends)."""
+        if not self._writer.done():
+            self._queue.put_nowait(None)
+
     def send_error(self, error: ProtocolError, ref: Any = None, msg_id: Any = None) -> None:
         message: dict[str, Any] = {"type": "error", "code": error.code, "message": str(error)}
         if error.field is not None:
