@@ -131,3 +131,14 @@ def test_pli_and_rtcp_iteration() -> None:
     assert rtp.iter_rtcp(compound) == [(201, 1, 0, 8), (206, 1, 8, 12)]
     assert rtp.iter_rtcp(compound[:-1]) is None
     assert rtp.is_rtcp(pli) and not rtp.is_rtcp(bytes([0x80, 96]))
+
+
+@pytest.mark.parametrize("highest", [0, 5, 600, 65535])
+def test_history_window_is_the_last_history_size_sent(highest: int) -> None:
+    """Bit k of history_window(highest, pid): pid + k is one of the HISTORY_SIZE up to
+    ``highest``; for every pid near the window, some far from it, across the wrap."""
+    held = {(highest - back) & 0xFFFF for back in range(rtp.HISTORY_SIZE)}
+    near = range(highest - rtp.HISTORY_SIZE - 100, highest + 100)
+    for pid in {p & 0xFFFF for p in near} | set(range(0, 0x10000, 97)):
+        expected = sum(1 << k for k in range(17) if (pid + k) & 0xFFFF in held)
+        assert rtp.history_window(highest, pid) == expected, pid
