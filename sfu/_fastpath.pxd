@@ -105,6 +105,20 @@ cdef class _Consumer:
     # MAX_PROTECT_SIZE slot, for retransmission; allocated once, never grown.
     cdef uint8_t *history
     cdef uint16_t *history_length
+    # Answering its NACKs (sfu.rtp, RETRANSMIT_*): when each history slot was last
+    # resent; the token buckets (millionths of a packet, of a byte) and when they were
+    # last filled; the forward rate (per second) they are a share of, and the time and
+    # counts when it was last measured.
+    cdef int64_t *resent_us
+    cdef bint bucket_started
+    cdef int64_t bucket_us
+    cdef int64_t tokens_packets
+    cdef int64_t tokens_bytes
+    cdef int64_t rate_packets
+    cdef int64_t rate_bytes
+    cdef int64_t rate_mark_us
+    cdef uint64_t rate_mark_packets
+    cdef uint64_t rate_mark_bytes
 
 
 cdef class Forwarder:
@@ -129,7 +143,10 @@ cdef class Forwarder:
     cdef void _forward(self, _Consumer consumer, int length, int payload_offset,
                        int payload_end, int64_t now_us)
     cdef void _forward_sr(self, _Endpoint endpoint, int offset, int64_t now_us)
-    cdef void _retransmit(self, _Consumer consumer, uint16_t seq)
+    cdef void _answer_nack(self, _Consumer consumer, int fci, int fci_end, int64_t now_us)
+    cdef void _refill(self, _Consumer consumer, int64_t now_us)
+    cdef void _retransmit(self, _Consumer consumer, uint16_t seq, int64_t interval,
+                          int64_t now_us)
     cdef void _take_report_block(self, _Endpoint endpoint, int block, int64_t now_us)
     cdef void _track_missing(self, _Producer producer, int64_t ext, int64_t now_us)
     cdef bint _request_keyframe(self, _Producer producer, int64_t now_us)

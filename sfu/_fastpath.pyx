@@ -21,6 +21,9 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 
 from sfu import rtp as _rtp
 
+cdef extern from *:
+    int __builtin_popcount(unsigned int x) nogil
+
 cdef extern from "<sys/socket.h>" nogil:
     struct sockaddr:
         pass
@@ -74,6 +77,18 @@ cdef int64_t NACK_MIN_RETRY_US = _rtp.NACK_MIN_RETRY_US
 cdef int64_t NACK_DEFAULT_RTT_US = _rtp.NACK_DEFAULT_RTT_US
 cdef int NACK_MAX_RETRIES = _rtp.NACK_MAX_RETRIES
 cdef int64_t NACK_MAX_AGE_US = _rtp.NACK_MAX_AGE_US
+cdef int C_NACK_OUT_OF_HISTORY = _rtp.C_NACK_OUT_OF_HISTORY
+cdef int C_NACK_TOO_SOON = _rtp.C_NACK_TOO_SOON
+cdef int C_NACK_BUDGET_EXCEEDED = _rtp.C_NACK_BUDGET_EXCEEDED
+cdef int64_t RETRANSMIT_SHARE_PERCENT = _rtp.RETRANSMIT_SHARE_PERCENT
+cdef int64_t RETRANSMIT_MIN_PACKETS_PER_S = _rtp.RETRANSMIT_MIN_PACKETS_PER_S
+cdef int64_t RETRANSMIT_MIN_BYTES_PER_S = _rtp.RETRANSMIT_MIN_BYTES_PER_S
+cdef int64_t RETRANSMIT_BURST_US = _rtp.RETRANSMIT_BURST_US
+cdef int64_t RETRANSMIT_RATE_WINDOW_US = _rtp.RETRANSMIT_RATE_WINDOW_US
+cdef int64_t RETRANSMIT_DEFAULT_RTT_US = _rtp.RETRANSMIT_DEFAULT_RTT_US
+cdef int64_t RETRANSMIT_MIN_INTERVAL_US = _rtp.RETRANSMIT_MIN_INTERVAL_US
+cdef int64_t RETRANSMIT_TOKEN = _rtp.RETRANSMIT_TOKEN
+cdef int64_t RESENT_NEVER = _rtp.RESENT_NEVER
 assert _rtp.NACK_MAX_MISSING == NACK_CAPACITY, "NACK_CAPACITY differs from sfu.rtp"
 cdef int N_COUNTERS = len(_rtp.COUNTER_NAMES)
 cdef int MAX_PACKET_SIZE = _rtp.MAX_PACKET_SIZE
@@ -170,6 +185,21 @@ cdef inline int64_t c_jitter_step(int64_t jitter16, uint32_t transit,
     if d >= (<int64_t>1 << 31):
         d = (<int64_t>1 << 32) - d
     return jitter16 + d - ((jitter16 + 8) >> 4)
+
+
+cdef inline uint32_t c_history_window(uint16_t highest, uint16_t pid) noexcept nogil:
+    # As sfu.rtp.history_window: bit k set when pid + k is among the last HISTORY_SIZE.
+    cdef int behind = <uint16_t>(highest - pid)
+    if behind >= HISTORY_SIZE + 16:
+        return 0
+    cdef int low = max(0, behind - HISTORY_SIZE + 1)
+    cdef int high = min(16, behind)
+    return ((<uint32_t>1 << (high + 1)) - 1) & ~((<uint32_t>1 << low) - 1)
+
+
+cdef inline int64_t c_retransmit_budget(int64_t rate, int64_t floor) noexcept nogil:
+    # As sfu.rtp.retransmit_budget.
+    return max(floor, rate * RETRANSMIT_SHARE_PERCENT // 100)
 
 
 cdef bint _vp8_keyframe_start(const uint8_t *p, int size) noexcept nogil:
@@ -293,6 +323,7 @@ cdef class _Consumer:
     def __dealloc__(self):
         free(self.history)
         free(self.history_length)
+        free(self.resent_us)
 
 
 cdef class Forwarder:
@@ -440,11 +471,19 @@ cdef class Forwarder:
         cons.packets_sent = 0
         cons.bytes_sent = 0
         cons.octets_sent = 0
+        cons.bucket_started = False
+        cons.bucket_us = cons.tokens_packets = cons.tokens_bytes = 0
+        cons.rate_packets = cons.rate_bytes = 0
+        cons.rate_mark_us = 0
+        cons.rate_mark_packets = cons.rate_mark_bytes = 0
         if is_video:
             cons.history = <uint8_t *>calloc(HISTORY_SIZE, MAX_PROTECT_SIZE)
             cons.history_length = <uint16_t *>calloc(HISTORY_SIZE, sizeof(uint16_t))
-            if cons.history == NULL or cons.history_length == NULL:
+            cons.resent_us = <int64_t *>calloc(HISTORY_SIZE, sizeof(int64_t))
+            if cons.history == NULL or cons.history_length == NULL or cons.resent_us == NULL:
                 raise MemoryError()
+            for i in range(HISTORY_SIZE):
+                cons.resent_us[i] = RESENT_NEVER
         cons.endpoint = self._endpoints.get(endpoint)
         if cons.endpoint is not None:
             cons.endpoint.consumers.append(cons)
@@ -739,6 +778,9 @@ cdef class Forwarder:
                 cons.started = True
                 cons.start_ext_seq = cons.highest_ext_seq = 0x10000 + seq
                 cons.ts_offset = cons.ts_base - timestamp
+                cons.rate_mark_us = now_us
+                cons.rate_mark_packets = cons.packets_sent
+                cons.rate_mark_bytes = cons.bytes_sent
             else:  # resuming: number on from the last packet sent
                 cons.seq_base = <uint16_t>(
                     (cons.highest_ext_seq - cons.start_ext_seq + cons.seq_base + 1) & 0xFFFF)
@@ -841,6 +883,7 @@ cdef class Forwarder:
             slot = out_seq % HISTORY_SIZE
             memcpy(cons.history + slot * MAX_PROTECT_SIZE, out, out_length)
             cons.history_length[slot] = out_length
+            cons.resent_us[slot] = RESENT_NEVER
         cdef int n = out_length
         if c_protect(ep.tx_ctx, out, &n) != 0:
             counters[C_PROTECT_ERROR] += 1
@@ -865,8 +908,7 @@ cdef class Forwarder:
             if pos + packet_length > length:
                 return DROP_BAD_RTCP
             pos += packet_length
-        cdef int packet_type, fmt, ssrc_offset, entry, bit
-        cdef uint16_t pid, blp
+        cdef int packet_type, fmt, ssrc_offset, entry
         cdef uint32_t ssrc
         cdef _Consumer cons
         pos = 0
@@ -892,16 +934,7 @@ cdef class Forwarder:
                 ssrc = _u32(p + pos + 8)
                 cons = _consumer_on(ep, ssrc)
                 if cons is not None:
-                    # RFC 4585 §6.2.1: a packet id, then a bitmask of the 16 after it.
-                    entry = pos + 12
-                    while entry + 4 <= pos + packet_length:
-                        pid = _u16(p + entry)
-                        blp = _u16(p + entry + 2)
-                        self._retransmit(cons, pid)
-                        for bit in range(16):
-                            if (blp >> bit) & 1:
-                                self._retransmit(cons, <uint16_t>(pid + bit + 1))
-                        entry += 4
+                    self._answer_nack(cons, pos + 12, pos + packet_length, now_us)
             elif packet_type == 201:
                 self._counters[C_RR_IN] += 1
                 if 8 + 24 * fmt > packet_length:
@@ -1005,20 +1038,98 @@ cdef class Forwarder:
         cons.report_jitter = _u32(p + 12)
         cons.has_report = True
 
-    cdef void _retransmit(self, _Consumer cons, uint16_t seq):
-        """Send again a packet a subscriber reports lost, from its history (as the
+    cdef void _answer_nack(self, _Consumer cons, int fci, int fci_end, int64_t now_us):
+        """Resend what a subscriber reports lost (RFC 4585 §6.2.1: each FCI entry is a
+        packet id and a bitmask of the 16 after it), within the rules in sfu.rtp
+        (RETRANSMIT_*), as the twin's _answer_nack."""
+        cdef const uint8_t *p = self._rx
+        cdef uint64_t *counters = self._counters
+        cdef int entry, k
+        cdef uint16_t pid, highest
+        cdef uint32_t asked, inside
+        cdef int64_t interval
+        if cons.history == NULL or not cons.started:  # nothing kept
+            entry = fci
+            while entry + 4 <= fci_end:
+                counters[C_NACK_OUT_OF_HISTORY] += __builtin_popcount(
+                    1 | (<uint32_t>_u16(p + entry + 2) << 1))
+                entry += 4
+            return
+        self._refill(cons, now_us)
+        interval = RETRANSMIT_DEFAULT_RTT_US
+        if cons.has_report and cons.report_rtt_us >= 0:
+            interval = cons.report_rtt_us
+        interval = max(RETRANSMIT_MIN_INTERVAL_US, interval)
+        highest = <uint16_t>((cons.highest_ext_seq - cons.start_ext_seq + cons.seq_base) & 0xFFFF)
+        entry = fci
+        while entry + 4 <= fci_end:
+            pid = _u16(p + entry)
+            asked = 1 | (<uint32_t>_u16(p + entry + 2) << 1)  # bit k: pid + k
+            inside = asked & c_history_window(highest, pid)
+            counters[C_NACK_OUT_OF_HISTORY] += __builtin_popcount(asked ^ inside)
+            entry += 4
+            if cons.tokens_packets < RETRANSMIT_TOKEN:  # spent: no lookups
+                counters[C_NACK_BUDGET_EXCEEDED] += __builtin_popcount(inside)
+                continue
+            for k in range(17):
+                if (inside >> k) & 1:
+                    self._retransmit(cons, <uint16_t>(pid + k), interval, now_us)
+
+    cdef void _refill(self, _Consumer cons, int64_t now_us):
+        """As the twin's _refill: the budget brought up to ``now_us``."""
+        cdef int64_t elapsed, packets_per_s, bytes_per_s
+        if now_us - cons.rate_mark_us >= RETRANSMIT_RATE_WINDOW_US:
+            elapsed = (now_us - cons.rate_mark_us) // 1000
+            cons.rate_packets = <int64_t>(cons.packets_sent - cons.rate_mark_packets) * 1000 // elapsed
+            cons.rate_bytes = <int64_t>(cons.bytes_sent - cons.rate_mark_bytes) * 1000 // elapsed
+            cons.rate_mark_us = now_us
+            cons.rate_mark_packets = cons.packets_sent
+            cons.rate_mark_bytes = cons.bytes_sent
+        packets_per_s = c_retransmit_budget(cons.rate_packets, RETRANSMIT_MIN_PACKETS_PER_S)
+        bytes_per_s = c_retransmit_budget(cons.rate_bytes, RETRANSMIT_MIN_BYTES_PER_S)
+        if not cons.bucket_started:  # the first NACK: a full bucket
+            cons.bucket_started = True
+            cons.bucket_us = now_us
+            cons.tokens_packets = packets_per_s * RETRANSMIT_BURST_US
+            cons.tokens_bytes = bytes_per_s * RETRANSMIT_BURST_US
+            return
+        elapsed = 0
+        if now_us > cons.bucket_us:
+            elapsed = min(now_us - cons.bucket_us, RETRANSMIT_BURST_US)
+            cons.bucket_us = now_us
+        cons.tokens_packets = min(packets_per_s * RETRANSMIT_BURST_US,
+                                  cons.tokens_packets + elapsed * packets_per_s)
+        cons.tokens_bytes = min(bytes_per_s * RETRANSMIT_BURST_US,
+                                cons.tokens_bytes + elapsed * bytes_per_s)
+
+    cdef void _retransmit(self, _Consumer cons, uint16_t seq, int64_t interval, int64_t now_us):
+        """Send again one packet a subscriber reports lost, from its history (as the
         twin's _retransmit): the same packet, re-protected (libsrtp allows the repeat)."""
         cdef int slot = seq % HISTORY_SIZE
         cdef uint8_t *kept
         cdef int n
-        if cons.endpoint is None or cons.history == NULL or cons.history_length[slot] == 0:
+        cdef int64_t cost
+        if cons.tokens_packets < RETRANSMIT_TOKEN:
+            self._counters[C_NACK_BUDGET_EXCEEDED] += 1
+            return
+        if cons.endpoint is None or cons.history_length[slot] == 0:
             self._counters[C_RETRANSMIT_MISSED] += 1
             return
         kept = cons.history + slot * MAX_PROTECT_SIZE
         if _u16(kept + 2) != seq:
             self._counters[C_RETRANSMIT_MISSED] += 1
             return
+        if cons.resent_us[slot] != RESENT_NEVER and now_us - cons.resent_us[slot] < interval:
+            self._counters[C_NACK_TOO_SOON] += 1
+            return
         n = cons.history_length[slot]
+        cost = n * RETRANSMIT_TOKEN
+        if cons.tokens_bytes < cost:
+            self._counters[C_NACK_BUDGET_EXCEEDED] += 1
+            return
+        cons.tokens_packets -= RETRANSMIT_TOKEN
+        cons.tokens_bytes -= cost
+        cons.resent_us[slot] = now_us
         memcpy(self._tx, kept, n)
         if c_protect(cons.endpoint.tx_ctx, self._tx, &n) != 0:
             self._counters[C_PROTECT_ERROR] += 1

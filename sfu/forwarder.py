@@ -6,8 +6,8 @@ of the Producer the packet belongs to rewrites the RTP header into the Consumer'
 space, protects it with the subscriber's send session and sends it.
 
 Nothing here raises into the caller for bad input: every packet ends in a counter.
-``now_us`` is an input (the abs-send-time rewrite and the keyframe-request throttle
-use it) so that tests drive both forwarders with the same clock.
+``now_us`` is an input (the abs-send-time rewrite, the keyframe-request throttle and
+the retransmission budget use it) so that tests drive both forwarders with the same clock.
 """
 
 from __future__ import annotations
@@ -80,6 +80,7 @@ class _Consumer:
 
     __slots__ = (
         "abs_send_time_id",
+        "bucket_us",
         "bytes_sent",
         "endpoint",
         "ext_map",
@@ -96,12 +97,18 @@ class _Consumer:
         "packets_sent",
         "payload_types",
         "producer",
+        "rate_bytes",
+        "rate_mark",
+        "rate_packets",
         "report",
+        "resent_us",
         "restart",
         "seq_base",
         "sr_sent",
         "ssrc",
         "start_ext_seq",
+        "tokens_bytes",
+        "tokens_packets",
         "ts_base",
         "ts_offset",
         "wait_started_us",
@@ -156,6 +163,17 @@ class _Consumer:
         # Rewritten packets by sequence number modulo HISTORY_SIZE, for retransmission.
         self.history: list[bytes | None] | None = (
             [None] * rtp.HISTORY_SIZE if is_video else None)
+        # Answering its NACKs (sfu.rtp, RETRANSMIT_*): when each history slot was last
+        # resent; the token buckets (millionths of a packet, of a byte) and when they were
+        # last filled (None: before the first NACK); the forward rate (per second) they
+        # are a share of, and (time, packets, bytes) when it was last measured.
+        self.resent_us: list[int] = [rtp.RESENT_NEVER] * rtp.HISTORY_SIZE if is_video else []
+        self.tokens_packets = 0
+        self.tokens_bytes = 0
+        self.bucket_us: int | None = None
+        self.rate_packets = 0
+        self.rate_bytes = 0
+        self.rate_mark = (0, 0, 0)
 
 
 class Forwarder:
@@ -492,6 +510,7 @@ class Forwarder:
             if cons.start_ext_seq is None:
                 cons.start_ext_seq = cons.highest_ext_seq = 0x10000 + seq
                 cons.ts_offset = (cons.ts_base - timestamp) & 0xFFFFFFFF
+                cons.rate_mark = (now_us, cons.packets_sent, cons.bytes_sent)
             else:  # resuming: number on from the last packet sent
                 cons.seq_base = (
                     cons.highest_ext_seq - cons.start_ext_seq + cons.seq_base + 1) & 0xFFFF
@@ -541,6 +560,7 @@ class Forwarder:
         plain_out = bytes(packet)
         if cons.history is not None:
             cons.history[out_seq % rtp.HISTORY_SIZE] = plain_out
+            cons.resent_us[out_seq % rtp.HISTORY_SIZE] = rtp.RESENT_NEVER
         try:
             protected = endpoint.tx.protect(plain_out)
         except Exception:
@@ -581,8 +601,7 @@ class Forwarder:
                 ssrc = struct.unpack_from("!I", plain, offset + 8)[0]
                 cons = self._consumer_by_ssrc.get(_key(endpoint_id, ssrc))
                 if cons is not None:
-                    self._retransmit(cons, rtp.nack_sequences(
-                        plain[offset + 12 : offset + length]))
+                    self._answer_nack(cons, plain[offset + 12 : offset + length], now_us)
             elif packet_type == rtp.RTCP_RR:
                 counters[rtp.C_RR_IN] += 1
                 if 8 + 24 * fmt > length:
@@ -615,24 +634,91 @@ class Forwarder:
                 rtt = sample
         cons.report = [lost_word >> 24, lost, jitter, rtt]
 
-    def _retransmit(self, cons: _Consumer, sequences: list[int]) -> None:
-        """Send again what a subscriber reports lost, from its history: the same
-        packet, sequence number and all, re-protected (libsrtp allows the repeat)."""
+    def _answer_nack(self, cons: _Consumer, fci: bytes, now_us: int) -> None:
+        """Resend what a subscriber reports lost (RFC 4585 §6.2.1: each FCI entry is a
+        packet id and a bitmask of the 16 after it), within the rules in sfu.rtp
+        (RETRANSMIT_*): the history window, the consumer's budget, one resend per
+        interval."""
+        counters = self._counters
+        entries = struct.iter_unpack("!HH", fci[: len(fci) & ~3])
+        if cons.history is None or cons.start_ext_seq is None:  # nothing kept
+            counters[rtp.C_NACK_OUT_OF_HISTORY] += sum(
+                (1 | blp << 1).bit_count() for _, blp in entries)
+            return
+        self._refill(cons, now_us)
+        report = cons.report
+        interval = rtp.retransmit_interval(report[3] if report is not None else -1)
+        highest = (cons.highest_ext_seq - cons.start_ext_seq + cons.seq_base) & 0xFFFF
         endpoint = self._endpoints.get(cons.endpoint)
-        for seq in sequences:
-            kept = cons.history[seq % rtp.HISTORY_SIZE] if cons.history else None
-            if endpoint is None or kept is None or (kept[2] << 8 | kept[3]) != seq:
-                self._counters[rtp.C_RETRANSMIT_MISSED] += 1
+        for pid, blp in entries:
+            asked = 1 | blp << 1  # bit k: pid + k
+            inside = asked & rtp.history_window(highest, pid)
+            counters[rtp.C_NACK_OUT_OF_HISTORY] += (asked ^ inside).bit_count()
+            if cons.tokens_packets < rtp.RETRANSMIT_TOKEN:  # spent: no lookups
+                counters[rtp.C_NACK_BUDGET_EXCEEDED] += inside.bit_count()
                 continue
-            try:
-                endpoint.sendto(endpoint.tx.protect(kept), endpoint.addr)
-            except OSError:
-                self._counters[rtp.C_SEND_ERROR] += 1
-                continue
-            except Exception:
-                self._counters[rtp.C_PROTECT_ERROR] += 1
-                continue
-            self._counters[rtp.C_RETRANSMITTED] += 1
+            for k in range(17):
+                if inside >> k & 1:
+                    self._retransmit(cons, endpoint, (pid + k) & 0xFFFF, interval, now_us)
+
+    def _refill(self, cons: _Consumer, now_us: int) -> None:
+        """Bring a consumer's retransmission budget up to ``now_us`` (sfu.rtp,
+        RETRANSMIT_*)."""
+        mark_us, mark_packets, mark_bytes = cons.rate_mark
+        if now_us - mark_us >= rtp.RETRANSMIT_RATE_WINDOW_US:
+            elapsed_ms = (now_us - mark_us) // 1000
+            cons.rate_packets = (cons.packets_sent - mark_packets) * 1000 // elapsed_ms
+            cons.rate_bytes = (cons.bytes_sent - mark_bytes) * 1000 // elapsed_ms
+            cons.rate_mark = (now_us, cons.packets_sent, cons.bytes_sent)
+        packets_per_s = rtp.retransmit_budget(cons.rate_packets, rtp.RETRANSMIT_MIN_PACKETS_PER_S)
+        bytes_per_s = rtp.retransmit_budget(cons.rate_bytes, rtp.RETRANSMIT_MIN_BYTES_PER_S)
+        if cons.bucket_us is None:  # the first NACK: a full bucket
+            cons.bucket_us = now_us
+            cons.tokens_packets = packets_per_s * rtp.RETRANSMIT_BURST_US
+            cons.tokens_bytes = bytes_per_s * rtp.RETRANSMIT_BURST_US
+            return
+        elapsed = 0
+        if now_us > cons.bucket_us:
+            elapsed = min(now_us - cons.bucket_us, rtp.RETRANSMIT_BURST_US)
+            cons.bucket_us = now_us
+        cons.tokens_packets = min(packets_per_s * rtp.RETRANSMIT_BURST_US,
+                                  cons.tokens_packets + elapsed * packets_per_s)
+        cons.tokens_bytes = min(bytes_per_s * rtp.RETRANSMIT_BURST_US,
+                                cons.tokens_bytes + elapsed * bytes_per_s)
+
+    def _retransmit(self, cons: _Consumer, endpoint: _Endpoint | None, seq: int,
+                    interval: int, now_us: int) -> None:
+        """Send again one packet a subscriber reports lost, from its history: the same
+        packet, sequence number and all, re-protected (libsrtp allows the repeat)."""
+        counters = self._counters
+        if cons.tokens_packets < rtp.RETRANSMIT_TOKEN:
+            counters[rtp.C_NACK_BUDGET_EXCEEDED] += 1
+            return
+        slot = seq % rtp.HISTORY_SIZE
+        kept = cons.history[slot] if cons.history else None
+        if endpoint is None or kept is None or (kept[2] << 8 | kept[3]) != seq:
+            counters[rtp.C_RETRANSMIT_MISSED] += 1
+            return
+        resent = cons.resent_us[slot]
+        if resent != rtp.RESENT_NEVER and now_us - resent < interval:
+            counters[rtp.C_NACK_TOO_SOON] += 1
+            return
+        cost = len(kept) * rtp.RETRANSMIT_TOKEN
+        if cons.tokens_bytes < cost:
+            counters[rtp.C_NACK_BUDGET_EXCEEDED] += 1
+            return
+        cons.tokens_packets -= rtp.RETRANSMIT_TOKEN
+        cons.tokens_bytes -= cost
+        cons.resent_us[slot] = now_us
+        try:
+            endpoint.sendto(endpoint.tx.protect(kept), endpoint.addr)
+        except OSError:
+            counters[rtp.C_SEND_ERROR] += 1
+            return
+        except Exception:
+            counters[rtp.C_PROTECT_ERROR] += 1
+            return
+        counters[rtp.C_RETRANSMITTED] += 1
 
     def _forward_sr(self, endpoint_id: int, report: bytes, now_us: int) -> None:
         """A publisher's SR to every started consumer of that stream, translated."""

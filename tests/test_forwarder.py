@@ -387,23 +387,23 @@ def test_nack_is_answered_from_history(impl: Any) -> None:
                                payload=(KEY if i == 0 else DELTA) + bytes([i])))
     sent = [data for data, _ in rig.to_sub.sent]
     rig.to_sub.sent.clear()
-    # 65535 and 0 were lost on the way: the subscriber asks for them, and for 2 (never
-    # sent), through the bitmask.
+    # 65535 and 0 were lost on the way: the subscriber asks for them, and for 2 (not sent
+    # yet), through the bitmask.
     request = nack(0xABC, SUB_SSRC, 65535, 0b101)
     assert rig.fwd.handle_packet(SUB, rig.sub_protect.protect_rtcp(request), 0) == rtp.OK
     resent = [data for data, _ in rig.to_sub.sent]
     assert resent == sent[1:3]  # the same SRTP bytes: same packet, same index
     assert [header(p)[1] for p in rig.received()] == [65535, 0]
     counters = rig.fwd.counters()
-    assert (counters["retransmitted"], counters["retransmit_missed"]) == (2, 1)
-    assert counters["nack_in"] == 1
-    # Beyond the history, a slot holds a newer packet: that is a miss, not a wrong packet.
+    assert (counters["retransmitted"], counters["nack_out_of_history"]) == (2, 1)
+    assert counters["nack_in"] == 1 and counters["retransmit_missed"] == 0
+    # Beyond the history, a slot holds a newer packet: not resent, not a wrong packet.
     for i in range(4, 4 + rtp.HISTORY_SIZE):
         rig.publish(rtp_packet(seq=10 + i, timestamp=90 * i, ssrc=PUB_SSRC, payload=DELTA))
     rig.received()
     rig.fwd.handle_packet(SUB, rig.sub_protect.protect_rtcp(nack(1, SUB_SSRC, 65535, 0)), 0)
     assert rig.received() == []
-    assert rig.fwd.counters()["retransmit_missed"] == 2
+    assert rig.fwd.counters()["nack_out_of_history"] == 2
 
 
 def test_publisher_losses_are_asked_for_with_retries_and_rtt(impl: Any) -> None:
@@ -469,3 +469,179 @@ def test_subscriber_reports_give_loss_jitter_and_rtt(impl: Any) -> None:
     short = rr(9, [(SUB_SSRC, 0, 0, 0, 0, 0)])[:-4]
     assert rig.fwd.handle_packet(SUB, rig.sub_protect.protect_rtcp(short), 0) == (
         rtp.DROP_BAD_RTCP)
+
+
+def big_nack(media: int, entries: list[tuple[int, int]]) -> bytes:
+    """A generic NACK with many (pid, bitmask) entries (RFC 4585 §6.2.1)."""
+    fci = b"".join(struct.pack("!HH", pid & 0xFFFF, blp) for pid, blp in entries)
+    return struct.pack("!BBHII", 0x80 | rtp.RTPFB_NACK, rtp.RTCP_RTPFB, 2 + len(entries),
+                       0xBAD, media) + fci
+
+
+def resent(rig: Rig) -> list[int]:
+    """Sequence numbers of what reached the subscriber (in the clear in SRTP: a resent
+    packet is a replay its receiver would refuse); clears the capture."""
+    out = [struct.unpack_from("!H", data, 2)[0] for data, _ in rig.to_sub.sent]
+    rig.to_sub.sent.clear()
+    return out
+
+
+def nack_outcomes(fwd: Any) -> dict[str, int]:
+    counters = fwd.counters()
+    return {name: counters[name] for name in (
+        "retransmitted", "retransmit_missed", "nack_out_of_history", "nack_too_soon",
+        "nack_budget_exceeded")}
+
+
+def publish_stream(rig: Rig, count: int, every_us: int, payload_size: int = 40,
+                   first_seq: int = 100) -> None:
+    """``count`` packets, a keyframe first, ``every_us`` apart from time 0."""
+    for i in range(count):
+        payload = (KEY if i == 0 else DELTA)[:6] + bytes(payload_size)
+        assert rig.publish(rtp_packet(seq=first_seq + i, timestamp=90 * i, ssrc=PUB_SSRC,
+                                      payload=payload), i * every_us) == rtp.OK
+    assert len(resent(rig)) == count
+
+
+def test_a_hostile_nack_gets_no_more_than_the_budget(impl: Any) -> None:
+    """335 entries of (recent seq, 0xFFFF) ask for 5,695 packets in one SRTCP datagram;
+    the consumer's budget is half its forward rate (200/s here), and the bucket starts
+    with one second of it."""
+    rig = make_rig(impl, seq_base=1000)
+    published = [0]
+
+    def stream_until(now: int) -> int:
+        """200 packets/s up to ``now``; the last sequence number sent to the subscriber."""
+        while published[0] * 5_000 < now:
+            i = published[0]
+            rig.publish(rtp_packet(seq=100 + i, timestamp=90 * i, ssrc=PUB_SSRC,
+                                   payload=KEY if i == 0 else DELTA), i * 5_000)
+            published[0] += 1
+        rig.to_sub.sent.clear()
+        return 1000 + published[0] - 1
+
+    def hostile(highest: int) -> bytes:
+        # Spread over the last 512 sent: every one is in the history.
+        return rig.sub_protect.protect_rtcp(big_nack(
+            SUB_SSRC, [(highest - 16 - 17 * (k % 30), 0xFFFF) for k in range(335)]))
+
+    assert len(hostile(1000)) == 1366  # as in the issue
+    assert len(rtp.nack_sequences(big_nack(SUB_SSRC, [(0, 0xFFFF)] * 335)[12:])) == 5695
+    budget = 200 * rtp.RETRANSMIT_SHARE_PERCENT // 100
+    assert budget > rtp.RETRANSMIT_MIN_PACKETS_PER_S
+    rig.fwd.handle_packet(SUB, hostile(stream_until(3_000_000)), 3_000_000)
+    sequences = resent(rig)
+    assert len(sequences) == budget and len(set(sequences)) == budget
+    assert nack_outcomes(rig.fwd) == {
+        "retransmitted": budget, "retransmit_missed": 0, "nack_out_of_history": 0,
+        "nack_too_soon": 0, "nack_budget_exceeded": 5695 - budget}
+    # Half a second later the bucket holds half a second of budget again.
+    rig.fwd.handle_packet(SUB, hostile(stream_until(3_500_000)), 3_500_000)
+    assert len(resent(rig)) == budget // 2
+    # However often it comes, a second brings no more than a second's budget.
+    before = rig.fwd.counters()["retransmitted"]
+    for at in range(3_510_000, 4_510_000, 10_000):
+        rig.fwd.handle_packet(SUB, hostile(stream_until(at)), at)
+    assert rig.fwd.counters()["retransmitted"] - before == budget
+    assert rig.fwd.counters()["nack_too_soon"] > 0  # resent within 100 ms: not again
+
+
+def test_the_byte_budget_holds_for_large_packets(impl: Any) -> None:
+    """25 packets/s of 1.3 kB: the packet floor (50/s) would allow 50, the byte floor
+    (60 kB/s) allows 45 of these."""
+    rig = make_rig(impl, seq_base=1000)
+    publish_stream(rig, 100, 40_000, payload_size=1300)  # out 1000..1099
+    kept = 12 + 6 + 1300
+    rig.fwd.handle_packet(SUB, rig.sub_protect.protect_rtcp(
+        big_nack(SUB_SSRC, [(1000 + 17 * k, 0xFFFF) for k in range(6)])), 4_000_000)
+    allowed = rtp.RETRANSMIT_MIN_BYTES_PER_S // kept
+    assert allowed < rtp.RETRANSMIT_MIN_PACKETS_PER_S
+    assert resent(rig) == list(range(1000, 1000 + allowed))
+    assert nack_outcomes(rig.fwd) == {
+        "retransmitted": allowed, "retransmit_missed": 0,
+        "nack_out_of_history": 2,  # 1100 and 1101: not sent yet
+        "nack_too_soon": 0, "nack_budget_exceeded": 100 - allowed}
+
+
+def test_a_packet_is_resent_once_per_round_trip(impl: Any) -> None:
+    rig = make_rig(impl, seq_base=1000)
+    publish_stream(rig, 10, 20_000)  # out 1000..1009
+
+    def ask(seq: int, at: int, blp: int = 0) -> list[int]:
+        rig.fwd.handle_packet(SUB, rig.sub_protect.protect_rtcp(
+            big_nack(SUB_SSRC, [(seq, blp)])), at)
+        return resent(rig)
+
+    # Asked for twice in one NACK (1003, then 1003 again through 1002's bitmask): once.
+    rig.fwd.handle_packet(SUB, rig.sub_protect.protect_rtcp(
+        big_nack(SUB_SSRC, [(1003, 0), (1002, 0b1)])), 1_000_000)
+    assert resent(rig) == [1003, 1002]
+    assert rig.fwd.counters()["nack_too_soon"] == 1
+    # No report from the subscriber yet: the interval is the default round trip.
+    assert ask(1003, 1_000_000 + rtp.RETRANSMIT_DEFAULT_RTT_US - 1) == []
+    assert ask(1003, 1_000_000 + rtp.RETRANSMIT_DEFAULT_RTT_US) == [1003]
+    assert rig.fwd.counters()["nack_too_soon"] == 2
+    # The subscriber's reports give a 300 ms round trip (see the RTT test above).
+    sr = struct.pack("!BBHIIIIII", 0x80, rtp.RTCP_SR, 6, PUB_SSRC, 0x00012345, 0x6789ABCD,
+                     0, 1, 1)
+    rig.fwd.handle_packet(PUB, rig.pub_protect.protect_rtcp(sr), 2_000_000)
+    resent(rig)  # the SR, translated
+    rig.fwd.handle_packet(SUB, rig.sub_protect.protect_rtcp(
+        rr(9, [(SUB_SSRC, 0, 0, 0, 0x23456789, 65536 // 2)])), 2_800_000)
+    assert rig.fwd.consumer_report(CONSUMER) == (0, 0, 0, 300_000)
+    assert ask(1005, 3_000_000) == [1005]
+    assert ask(1005, 3_299_999) == []
+    assert ask(1005, 3_300_000) == [1005]
+    # A round trip shorter than RETRANSMIT_MIN_INTERVAL_US counts as that.
+    rig.fwd.handle_packet(PUB, rig.pub_protect.protect_rtcp(sr), 4_000_000)
+    resent(rig)
+    rig.fwd.handle_packet(SUB, rig.sub_protect.protect_rtcp(
+        rr(9, [(SUB_SSRC, 0, 0, 0, 0x23456789, 65536 // 2 - 65536 // 1000)])), 4_501_000)
+    assert 0 <= rig.fwd.consumer_report(CONSUMER)[3] < rtp.RETRANSMIT_MIN_INTERVAL_US // 2
+    assert ask(1006, 5_000_000) == [1006]
+    assert ask(1006, 5_000_000 + rtp.RETRANSMIT_MIN_INTERVAL_US - 1) == []
+    assert ask(1006, 5_000_000 + rtp.RETRANSMIT_MIN_INTERVAL_US) == [1006]
+    # A slot that takes a new packet forgets when the old one was resent.
+    assert ask(1007, 6_000_000) == [1007]
+    for i in range(rtp.HISTORY_SIZE):
+        rig.publish(rtp_packet(seq=110 + i, timestamp=0, ssrc=PUB_SSRC, payload=DELTA),
+                    6_000_000)
+    resent(rig)
+    assert ask(1007 + rtp.HISTORY_SIZE, 6_000_001) == [1007 + rtp.HISTORY_SIZE]
+
+
+def test_nacks_outside_the_history_resend_nothing(impl: Any) -> None:
+    rig = make_rig(impl, seq_base=1000)
+    request = big_nack(SUB_SSRC, [(1000, 0xFFFF), (5, 0xFFFF), (40000, 0x0001)])
+    # Before the first packet is sent to it, a consumer holds nothing.
+    rig.fwd.handle_packet(SUB, rig.sub_protect.protect_rtcp(request), 0)
+    assert nack_outcomes(rig.fwd)["nack_out_of_history"] == 17 + 17 + 2
+    publish_stream(rig, 600, 5_000)  # out 1000..1599: the history holds 1088..1599
+    rig.fwd.handle_packet(SUB, rig.sub_protect.protect_rtcp(big_nack(SUB_SSRC, [
+        (1600, 0xFFFF),  # not sent yet
+        (1599 - 600, 0xFFFF),  # long gone
+        (1599 - 520, 0xFFFF),  # 1079..1095: the last 8 are still held
+        (1599 - 40000, 0x8001),  # far away, either way round
+        (1599 + 30000, 0x8001),
+    ])), 3_000_000)
+    assert resent(rig) == list(range(1088, 1096))
+    assert nack_outcomes(rig.fwd) == {
+        "retransmitted": 8, "retransmit_missed": 0, "nack_too_soon": 0,
+        "nack_out_of_history": 36 + 17 + 17 + 9 + 3 + 3, "nack_budget_exceeded": 0}
+    # Inside the window but never sent (a packet lost on the way in): a miss.
+    rig.publish(rtp_packet(seq=702, timestamp=0, ssrc=PUB_SSRC, payload=DELTA), 3_000_000)
+    resent(rig)  # out 1602; 1600 and 1601 never were
+    rig.fwd.handle_packet(SUB, rig.sub_protect.protect_rtcp(
+        big_nack(SUB_SSRC, [(1600, 0b11)])), 3_000_000)
+    assert resent(rig) == [1602]
+    assert nack_outcomes(rig.fwd)["retransmit_missed"] == 2
+
+
+def test_audio_consumers_keep_no_history(impl: Any) -> None:
+    rig = make_rig(impl, is_video=False, codec=rtp.CODEC_OPUS)
+    rig.publish(rtp_packet(seq=1, timestamp=0, ssrc=PUB_SSRC, payload=b"\x01" * 20), 0)
+    resent(rig)
+    rig.fwd.handle_packet(SUB, rig.sub_protect.protect_rtcp(
+        big_nack(SUB_SSRC, [(1000, 0xFFFF)])), 0)
+    assert resent(rig) == []
+    assert nack_outcomes(rig.fwd)["nack_out_of_history"] == 17
