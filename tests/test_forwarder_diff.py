@@ -3,7 +3,9 @@
 Hypothesis generates sequences of publisher RTP (random payloads and sizes, CSRCs,
 one- and two-byte header extensions, padding, sequence and timestamp wraps,
 reordering, duplicates, loss), garbage and truncated packets, subscriber RTCP (NACKs,
-answered from history, among it), the publisher's sender reports, receiver-report
+answered from history within each consumer's budget: a few near the numbering, floods
+of the largest NACK an SRTCP datagram holds, entries anywhere; among it), the
+publisher's sender reports, receiver-report
 statistics, pausing and resuming the producer, and moving it to a new source (the
 publisher reconnected: new SSRC, numbering and timestamps). Both forwarders get the same bytes
 with the same keys; they must return the same statuses and reports, send
@@ -20,7 +22,7 @@ from typing import Any
 
 import pylibsrtp
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, currently_in_test_context, event, given, settings
 from hypothesis import strategies as st
 
 from sfu import forwarder as python_forwarder
@@ -44,6 +46,12 @@ CONSUMERS = [
     (21, SUB_A, 0xA0000002, {96: 96}, {1: 1, 2: 200}, 1, 0, 0, 0),  # id 200: two-byte form
     (22, SUB_B, 0xB0000001, {96: 111}, {}, 0, 0, 32768, 12345),
 ]
+
+
+def note(value: str) -> None:
+    """A Hypothesis event, when run by Hypothesis (run and compare serve fixed cases too)."""
+    if currently_in_test_context():
+        event(value)
 
 
 @dataclass
@@ -114,18 +122,20 @@ def media_packets(draw: st.DrawFn, seq: int, timestamp: int, source: int) -> byt
 
 @st.composite
 def scenarios(draw: st.DrawFn) -> list[tuple[str, Any, int]]:
-    """(kind, data, now_us) events: media, raw, truncate, tamper, rtcp, pause, resume,
-    move."""
+    """(kind, data, now_us) events: media, stream, raw, truncate, tamper, rtcp, nack,
+    pause, resume, move."""
     source = PUB_SSRC
     seq = draw(st.integers(0, 0xFFFF))
     timestamp = draw(st.integers(0, 2**32 - 1))
     now = draw(st.integers(0, 2**40))
     events: list[tuple[str, Any, int]] = []
+    packets = 0  # media sent so far: about how far consumers' numbering has gone
     for _ in range(draw(st.integers(1, 40))):
-        now += draw(st.sampled_from([0, 1_000, 20_000, 300_000]))
-        kind = draw(st.sampled_from(["media"] * 6 + ["raw", "truncate", "tamper", "rtcp",
-                                                      "pause", "resume", "sr", "report",
-                                                      "move"]))
+        # 100 ms: the resend interval before a subscriber's round trip is known.
+        now += draw(st.sampled_from([0, 1_000, 20_000, 100_000, 300_000]))
+        kind = draw(st.sampled_from(["media"] * 6 + ["nack"] * 3 + ["stream"] * 2 + [
+            "raw", "truncate", "tamper", "rtcp", "pause", "resume", "sr", "report",
+            "move"]))
         if kind == "move":  # a new source: its own SSRC, numbering and timestamps
             source = PUB_SSRC_AFTER_MOVE if source == PUB_SSRC else PUB_SSRC
             seq = draw(st.integers(0, 0xFFFF))
@@ -148,9 +158,37 @@ def scenarios(draw: st.DrawFn) -> list[tuple[str, Any, int]]:
         elif kind == "media":
             seq += draw(st.sampled_from([1, 1, 1, 2, 5, 0, -1, -3, 3000, 40000]))
             timestamp += draw(st.sampled_from([0, 3000, 90000, 2**31]))
+            packets += 1
             events.append((kind, draw(media_packets(seq, timestamp, source)), now))
+        elif kind == "stream":  # enough packets in a row for NACKs to exhaust a budget
+            size = draw(st.sampled_from([16, 1200]))
+            for i in range(draw(st.integers(20, 150))):
+                seq += 1
+                timestamp += 3000
+                now += 5_000
+                packets += 1
+                events.append(("media", rtp_packet(
+                    seq=seq & 0xFFFF, timestamp=timestamp & 0xFFFFFFFF, ssrc=source,
+                    payload=(VP8_KEY if i == 0 else VP8_DELTA) + bytes(size)), now))
         elif kind == "raw":
             events.append((kind, draw(st.binary(max_size=1600)), now))
+        elif kind == "nack":  # a subscriber's generic NACK, sent as RTCP
+            consumer = draw(st.sampled_from(CONSUMERS))
+            base = consumer[7] + draw(st.integers(-20, packets + 20))  # near its numbering
+            style = draw(st.sampled_from(["few", "flood", "anywhere"]))
+            if style == "few":
+                pairs = [(base + draw(st.integers(-3, 30)), draw(st.integers(0, 0xFFFF)))
+                         for _ in range(draw(st.integers(1, 3)))]
+            elif style == "flood":  # up to 335 entries of 0xFFFF: 1,352 bytes, as hostile
+                spread = draw(st.integers(1, 40))
+                pairs = [(base - 17 * (k % spread), 0xFFFF)
+                         for k in range(draw(st.integers(1, 335)))]
+            else:
+                pairs = draw(st.lists(st.tuples(st.integers(0, 0xFFFF), st.integers(0, 0xFFFF)),
+                                      min_size=1, max_size=60))
+            fci = b"".join(struct.pack("!HH", pid & 0xFFFF, blp) for pid, blp in pairs)
+            packet = struct.pack("!BBHII", 0x81, 205, 2 + len(pairs), 7, consumer[2]) + fci
+            events.append(("rtcp", (consumer[1], packet), now))
         elif kind == "rtcp":
             # 0 here: a generic NACK (RTPFB 1); 2: a receiver report
             fmt = draw(st.sampled_from([1, 4, 15, 0, 2]))
@@ -209,9 +247,9 @@ def run(sides: list[Side], keys: dict[int, tuple[bytes, bytes]], profile: str,
                 heard = [side.fwd.consumer_report(consumer) for side in sides]
                 assert heard[0] == heard[1], heard
                 if heard[0] is not None and heard[0][3] >= 0:
-                    event("subscriber RTT measured")
+                    note("subscriber RTT measured")
             if nacks[0]:
-                event("NACK requested")
+                note("NACK requested")
             continue
         if kind == "rtcp":
             endpoint, packet = data
@@ -265,8 +303,10 @@ def compare(sides: list[Side], keys: dict[int, tuple[bytes, bytes]], profile: st
             # different packets share a forwarded sequence number; the subscriber's
             # libsrtp then rejects the second as a replay. Same outcome both sides.
             assert opened(receiver_fast, b) == opened(receiver_twin, a)
-    if twin.fwd.counters()["retransmitted"]:
-        event("retransmitted from history")
+    for name in ("retransmitted", "nack_too_soon", "nack_budget_exceeded",
+                 "nack_out_of_history", "retransmit_missed"):
+        if twin.fwd.counters()[name]:
+            note(f"NACK outcome: {name}")
     for consumer, *_ in CONSUMERS:
         assert fast.fwd.consumer_stats(consumer) == twin.fwd.consumer_stats(consumer)
         assert fast.fwd.consumer_started(consumer) == twin.fwd.consumer_started(consumer)
@@ -282,6 +322,50 @@ def test_cython_matches_twin(profile: str, events: list[tuple[str, Any, int]]) -
                                                     _fastpath.Forwarder)]
     run(sides, keys, profile, events)
     compare(sides, keys, profile)
+
+
+def test_a_nack_flood_is_answered_alike() -> None:
+    """The issue's attack on both forwarders: 200 packets/s published for 4 s; from the
+    second second on, subscriber A sends 100 NACKs/s of 335 entries (mostly a recent
+    sequence number, all 0xFFFF) on consumer 20 and its receiver reports give a round trip. Same
+    bytes out, same counters, and every outcome of a NACK entry happens."""
+    profile = "AEAD_AES_128_GCM"
+    key_length = PROFILES[profile][1]
+    keys = {e: (os.urandom(key_length), os.urandom(key_length)) for e in (PUB, SUB_A, SUB_B)}
+    sides = [build(impl, keys, profile) for impl in (python_forwarder.Forwarder,
+                                                    _fastpath.Forwarder)]
+    _, _, ssrc, *_, seq_base, _ = CONSUMERS[0]
+    events: list[tuple[str, Any, int]] = []
+    for i in range(800):
+        now = 1_000_000 + 5_000 * i
+        events.append(("media", rtp_packet(seq=(40000 + i) & 0xFFFF, timestamp=3000 * (i // 6),
+                                           ssrc=PUB_SSRC, payload_type=96,
+                                           payload=(VP8_KEY if i == 0 else VP8_DELTA)
+                                           + bytes(i % 900)), now))
+        if i % 100 == 50:  # an SR, and the subscriber's report on it 40 ms later
+            sr = struct.pack("!BBHI", 0x80, 200, 6, PUB_SSRC) + bytes.fromhex(
+                "0001234567890000") + bytes(12)
+            events.append(("sr", sr, now))
+            block = struct.pack("!IIIIII", ssrc, 0, 0, 0, 0x23456789, 65536 // 100)
+            events.append(("rtcp", (SUB_A, struct.pack("!BBHI", 0x81, 201, 7, 9) + block),
+                           now + 40_000))
+        if i >= 200 and i % 2 == 0:  # every 10 ms: asks for 5,695 packets
+            highest = seq_base + i
+            # The last five entries reach back past the history.
+            fci = b"".join(struct.pack("!HH", (highest - 16 - 17 * (k % 30 if k < 330 else k))
+                                       & 0xFFFF, 0xFFFF) for k in range(335))
+            nack = struct.pack("!BBHII", 0x81, 205, 2 + 335, 7, ssrc) + fci
+            events.append(("rtcp", (SUB_A, nack), now))
+    events.sort(key=lambda e: e[2])
+    run(sides, keys, profile, events)
+    compare(sides, keys, profile)
+    counters = sides[0].fwd.counters()
+    assert counters["nack_in"] == 300
+    assert all(counters[name] for name in ("retransmitted", "nack_too_soon",
+                                           "nack_budget_exceeded", "nack_out_of_history"))
+    # 3 s of flood: at most a full bucket plus three seconds' refill.
+    budget = max(rtp.RETRANSMIT_MIN_PACKETS_PER_S, 200 * rtp.RETRANSMIT_SHARE_PERCENT // 100)
+    assert counters["retransmitted"] <= budget * (1 + 3)
 
 
 def test_cython_sends_from_c_on_a_real_socket() -> None:
