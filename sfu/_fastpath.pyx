@@ -1079,8 +1079,9 @@ cdef class Forwarder:
         """As the twin's _refill: the budget brought up to ``now_us``."""
         cdef int64_t elapsed, packets_per_s, bytes_per_s
         if now_us - cons.rate_mark_us >= RETRANSMIT_RATE_WINDOW_US:
-            elapsed = (now_us - cons.rate_mark_us) // 1000
-            cons.rate_packets = <int64_t>(cons.packets_sent - cons.rate_mark_packets) * 1000 // elapsed
+            elapsed = (now_us - cons.rate_mark_us) // 1000  # ms
+            cons.rate_packets = <int64_t>(cons.packets_sent - cons.rate_mark_packets) * 1000 \
+                // elapsed
             cons.rate_bytes = <int64_t>(cons.bytes_sent - cons.rate_mark_bytes) * 1000 // elapsed
             cons.rate_mark_us = now_us
             cons.rate_mark_packets = cons.packets_sent
