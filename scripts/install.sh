@@ -55,7 +55,9 @@ python="${PYTHON:-python3}"
 "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
     || { echo "install.sh: sfu needs Python >= 3.11 ($python is older)" >&2; exit 1; }
 [ -x .venv/bin/python ] || "$python" -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
+# setuptools too: `python setup.py build_ext --inplace` (rebuilding the extension in
+# place) reads pyproject.toml, whose license field needs setuptools 77.
+.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip "setuptools>=77"
 extras=""
 [ "$with_test" = 1 ] && extras="[test]"
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extras}"
