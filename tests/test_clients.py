@@ -269,6 +269,21 @@ def ids_by_name(server: Server) -> dict[str, str]:
     return {peer.name: peer.id for peer in server.peers.values()}
 
 
+def publications(server: Server) -> list[tuple[str, str, str]]:
+    """(publisher name, kind, codec) of every publication in the room, sorted; one
+    entry each, so none hides another."""
+    names = {pid: name for name, pid in ids_by_name(server).items()}
+    return sorted((names.get(p.track.participant, p.track.participant), p.track.kind,
+                   p.media.codec.mime_type) for p in server.publications.values())
+
+
+def every_publication(participants: list[Participant]) -> list[tuple[str, str, str]]:
+    """What ``publications`` must be: each participant's audio in Opus and video in
+    VP8, as every client here publishes them."""
+    return sorted((p.name, kind, codec) for p in participants
+                  for kind, codec in (("audio", "audio/opus"), ("video", "video/VP8")))
+
+
 async def everyone_decodes_everyone(server: Server, participants: list[Participant],
                                     seconds: float) -> dict[str, dict[str, tuple[int, int]]]:
     """Wait until every receiver has decoded video and audio from every other
@@ -319,6 +334,7 @@ async def test_client_and_aiortc(room_server: Server, kind: Any) -> None:
     try:
         counts = await everyone_decodes_everyone(room_server, [bot, other], 45)
         print(f"\n{getattr(other, 'version', '') or kind.__name__}: {counts}")
+        assert publications(room_server) == every_publication([bot, other])
     finally:
         await other.close()
         await bot.close()
@@ -344,9 +360,7 @@ async def test_mixed_room(room_server: Server) -> None:
             print("\nmixed room, (video frames, audio) decoded by receiver from publisher:")
             for receiver, row in counts.items():
                 print(f"  {receiver:10} {row}")
-            codecs = {p.track.kind: p.media.codec.mime_type
-                      for p in room_server.publications.values()}
-            assert codecs == {"video": "video/VP8", "audio": "audio/opus"}
+            assert publications(room_server) == every_publication(participants)
         finally:
             for participant in reversed(participants):
                 await participant.close()
