@@ -8,12 +8,13 @@ iptables rules inside the client namespace make each case:
 1. direct UDP between the client and the SFU's ports dropped: TURN/UDP relays it;
 2. all UDP from the client dropped: TURN over TCP;
 3. nothing blocked: a direct host pair, no relay;
-4. the direct path breaks mid-call: media resumes within RECOVERY_BOUND_S, without the
-   other participant seeing a leave, by Chrome's own ICE failover to its relay pair
-   (the SFU follows the media to the validated pair) or the client's relay-only
-   restart, whichever comes first; with no relay pair to fail over to (TURN was out
-   of reach at the start), by the restart; with the restart off, the SFU follows the
-   publisher's failover;
+4. the direct path breaks mid-call: media resumes within RECOVERY_BOUND_S through a
+   relay (TURN over UDP or TCP, whichever Chrome picks), without the other
+   participant seeing a leave, by Chrome's own ICE failover to a relay pair (the SFU
+   follows the media to the validated pair) or the client's relay-only restart,
+   whichever comes first; the same when TURN/UDP goes too (TURN/TCP is left); with
+   no relay pair to fail over to (TURN was out of reach at the start), by the
+   restart; with the restart off, the SFU follows the publisher's failover;
 5. nothing reachable while the call starts: the client restarts relay-only.
 """
 
@@ -216,17 +217,25 @@ def block_turn() -> list[tuple[str, ...]]:
                "--reject-with", "tcp-reset") for port in ("3478", "5349")]]
 
 
+def drop_turn_udp() -> list[tuple[str, ...]]:
+    """iptables rules (client side) that drop UDP to and from coturn: its TURN/UDP
+    allocations go, TURN/TCP stays."""
+    return [("-A", "OUTPUT", "-p", "udp", "--dport", "3478", "-j", "DROP"),
+            ("-A", "INPUT", "-p", "udp", "--sport", "3478", "-j", "DROP")]
+
+
 async def cut_and_recover(call: Call, namespace: ClientNamespace,
-                          unblock: list[tuple[str, ...]]) -> float:
-    """Drop direct UDP (and lift ``unblock``) mid-call; seconds until media flows both
-    ways again."""
+                          unblock: list[tuple[str, ...]],
+                          also_cut: list[tuple[str, ...]] | None = None) -> float:
+    """Drop direct UDP (and ``also_cut``, and lift ``unblock``) mid-call; seconds until
+    media flows both ways again."""
     assert await call.frames_flow(20)
     assert relayed_selected(await call.state(call.client)) == {("host", None)}
     call.room_events.clear()
     cut = time.monotonic()
     for rule in unblock:
         namespace.iptables("-D", *rule[1:])
-    for rule in drop_direct_udp():
+    for rule in drop_direct_udp() + (also_cut or []):
         namespace.iptables(*rule)
     assert await call.frames_flow(RECOVERY_BOUND_S)
     return time.monotonic() - cut
@@ -241,19 +250,49 @@ def assert_nobody_saw_it(call: Call) -> None:
 @pytest.mark.parametrize("call", [[]], indirect=True, ids=["open-then-cut"])
 async def test_link_cut_mid_call_recovers_through_turn(
         call: Call, topology: tuple[ClientNamespace, TurnConfig]) -> None:
-    """Chrome gathered a relay candidate at the start. When the direct path breaks,
-    either its own ICE moves both connections to the relay pair (the SFU follows the
+    """Chrome gathered relay candidates at the start. When the direct path breaks,
+    either its own ICE moves each connection to a relay pair (the SFU follows the
     media to the validated pair) or, when it does not in time, the page restarts
-    relay-only; which one wins is a race. Either way media is back both ways."""
+    relay-only; which one wins is a race, and so is which relay (Chrome's failover
+    has picked TURN/TCP for one connection). What matters: media is back both ways
+    within the bound (cut_and_recover), through a relay at both ends, and the other
+    participant saw nothing."""
     recovered = await cut_and_recover(call, topology[0], [])
+    state = await assert_relayed_at_both_ends(call)
+    print(f"link cut → media both ways again in {recovered:.1f} s: {state}")
+    assert_nobody_saw_it(call)
+
+
+@pytest.mark.parametrize("call", [[]], indirect=True, ids=["open-then-cut-turn-udp-too"])
+async def test_link_cut_with_turn_udp_gone_recovers_through_turn_tcp(
+        call: Call, topology: tuple[ClientNamespace, TurnConfig]) -> None:
+    """As above, with TURN/UDP lost in the same moment: the relay pairs left are
+    TURN/TCP (by Chrome's failover or the restart), and media comes back over them."""
+    recovered = await cut_and_recover(call, topology[0], [], also_cut=drop_turn_udp())
+    state = await assert_relayed_at_both_ends(call)
+    print(f"link and TURN/UDP cut → media both ways again in {recovered:.1f} s: {state}")
+    assert relayed_selected(state) <= {("relay", "tcp"), ("relay", "tls")}
+    assert_nobody_saw_it(call)
+
+
+async def assert_relayed_at_both_ends(call: Call) -> dict[str, Any]:
+    """Both of the client's connections go through coturn: a relay pair selected in
+    the browser (over any transport) and coturn's relay ports as the SFU's send
+    address. Returns the client's state."""
     state = await call.state(call.client)
     client = next(p for p in call.server.peers.values() if p.name == "client")
-    moved = [t.path_changes for t in (client.publish, client.subscribe) if t is not None]
-    how = "restart" if state["restarts"] else f"failover, SFU followed {moved}"
-    print(f"link cut → media both ways again in {recovered:.1f} s ({how}): {state}")
-    assert relayed_selected(state) == {("relay", "udp")}
-    assert state["restarts"] == 1 or moved == [1, 1]
-    assert_nobody_saw_it(call)
+    transports = [t for t in (client.publish, client.subscribe) if t is not None]
+    how = ("restart" if state["restarts"] else
+           f"failover, SFU followed {[t.path_changes for t in transports]}")
+    print(f"recovered by {how}")
+    assert {kind for kind, _ in relayed_selected(state)} == {"relay"}, state
+    assert len(transports) == 2
+    for transport in transports:
+        assert transport.selected is not None
+        host, port = transport.selected.remote_addr[:2]
+        assert host == call.turn.host and (
+            call.turn.relay_port_min <= port <= call.turn.relay_port_max)
+    return state
 
 
 @pytest.mark.parametrize("call", [[]], indirect=True, ids=["open-then-cut-no-fallback"])
