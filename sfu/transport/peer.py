@@ -141,7 +141,18 @@ class PeerTransport:
     async def close(self) -> None:
         self.closing = True  # a "closed" state from here on is ours, not a failure
         self._forwarder.remove_endpoint(self.endpoint)
-        await self.pc.close()
+        # Shielded: when the peer closed first, aiortc is already closing the connection
+        # itself, and this call waits on that close's future, unshielded; cancelling
+        # this caller (a leave cut short by the server stopping) would cancel the
+        # future, and aiortc's own close would then fail setting it.
+        await asyncio.shield(self.pc.close())
+        # aiortc starts a transceiver's receiver and sender once DTLS connects; when the
+        # peer's own close races ours, that can come after close() stopped them, and
+        # they would run on (a task and a decoder thread each) with the closed
+        # connection. Stopping again is a no-op for those already stopped.
+        for transceiver in self.pc.getTransceivers():
+            await transceiver.receiver.stop()
+            await transceiver.sender.stop()
 
 
 class PublishTransport(PeerTransport):
