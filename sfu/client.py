@@ -31,6 +31,7 @@ from aiortc.contrib.media import MediaRelay
 from aiortc.exceptions import InvalidStateError
 
 from sfu.control import codec
+from sfu.transport import internals
 from sfu.transport.internals import HostGathering, prepare_gathering
 
 
@@ -241,6 +242,7 @@ class Client:
                 self.subscribe_pc.on("track", self._on_track)
             pc = self.subscribe_pc
             try:
+                await self._recycle_receivers(pc, offer["sdp"])
                 await pc.setRemoteDescription(RTCSessionDescription(offer["sdp"], "offer"))
                 prepare_gathering(pc, self._gathering, None)
                 await pc.setLocalDescription(await pc.createAnswer())
@@ -248,6 +250,25 @@ class Client:
                 continue  # closed by a restart meanwhile
             if epoch == self._epoch and not self._restarting:
                 await self.send({"type": "answer", "sdp": pc.localDescription.sdp})
+
+    @staticmethod
+    async def _recycle_receivers(pc: RTCPeerConnection, offer_sdp: str) -> None:
+        """The server recycles the m-lines of departed tracks (docs/protocol.md,
+        "Recycled m-lines"): when an offer makes an m-line inactive, its receiver stops
+        (its decoder thread and task go now) and its track ends; when the m-line carries
+        another source (a new SSRC), a fresh receiver takes it, and its track comes from
+        ``next_track``."""
+        if pc.remoteDescription is None:
+            return
+        silent = internals.silent_mids(offer_sdp)
+        ssrcs = internals.remote_media_ssrcs(offer_sdp)
+        before = internals.remote_media_ssrcs(pc.remoteDescription.sdp)
+        for transceiver in pc.getTransceivers():
+            mid = transceiver.mid
+            if mid is None or transceiver.receiver.track is None:
+                continue  # never received anything: nothing to free
+            if mid in silent or ssrcs.get(mid) != before.get(mid):
+                await internals.stop_receiver(internals.renew_receiver(transceiver))
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         assert self.subscribe_pc is not None

@@ -31,7 +31,9 @@ class Subscription:
     """A subscribed track: its transceiver on the subscribe connection, and its Consumer."""
 
     track: rooms.Track
-    transceiver: RTCRtpTransceiver
+    # Chosen when an offer first carries the subscription (Server._send_offer): a
+    # recycled m-line or a new one. None until then.
+    transceiver: RTCRtpTransceiver | None
     consumer: int
     active: bool = False
     failed: bool = False  # the subscriber's answer took none of the publisher's codecs

@@ -519,11 +519,11 @@ class Server:
     def _subscribe(self, peer: Peer, track: rooms.Track) -> None:
         if not peer.grants.can_subscribe:
             return
-        publication = self.publications[track.id]
         if peer.subscribe is None:
             peer.subscribe = self._new_transport(peer, SubscribeTransport)
-        transceiver = peer.subscribe.add_track(track.kind, publication.media.codec)
-        peer.subscriptions[track.id] = Subscription(track, transceiver, next(self._ids))
+        # Its m-line is chosen when the next offer is made (_place): by then the answer
+        # to the last one is in, so the m-lines it made inactive can be recycled.
+        peer.subscriptions[track.id] = Subscription(track, None, next(self._ids))
         self._negotiate(peer)
 
     def _unsubscribe(self, peer: Peer, track: rooms.Track) -> None:
@@ -532,9 +532,10 @@ class Server:
             return
         self._retire(subscription)
         self.forwarder.remove_consumer(subscription.consumer)
+        if subscription.transceiver is None or peer.leaving:
+            return  # never offered; or the whole connection is closing
         peer.subscribe.stop_track(subscription.transceiver)
-        if not peer.leaving:
-            self._negotiate(peer)
+        self._negotiate(peer)
 
     def _negotiate(self, peer: Peer) -> None:
         """Send a new subscribe offer now, or after the answer to the outstanding one."""
@@ -544,6 +545,15 @@ class Server:
         peer.offer_outstanding = True
         self._spawn(self._send_offer(peer))
 
+    def _place(self, peer: Peer, transport: SubscribeTransport) -> None:
+        """Give each subscription no offer has carried yet its m-line: a departed
+        track's the subscriber has answered inactive (recycled), or a new one."""
+        for subscription in peer.subscriptions.values():
+            publication = self.publications.get(subscription.track.id)
+            if subscription.transceiver is None and publication is not None:
+                subscription.transceiver = transport.add_track(
+                    subscription.track.kind, publication.media.codec)
+
     async def _send_offer(self, peer: Peer, resend: bool = False) -> None:
         transport = peer.subscribe
         if transport is None or peer.leaving or transport.pc.connectionState == "closed":
@@ -551,6 +561,11 @@ class Server:
         if resend:
             sdp = transport.pc.localDescription.sdp
         else:
+            self._place(peer, transport)
+            if not transport.pc.getTransceivers():
+                # Subscribed and unsubscribed before any offer: nothing to offer.
+                peer.offer_outstanding = peer.renegotiate = False
+                return
             try:
                 sdp = await transport.create_offer()
             except InvalidStateError:
@@ -563,6 +578,7 @@ class Server:
                 "kind": s.track.kind,
             }
             for s in peer.subscriptions.values()
+            if s.transceiver is not None and s.transceiver.mid is not None
         ]
         peer.send({"type": "offer", "sdp": sdp, "tracks": mapping})
 
@@ -589,9 +605,10 @@ class Server:
     ) -> None:
         """Start forwarding a negotiated subscription: add its Consumer."""
         publication = self.publications.get(subscription.track.id)
-        if publication is None or subscription.transceiver.mid is None:
+        transceiver = subscription.transceiver
+        if publication is None or transceiver is None or transceiver.mid is None:
             return  # gone, or added after this offer was made: the next offer has it
-        down = transport.down_track(subscription.transceiver)
+        down = transport.down_track(transceiver)
         if down is None:
             self._cannot_receive(peer, subscription, publication)
             return

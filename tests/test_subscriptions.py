@@ -56,11 +56,14 @@ async def test_subscribe_unsubscribe_resubscribe() -> None:
                 break
         assert track["id"] not in bob_peer.subscriptions
         assert server.forwarder.consumer_stats(subscription.consumer) == (0, 0)  # removed
+        assert subscription.transceiver is not None
         assert subscription.transceiver.direction == "inactive"
 
         await bob.subscribe([track["id"]])
         info2, remote2 = await bob.next_track()
-        assert info2.track_id == track["id"] and info2.mid != info.mid  # a fresh m-line
+        # The m-line it left, recycled (docs/protocol.md, "Recycled m-lines"): the same
+        # mid, a new track.
+        assert info2.track_id == track["id"] and info2.mid == info.mid and remote2 is not remote
         await asyncio.wait_for(remote2.recv(), 5)
     finally:
         await alice.close()

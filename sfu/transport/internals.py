@@ -12,14 +12,22 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 from aioice import ice as aioice_ice
 from aioice import turn as aioice_turn
 from aioice.candidate import Candidate, candidate_foundation, candidate_priority
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCRtpTransceiver, sdp
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCRtpReceiver,
+    RTCRtpSender,
+    RTCRtpTransceiver,
+    sdp,
+)
 from aiortc.codecs import CODECS
 from aiortc.rtcconfiguration import RTCBundlePolicy
 from aiortc.rtcdtlstransport import RTCDtlsTransport
@@ -333,6 +341,64 @@ def sender_ssrc(transceiver: RTCRtpTransceiver) -> int:
     return ssrc
 
 
+def renew_sender(transceiver: RTCRtpTransceiver, track: MediaStreamTrack) -> RTCRtpSender:
+    """Give a transceiver a fresh sender, to recycle its m-line for another track: the
+    next offer announces the new sender's SSRC and msid on the same mid. Returns the
+    old sender, for the caller to stop.
+
+    aiortc keeps a transceiver's sender for life, and a sender starts once: the old
+    one, stopped, would never send again, and its SSRC belongs to the departed track.
+    """
+    old = transceiver.sender
+    sender = RTCRtpSender(track, old.transport)
+    sender._stream_id = old._stream_id  # the connection's one stream, as aiortc gives it
+    transceiver._RTCRtpTransceiver__sender = sender  # type: ignore[attr-defined]
+    transceiver.receiver._set_rtcp_ssrc(sender._ssrc)
+    return old
+
+
+def retire_sender(sender: RTCRtpSender) -> Coroutine[Any, Any, None]:
+    """Stop a sender for good: the returned coroutine ends its two tasks if it started,
+    and from now on it never starts. aiortc starts the sender of every transceiver whose
+    negotiated direction sends, after each description applied: a departed track's
+    m-line still does until the subscriber answers the offer that makes it inactive,
+    and a sender stopped before it started would start then and run until the
+    connection closes."""
+
+    async def never_send(parameters: Any) -> None:
+        return None
+
+    setattr(sender, "send", never_send)  # noqa: B010
+    return sender.stop()
+
+
+def renew_receiver(transceiver: RTCRtpTransceiver) -> RTCRtpReceiver:
+    """Give a (client's) transceiver a fresh receiver, with no track yet; returns the
+    old one, for ``stop_receiver``.
+
+    aiortc keeps a transceiver's receiver for life and starts it once, registered for
+    the SSRC of the first offer: when the offerer recycles the m-line for another
+    source (another SSRC), the old receiver would route it nowhere, and aiortc fires
+    no `track` event for a transceiver whose receiver has a track. With a fresh
+    receiver the next setRemoteDescription makes a new track and fires `track`.
+    """
+    old = transceiver.receiver
+    receiver = RTCRtpReceiver(transceiver.kind, old.transport)
+    receiver._set_rtcp_ssrc(transceiver.sender._ssrc)
+    transceiver._RTCRtpTransceiver__receiver = receiver  # type: ignore[attr-defined]
+    return old
+
+
+async def stop_receiver(receiver: RTCRtpReceiver) -> None:
+    """Stop a receiver (its decoder thread and RTCP task) and end its track, even if
+    it never started (then nothing else would ever end it)."""
+    track = receiver.track
+    await receiver.stop()
+    if track is not None and track.readyState == "live":
+        # What the decoder thread sends when it stops: recv() then ends the track.
+        track._queue.put_nowait(None)  # type: ignore[attr-defined]
+
+
 def remote_media_ssrcs(description_sdp: str) -> dict[str, int]:
     """mid → the primary (first) SSRC each m-line of a remote description announces."""
     parsed = sdp.SessionDescription.parse(description_sdp)
@@ -343,6 +409,14 @@ def remote_media_ssrcs(description_sdp: str) -> dict[str, int]:
             fid = next((g for g in media.ssrc_group if g.semantic == "FID"), None)
             result[media.rtp.muxId] = int(fid.items[0]) if fid else media.ssrc[0].ssrc
     return result
+
+
+def silent_mids(description_sdp: str) -> set[str]:
+    """Mids of the m-lines on which the side that wrote a description sends nothing:
+    rejected (port 0), or inactive or recvonly."""
+    parsed = sdp.SessionDescription.parse(description_sdp)
+    return {media.rtp.muxId for media in parsed.media if media.rtp.muxId and (
+        media.port == 0 or media.direction in ("inactive", "recvonly"))}
 
 
 def rejected_mids(description_sdp: str) -> set[str]:
@@ -381,7 +455,17 @@ def check_internals(pc: RTCPeerConnection) -> None:
     for transceiver in pc.getTransceivers():
         for name in ("_codecs", "_headerExtensions"):
             assert hasattr(transceiver, name), f"RTCRtpTransceiver.{name} is gone"
+        # What renew_sender and renew_receiver replace: the objects behind the properties.
+        assert getattr(transceiver, "_RTCRtpTransceiver__sender", None) is transceiver.sender, (
+            "RTCRtpTransceiver.__sender is gone")
+        assert getattr(transceiver, "_RTCRtpTransceiver__receiver", None) is (
+            transceiver.receiver), "RTCRtpTransceiver.__receiver is gone"
         assert hasattr(transceiver.sender, "_ssrc"), "RTCRtpSender._ssrc is gone"
+        assert hasattr(transceiver.sender, "_stream_id"), "RTCRtpSender._stream_id is gone"
+        assert hasattr(transceiver.receiver, "_set_rtcp_ssrc"), (
+            "RTCRtpReceiver._set_rtcp_ssrc is gone")
+        track = transceiver.receiver.track
+        assert track is None or hasattr(track, "_queue"), "RemoteStreamTrack._queue is gone"
         assert hasattr(transceiver.sender, "_send_rtcp"), "RTCRtpSender._send_rtcp is gone"
         assert hasattr(transceiver.receiver, "_send_rtcp"), "RTCRtpReceiver._send_rtcp is gone"
     rx, tx = srtp_sessions(dtls)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from aiortc import MediaStreamTrack, RTCRtpTransceiver, RTCSessionDescription
+from aiortc import MediaStreamTrack, RTCRtpSender, RTCRtpTransceiver, RTCSessionDescription
 from av.frame import Frame
 
 from sfu.transport import internals
@@ -224,25 +224,65 @@ class DownTrack:
 
 
 class SubscribeTransport(PeerTransport):
-    """The server offers send-only transceivers; the client answers."""
+    """The server offers send-only transceivers; the client answers.
+
+    A departed track's m-line is recycled (docs/protocol.md, "Recycled m-lines"): once
+    the subscriber has answered it inactive, the next track of the same kind takes it —
+    the same mid and position, with a fresh sender (a new SSRC and msid). So a
+    subscriber's offer holds at most as many m-lines as it had tracks at once (plus
+    those whose track left during the last negotiation), however many come and go.
+    """
 
     role = "subscribe"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._rejected_mids: set[str] = set()  # m-lines the last answer rejected
+        # Every m-line an answer ever rejected (port 0): a browser stopped its side of
+        # it, so it is never recycled on the same mid.
+        self._refused_mids: set[str] = set()
+        self._stopping: set[asyncio.Task[None]] = set()  # senders being stopped
+        self.recycled = 0  # m-lines taken over by another track
 
     def add_track(self, kind: str, codec: CodecInfo) -> RTCRtpTransceiver:
-        """A send-only transceiver that offers exactly the publisher's codec."""
-        transceiver = self.pc.addTransceiver(SilentTrack(kind), direction="sendonly")
-        transceiver.setCodecPreferences(internals.codec_preferences(kind, codec))
+        """A send-only transceiver that offers exactly the publisher's codec: a
+        departed track's, when one of this kind is free, else a new m-line."""
+        preferences = internals.codec_preferences(kind, codec)
+        transceiver = self._free(kind)
+        if transceiver is None:
+            transceiver = self.pc.addTransceiver(SilentTrack(kind), direction="sendonly")
+        else:
+            self._stop_sender(internals.renew_sender(transceiver, SilentTrack(kind)))
+            transceiver.direction = "sendonly"
+            self.recycled += 1
+        transceiver.setCodecPreferences(preferences)
         internals.silence_rtcp(transceiver)
         self._prepare()
         return transceiver
 
+    def _free(self, kind: str) -> RTCRtpTransceiver | None:
+        """A transceiver of this kind whose track left and whose m-line the subscriber
+        has since answered inactive: its side of the m-line is idle, so a new track there
+        is a new `track` event (a browser fires one when an m-line's direction comes
+        back to receiving, not when only its SSRC changes)."""
+        for transceiver in self.pc.getTransceivers():
+            if (transceiver.kind == kind and transceiver.mid is not None
+                    and transceiver.direction == "inactive"
+                    and transceiver.currentDirection == "inactive"
+                    and transceiver.mid not in self._refused_mids):
+                return transceiver
+        return None
+
     def stop_track(self, transceiver: RTCRtpTransceiver) -> None:
-        """Mark a transceiver inactive; it goes in the next offer and is not reused."""
+        """The track left: its m-line goes inactive in the next offer (to be recycled
+        once answered), and its sender's tasks end now."""
         transceiver.direction = "inactive"
+        self._stop_sender(transceiver.sender)
+
+    def _stop_sender(self, sender: RTCRtpSender) -> None:
+        task = asyncio.create_task(internals.retire_sender(sender))
+        self._stopping.add(task)
+        task.add_done_callback(self._stopping.discard)
 
     async def create_offer(self) -> str:
         await self.pc.setLocalDescription(await self.pc.createOffer())
@@ -252,6 +292,7 @@ class SubscribeTransport(PeerTransport):
     async def apply_answer(self, answer_sdp: str) -> None:
         await self.pc.setRemoteDescription(RTCSessionDescription(answer_sdp, "answer"))
         self._rejected_mids = internals.rejected_mids(answer_sdp)
+        self._refused_mids |= self._rejected_mids
 
     def down_track(self, transceiver: RTCRtpTransceiver) -> DownTrack | None:
         """The negotiated parameters of a transceiver, once the answer is applied; None
