@@ -14,6 +14,7 @@ import logging
 import random
 import secrets
 import time
+import weakref
 from collections import Counter
 from pathlib import Path
 from typing import Any, TypeVar
@@ -676,12 +677,16 @@ class Server:
         transport = kind(next(self._ids), self.forwarder, self.gathering,
                          self._connection_state, self.transport_drops)
         self._endpoint_owner[transport.endpoint] = peer.id
-        asyncio.get_running_loop().call_later(CONNECT_TIMEOUT_S, self._connect_timeout,
-                                              transport)
+        # By weak reference: the timer must not keep a transport that is gone (closed
+        # and dropped) alive for CONNECT_TIMEOUT_S; one that is gone timed nothing out.
+        ref: weakref.ref[PeerTransport] = weakref.ref(transport)
+        asyncio.get_running_loop().call_later(CONNECT_TIMEOUT_S, self._connect_timeout, ref)
         return transport
 
-    def _connect_timeout(self, transport: PeerTransport) -> None:
-        if not transport.connected.is_set() and transport.pc.connectionState != "closed":
+    def _connect_timeout(self, ref: weakref.ref[PeerTransport]) -> None:
+        transport = ref()
+        if (transport is not None and not transport.connected.is_set()
+                and transport.pc.connectionState != "closed"):
             self.connections.not_connected("timeout")
 
     def _connection_state(self, transport: PeerTransport, state: str) -> None:

@@ -27,11 +27,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiortc import MediaStreamTrack, VideoStreamTrack
+from aiortc import VideoStreamTrack
 from av import VideoFrame
 
 from sfu.auth import mint_token
 from sfu.client import Client
+from tests.bystander import FrameCounter, healthz_latencies
 from tests.conftest import requires_isolated_network
 
 pytestmark = requires_isolated_network
@@ -113,43 +114,6 @@ class SentFrames(VideoStreamTrack):
 
     def count(self, start: float, end: float) -> int:
         return sum(start <= t < end for t in self.times)
-
-
-class FrameCounter:
-    """When a subscriber decoded each frame."""
-
-    def __init__(self, track: MediaStreamTrack) -> None:
-        self.times: list[float] = []
-        self._task = asyncio.create_task(self._count(track))
-
-    async def _count(self, track: MediaStreamTrack) -> None:
-        with contextlib.suppress(Exception):
-            while True:
-                await track.recv()
-                self.times.append(time.monotonic())
-
-    def count(self, start: float, end: float) -> int:
-        return sum(start <= t < end for t in self.times)
-
-    def stop(self) -> None:
-        self._task.cancel()
-
-
-async def healthz_latencies(port: int, until: float) -> list[float]:
-    """/healthz every 0.2 s; a failure counts as infinitely slow."""
-    latencies = []
-    async with aiohttp.ClientSession() as http:
-        while time.monotonic() < until:
-            start = time.monotonic()
-            try:
-                async with http.get(f"http://127.0.0.1:{port}/healthz",
-                                    timeout=aiohttp.ClientTimeout(total=5)) as response:
-                    ok = response.status == 200
-                latencies.append(time.monotonic() - start if ok else float("inf"))
-            except (TimeoutError, aiohttp.ClientError):
-                latencies.append(float("inf"))
-            await asyncio.sleep(0.2)
-    return latencies
 
 
 async def can_join(url: str, token: str | None) -> bool:

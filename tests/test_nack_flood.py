@@ -20,13 +20,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 from aiortc import VideoStreamTrack
 
 from sfu import rtp
 from sfu.client import Client
 from sfu.server import Server
 from sfu.transport import internals
+from tests.bystander import FrameCounter, healthz_latencies
 from tests.conftest import requires_isolated_network
 
 pytestmark = requires_isolated_network
@@ -93,26 +93,12 @@ async def nack_flood(client: Client, inbox: Inbox, sent: list[int]) -> None:
         await asyncio.sleep(1 / NACKS_PER_SECOND)
 
 
-async def healthz_latencies(port: int, seconds: float) -> list[float]:
-    """How long /healthz takes, asked every 0.25 s."""
-    latencies = []
-    async with aiohttp.ClientSession() as session:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            started = time.monotonic()
-            async with session.get(f"http://127.0.0.1:{port}/healthz") as response:
-                assert response.status == 200
-            latencies.append(time.monotonic() - started)
-            await asyncio.sleep(0.25)
-    return latencies
-
-
 async def test_nack_flood_leaves_the_bystander_alone(server: Server) -> None:
     url = f"ws://127.0.0.1:{server.port}/ws"
     alice = Client(url, room="flood", name="alice")
     bob = Client(url, room="flood", name="bob")
     mallory = Client(url, room="flood", name="mallory")
-    counter: asyncio.Task[None] | None = None
+    counter: FrameCounter | None = None
     try:
         for client in (alice, bob, mallory):
             await client.join()
@@ -121,14 +107,7 @@ async def test_nack_flood_leaves_the_bystander_alone(server: Server) -> None:
         await mallory.next_track()
         await asyncio.wait_for(track.recv(), 10)
         inbox = divert_media(mallory)
-        frames = [0]
-
-        async def count() -> None:
-            while True:
-                await track.recv()
-                frames[0] += 1
-
-        counter = asyncio.create_task(count())
+        counter = FrameCounter(track)
         async with asyncio.timeout(10):  # media reaches Mallory: her consumer started
             while inbox.packets < 30:
                 await asyncio.sleep(0.05)
@@ -139,17 +118,17 @@ async def test_nack_flood_leaves_the_bystander_alone(server: Server) -> None:
 
         async def phase(attack: bool) -> dict[str, float]:
             counters, stats = fwd.counters(), fwd.consumer_stats(subscription.consumer)
-            frames_before, inbox_before, octets_before = frames[0], inbox.packets, inbox.octets
+            frames_before, inbox_before, octets_before = counter.total, inbox.packets, inbox.octets
             sent = [0]
             flood = asyncio.create_task(nack_flood(mallory, inbox, sent)) if attack else None
             started = time.monotonic()
-            latencies = await healthz_latencies(port, PHASE_S)
+            latencies = await healthz_latencies(port, time.monotonic() + PHASE_S)
             elapsed = time.monotonic() - started
             if flood is not None:
                 flood.cancel()
             after, stats_after = fwd.counters(), fwd.consumer_stats(subscription.consumer)
             return {
-                "fps": (frames[0] - frames_before) / elapsed,
+                "fps": (counter.total - frames_before) / elapsed,
                 "healthz_s": max(latencies),
                 "loop_lag_s": server.loop_lag,
                 "nacks_per_s": sent[0] / elapsed,
@@ -190,6 +169,6 @@ async def test_nack_flood_leaves_the_bystander_alone(server: Server) -> None:
         assert flooded["nack_budget_exceeded_per_s"] > 0
     finally:
         if counter is not None:
-            counter.cancel()
+            counter.stop()
         for client in (alice, bob, mallory):
             await client.close()

@@ -17,17 +17,15 @@ This process holds the server, the long-lived subscriber (bob) and the bystander
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
 import gc
-import itertools
 import json
 import logging
 import sys
 import threading
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -43,6 +41,7 @@ from aiortc import (
 
 from sfu.client import Client
 from sfu.server import Server
+from tests.bystander import FrameCounter
 from tests.conftest import (
     CHROMIUM,
     make_config,
@@ -85,24 +84,7 @@ class Call:
     url: str
     bob: Client  # the long-lived subscriber
     carol: Client  # the bystander: publishes video that bob watches
-    frames: list[float] = field(default_factory=list)  # when bob decoded carol's frames
-
-
-def fps(call: Call, start: float, end: float) -> float:
-    return sum(start <= t < end for t in call.frames) / (end - start)
-
-
-def longest_gap(call: Call, start: float) -> float:
-    """The longest time bob went without a frame of carol's since ``start``."""
-    times = [start, *(t for t in call.frames if t >= start), time.monotonic()]
-    return max(b - a for a, b in itertools.pairwise(times))
-
-
-async def watch(track: MediaStreamTrack, frames: list[float]) -> None:
-    with contextlib.suppress(Exception):
-        while True:
-            await track.recv()
-            frames.append(time.monotonic())
+    frames: FrameCounter  # bob decoding carol's video
 
 
 class Untraced(logging.Filter):
@@ -119,10 +101,7 @@ class Untraced(logging.Filter):
 
 
 @pytest.fixture
-async def call(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Call]:
-    # The connect-timeout statistic's timer holds each transport for 20 s after it is
-    # made, closed or not: with it, what is measured would be the last 20 s of churn.
-    monkeypatch.setattr("sfu.server.CONNECT_TIMEOUT_S", 0.5)
+async def call() -> AsyncIterator[Call]:
     untraced = Untraced()
     logging.getLogger("asyncio").addFilter(untraced)
     config = make_config()
@@ -132,24 +111,21 @@ async def call(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Call]:
     url = f"ws://127.0.0.1:{server.port}/ws"
     bob = Client(url, room=ROOM, name="bob")
     carol = Client(url, room=ROOM, name="carol")
-    state = Call(server, url, bob, carol)
     video = VideoStreamTrack()
-    watcher = None
+    frames: FrameCounter | None = None
     try:
         await bob.join()
         await carol.join()
         await carol.publish([video])
         info, track = await bob.next_track()
         assert info.participant == carol.participant_id
-        watcher = asyncio.create_task(watch(track, state.frames))
-        async with asyncio.timeout(10):
-            while len(state.frames) < 10:
-                await asyncio.sleep(0.05)
+        frames = FrameCounter(track)
+        await frames.reach(10)
         await asyncio.sleep(2.0)  # the bystander's frame rate before
-        yield state
+        yield Call(server, url, bob, carol, frames)
     finally:
-        if watcher is not None:
-            watcher.cancel()
+        if frames is not None:
+            frames.stop()
         await bob.close()
         await carol.close()
         video.stop()
@@ -272,14 +248,14 @@ async def test_a_hundred_departures_leave_a_subscriber_as_it_was(call: Call) -> 
     # Warm-up: imports, pools, the m-lines' and the allocator's high water marks.
     await churn(call, WARM_UP_ROUNDS)
     before = await settled(call)
-    baseline = fps(call, time.monotonic() - 2.0, time.monotonic())
+    baseline = call.frames.fps(time.monotonic() - 2.0, time.monotonic())
     started = time.monotonic()
     half = DEPARTURES // AT_ONCE // 2
     await churn(call, half)
     middle = await settled(call)
     await churn(call, half)
     seconds = time.monotonic() - started
-    during, gap = fps(call, started, time.monotonic()), longest_gap(call, started)
+    during, gap = call.frames.fps(started, time.monotonic()), call.frames.longest_gap(started)
     after = await settled(call)
     first_frame = await new_publisher_reaches(call)
     print(f"recycling: {DEPARTURES} publishers (audio + video) came and went in "
@@ -306,13 +282,13 @@ async def test_join_publish_leave_flood_does_not_wedge_a_subscriber(call: Call) 
     """A participant joins, publishes its 8 tracks and leaves, 8 times over in a few
     seconds: the subscriber still gets the next publisher's video."""
     started = time.monotonic()
-    baseline = fps(call, started - 2.0, started)
+    baseline = call.frames.fps(started - 2.0, started)
     process = await publishers(call, "flood", "8", "8", "0.5")
     flooded = await line(process, 60)
     assert await process.wait() == 0
-    during = fps(call, started, time.monotonic())
+    during = call.frames.fps(started, time.monotonic())
     after = await settled(call)
-    gap = longest_gap(call, started)
+    gap = call.frames.longest_gap(started)
     first_frame = await new_publisher_reaches(call)
     print(f"flood: 8 × 8 tracks in {flooded['flooded']} s; bystander {baseline:.1f} fps "
           f"before, {during:.1f} during, longest gap {gap:.2f} s; a new publisher's first "
