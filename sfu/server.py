@@ -325,7 +325,10 @@ class Server:
         peer.name = message["name"]
         peer.resume_token = secrets.token_urlsafe(24)  # each token resumes once
         session.control.send(self._joined(peer, message, resumed=True))
-        self._grant(peer, grants)
+        # A subscription the new token allows again starts over; one the participant
+        # left on purpose stays left.
+        self._grant(peer, grants,
+                    subscribe_all=grants.can_subscribe and not peer.grants.can_subscribe)
         if peer.offer_outstanding and peer.subscribe is not None:
             # The offer may have been lost with the old socket: send it again.
             self._spawn(self._send_offer(peer, resend=True))
@@ -774,12 +777,11 @@ class Server:
             identity=grants.identity, room=grants.room,
             can_publish=grants.can_publish if can_publish is None else can_publish,
             can_subscribe=grants.can_subscribe if can_subscribe is None else can_subscribe,
-        ))
+        ), subscribe_all=can_subscribe is True)
 
-    def _grant(self, peer: Peer, grants: Grants) -> None:
-        """Hold ``peer`` to ``grants``: what it may no longer do stops now, and a newly
-        granted subscription picks up the room's tracks (with auto_subscribe)."""
-        newly_subscribing = grants.can_subscribe and not peer.grants.can_subscribe
+    def _grant(self, peer: Peer, grants: Grants, subscribe_all: bool) -> None:
+        """Hold ``peer`` to ``grants``: what it may no longer do stops now. With
+        ``subscribe_all`` and auto_subscribe, it is subscribed to the room's tracks."""
         peer.grants = grants
         room_events: list[rooms.Event] = []
         if not grants.can_publish:
@@ -788,7 +790,7 @@ class Server:
         if not grants.can_subscribe:
             room_events += peer.room.unsubscribe(
                 peer.id, sorted(peer.room.participants[peer.id].subscriptions))
-        elif newly_subscribing and peer.room.auto_subscribe:
+        elif subscribe_all and peer.room.auto_subscribe:
             others = [t.id for t in peer.room.tracks.values() if t.participant != peer.id]
             room_events += peer.room.subscribe(peer.id, others)
         self._apply(room_events)
