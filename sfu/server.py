@@ -189,9 +189,10 @@ class Server:
         max_bytes = self.config.server.max_message_bytes
         # autoping off: pongs are the liveness signal ControlConnection watches.
         ws = web.WebSocketResponse(max_msg_size=max_bytes + 1, autoping=False)
+        await ws.prepare(request)
+        # Counted once the handshake is done: a handshake that fails is never released.
         address = request.remote or ""
         refusal = self.control_connections.admit(address)
-        await ws.prepare(request)
         if refusal is not None:
             # Told why, then closed at once: a flood holds no descriptors.
             await ws.send_json({"type": "error", "code": refusal, "message": REFUSALS[refusal]})

@@ -57,7 +57,7 @@ class ControlConnection:
             return
         if self._queue.qsize() >= MAX_QUEUED_MESSAGES:
             logger.warning("control connection not reading; closing it")
-            self._queue.put_nowait(None)
+            self.finish()
             return
         self._queue.put_nowait(message)
 
