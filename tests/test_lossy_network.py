@@ -67,14 +67,16 @@ def lossy() -> Iterator[ClientNamespace]:
             run(IPTABLES, "-D", *uplink)
 
 
+# Each peer connection is made when its first offer arrives: until then it is null.
 STATS = """async () => {
     const out = {inbound: {}, outbound: {}};
-    for (const s of (await window.sfu.subPc.getStats()).values())
+    const none = {values: () => []};
+    for (const s of (await (window.sfu.subPc?.getStats() ?? none)).values())
         if (s.type === 'inbound-rtp' && s.kind === 'video')
             out.inbound = {frames: s.framesDecoded || 0, freezes: s.freezeCount || 0,
                            nacks: s.nackCount || 0, lost: s.packetsLost || 0,
                            received: s.packetsReceived || 0};
-    for (const s of (await window.sfu.pubPc.getStats()).values())
+    for (const s of (await (window.sfu.pubPc?.getStats() ?? none)).values())
         if (s.type === 'outbound-rtp' && s.kind === 'video')
             out.outbound = {retransmitted: s.retransmittedPacketsSent || 0,
                             nacks: s.nackCount || 0, sent: s.packetsSent || 0,
@@ -83,6 +85,7 @@ STATS = """async () => {
 }"""
 
 FRAMES = """async () => {
+    if (!window.sfu.subPc) return 0;
     for (const s of (await window.sfu.subPc.getStats()).values())
         if (s.type === 'inbound-rtp' && s.kind === 'video') return s.framesDecoded || 0;
     return 0;
