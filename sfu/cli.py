@@ -11,7 +11,7 @@ from typing import Any
 
 from sfu import __version__, logs
 from sfu import config as sfu_config
-from sfu.auth import mint_token
+from sfu.control.auth import mint_token
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 # The `[bench]` extra: what `sfu bench` needs beyond sfu's own dependencies.
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         run = asyncio.run
     else:
         run = uvloop.run
-    from sfu.coturn import CoturnError
+    from sfu.transport.coturn import CoturnError
 
     try:
         run(_serve(config))
@@ -137,7 +137,7 @@ async def _serve(config: sfu_config.Config) -> None:
 
     coturn = None
     if config.turn.start_local:
-        from sfu.coturn import Coturn
+        from sfu.transport.coturn import Coturn
 
         coturn = Coturn(config.turn)
         await asyncio.to_thread(coturn.start)

@@ -129,7 +129,7 @@ class TurnConfig:
     secret: str = ""  # coturn's static-auth-secret; never sent to clients
     realm: str = "sfu"
     credential_ttl_s: int = 600
-    # `sfu serve` starts a coturn for development with this section (sfu.coturn);
+    # `sfu serve` starts a coturn for development with this section (sfu.transport.coturn);
     # it relays on host, on these ports.
     start_local: bool = False
     relay_port_min: int = 50000

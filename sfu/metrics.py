@@ -7,17 +7,11 @@ Names follow Prometheus' conventions: a unit in the name (``_seconds``, ``_bytes
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
 
-from aiohttp import web
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    GCCollector,
-    PlatformCollector,
-    ProcessCollector,
-    generate_latest,
-)
+from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -26,8 +20,9 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
-if TYPE_CHECKING:
-    from sfu.server import Server
+from sfu.control.admission import ConnectionLimiter
+from sfu.events import EventBus
+from sfu.fastpath import Forwarder
 
 # Upper bounds of the time-to-connect histogram buckets, in seconds.
 CONNECT_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
@@ -59,8 +54,42 @@ class ConnectionStats:
         self.outcomes[("none", "none", outcome)] += 1
 
 
+@dataclass
+class Statistics:
+    """Counters the routers add to and a scrape reads."""
+
+    connections: ConnectionStats = field(default_factory=ConnectionStats)
+    rtcp_sent: Counter[str] = field(default_factory=Counter)  # RTCP originated, by type
+    restarts: Counter[bool] = field(default_factory=Counter)  # by relay_only
+    # Media dropped by the transports before the forwarder, by reason.
+    transport_drops: Counter[str] = field(default_factory=Counter)
+    # What removed consumers had forwarded: (kind, "packets" | "bytes") → total.
+    forwarded_retired: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+
+class MetricsSource(Protocol):
+    """What a scrape reads of the server."""
+
+    @property
+    def forwarder(self) -> Forwarder: ...
+    @property
+    def stats(self) -> Statistics: ...
+    @property
+    def events(self) -> EventBus: ...
+    @property
+    def control_connections(self) -> ConnectionLimiter: ...
+    @property
+    def http_connections(self) -> ConnectionLimiter: ...
+    @property
+    def loop_lag(self) -> float: ...
+    @property
+    def webhook_outcomes(self) -> Counter[str]: ...
+    def counts(self) -> tuple[int, int, int]: ...
+    def forwarded_by_kind(self) -> dict[str, tuple[int, int]]: ...
+
+
 class ServerCollector(Collector):
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: MetricsSource) -> None:
         self.server = server
 
     def collect(
@@ -69,12 +98,12 @@ class ServerCollector(Collector):
         GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily | SummaryMetricFamily
     ]:
         server = self.server
+        rooms, participants, tracks = server.counts()
         yield GaugeMetricFamily("sfu_rooms", "Rooms with at least one participant",
-                                value=len(server.rooms))
+                                value=rooms)
         yield GaugeMetricFamily("sfu_participants", "Joined participants",
-                                value=len(server.peers))
-        yield GaugeMetricFamily("sfu_tracks", "Published tracks",
-                                value=len(server.publications))
+                                value=participants)
+        yield GaugeMetricFamily("sfu_tracks", "Published tracks", value=tracks)
         info = GaugeMetricFamily("sfu_forwarder_info", "The active forwarder",
                                  labels=["implementation"])
         info.add_metric([server.forwarder.implementation], 1)
@@ -102,7 +131,7 @@ class ServerCollector(Collector):
             labels=["reason"],
         )
         for reason in ("unvalidated_source",):
-            drops.add_metric([reason], server.transport_drops[reason])
+            drops.add_metric([reason], server.stats.transport_drops[reason])
         yield drops
         packets_by_kind = CounterMetricFamily(
             "sfu_forwarded_packets", "Packets forwarded to subscribers", labels=["kind"])
@@ -113,7 +142,7 @@ class ServerCollector(Collector):
             bytes_by_kind.add_metric([kind], octets)
         yield packets_by_kind
         yield bytes_by_kind
-        stats = server.connections
+        stats = server.stats.connections
         outcomes = CounterMetricFamily(
             "sfu_ice_connections", "Peer connections by selected candidate types and outcome",
             labels=["local_candidate", "remote_candidate", "outcome"],
@@ -151,7 +180,7 @@ class ServerCollector(Collector):
         rtcp = CounterMetricFamily("sfu_rtcp_sent", "RTCP the server originates, by type",
                                    labels=["type"])
         for kind in ("rr", "remb", "nack"):
-            rtcp.add_metric([kind], server.rtcp_sent[kind])
+            rtcp.add_metric([kind], server.stats.rtcp_sent[kind])
         yield rtcp
         webhooks = CounterMetricFamily("sfu_webhook_deliveries",
                                        "Webhook deliveries by outcome", labels=["outcome"])
@@ -160,19 +189,13 @@ class ServerCollector(Collector):
         yield webhooks
 
 
-def metrics_handler(server: Server) -> Callable[[web.Request], Awaitable[web.Response]]:
-    # A registry per server, not the global default one, where a second Server in the
-    # process (tests, embedding) would register its collector twice; it carries the
-    # standard collectors the default registry has (process_*, python_info, python_gc_*).
-    registry = CollectorRegistry()
-    registry.register(ServerCollector(server))
-    ProcessCollector(registry=registry)
-    PlatformCollector(registry=registry)
-    GCCollector(registry=registry)
-
-    async def handler(request: web.Request) -> web.Response:
-        # The whole content type: the exposition format's version and the charset too.
-        return web.Response(body=generate_latest(registry),
-                            headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    return handler
+def registry(server: MetricsSource) -> CollectorRegistry:
+    """A registry per server, not the global default one, where a second Server in the
+    process (tests, embedding) would register its collector twice; it carries the
+    standard collectors the default registry has (process_*, python_info, python_gc_*)."""
+    collectors = CollectorRegistry()
+    collectors.register(ServerCollector(server))
+    ProcessCollector(registry=collectors)
+    PlatformCollector(registry=collectors)
+    GCCollector(registry=collectors)
+    return collectors

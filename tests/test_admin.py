@@ -11,7 +11,7 @@ import jwt
 import msgpack
 import pytest
 
-from sfu.auth import mint_token
+from sfu.control.auth import mint_token
 from sfu.control.admin import mint_admin_token
 from sfu.server import Server
 from tests.conftest import jwt_config, running

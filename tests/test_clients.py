@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import pytest
 from aiortc import AudioStreamTrack, VideoStreamTrack
 
-from sfu.auth import mint_token
+from sfu.control.auth import mint_token
 from sfu.client import Client
 from sfu.server import Server
 from tests.conftest import (

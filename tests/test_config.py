@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sfu.auth import mint_token, verify_token
+from sfu.control.auth import mint_token, verify_token
 from sfu.config import Config, ConfigError, load
 
 SFU_TOML = Path(__file__).parent.parent / "config" / "sfu.toml"

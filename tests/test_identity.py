@@ -13,7 +13,7 @@ import aiohttp
 import jwt
 import pytest
 
-from sfu.auth import AuthError, mint_token, verify_token
+from sfu.control.auth import AuthError, mint_token, verify_token
 from sfu.control.admin import mint_admin_token
 from sfu.server import Server
 from tests.conftest import jwt_config, running

@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from sfu.auth import mint_token
+from sfu.control.auth import mint_token
 from sfu.server import Server
 from tests.conftest import CHROMIUM, make_config, requires_chromium, requires_isolated_network
 from tests.netns import (

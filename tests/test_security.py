@@ -12,7 +12,7 @@ import aiohttp
 import jwt
 import pytest
 
-from sfu.auth import mint_token
+from sfu.control.auth import mint_token
 from sfu.config import Config, ConfigError
 from sfu.server import Server
 from tests.conftest import jwt_config, make_config, running

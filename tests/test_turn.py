@@ -18,8 +18,8 @@ from collections.abc import Iterator
 import pytest
 
 from sfu.config import Config, ConfigError, TurnConfig
-from sfu.coturn import Coturn, config_text
-from sfu.turn import credential, ephemeral_credentials, ice_servers, turn_urls
+from sfu.transport.coturn import Coturn, config_text
+from sfu.transport.turn import credential, ephemeral_credentials, ice_servers, turn_urls
 from tests.conftest import requires_isolated_network
 
 SECRET = "north-wind-" + "x" * 12

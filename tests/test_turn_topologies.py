@@ -29,9 +29,9 @@ from typing import Any
 import pytest
 
 from sfu import events
-from sfu.auth import mint_token
+from sfu.control.auth import mint_token
 from sfu.config import TurnConfig
-from sfu.coturn import Coturn
+from sfu.transport.coturn import Coturn
 from sfu.server import Server
 from tests.conftest import CHROMIUM, make_config, requires_chromium, requires_isolated_network
 from tests.netns import ClientNamespace, client_namespace, requires_root_and_iptables

@@ -22,17 +22,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import jwt
 import msgpack
 import orjson
 from aiohttp import web
 
-from sfu.auth import ALGORITHM
-
-if TYPE_CHECKING:
-    from sfu.server import Server
+from sfu.config import Config
+from sfu.control.auth import ALGORITHM
 
 MSGPACK = "application/msgpack"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -95,7 +93,26 @@ class FieldError(ValueError):
         self.name = name
 
 
-def routes(server: Server) -> web.Application:
+class AdminApi(Protocol):
+    """What the admin API calls: the server's embedding API."""
+
+    config: Config
+
+    def rooms_info(self) -> list[dict[str, Any]]: ...
+    def create_room(self, name: str, *, max_participants: int | None = None,
+                    auto_subscribe: bool | None = None) -> Any: ...
+    def room_info(self, name: str) -> dict[str, Any]: ...
+    async def close_room(self, name: str) -> None: ...
+    async def kick(self, room: str, participant: str) -> None: ...
+    def update_permissions(self, room: str, participant: str, *,
+                           can_publish: bool | None = None,
+                           can_subscribe: bool | None = None) -> None: ...
+    def mute(self, room: str, track: str, muted: bool) -> None: ...
+    def mint_token(self, room: str, identity: str, *, ttl_seconds: int = 3600,
+                   can_publish: bool = True, can_subscribe: bool = True) -> str: ...
+
+
+def routes(server: AdminApi) -> web.Application:
     app = web.Application(middlewares=[_middleware(server)])
 
     async def list_rooms(request: web.Request) -> web.Response:
@@ -156,7 +173,7 @@ def routes(server: Server) -> web.Application:
     return app
 
 
-def _middleware(server: Server) -> Any:
+def _middleware(server: AdminApi) -> Any:
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         secret = server.config.auth.secret

@@ -34,6 +34,8 @@ from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcpeerconnection import find_common_codecs
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
 
+from sfu.media import CodecInfo
+
 DatagramHandler = Callable[[bytes, tuple[Any, ...]], None]
 
 
@@ -45,14 +47,6 @@ class HostGathering:
     announced_ip: str
     port_min: int
     port_max: int
-
-
-@dataclass(frozen=True)
-class CodecInfo:
-    payload_type: int
-    mime_type: str  # e.g. "video/VP8"
-    clock_rate: int
-    parameters: dict[str, Any]
 
 
 @dataclass(frozen=True)

@@ -13,14 +13,16 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aiortc import MediaStreamTrack, RTCRtpSender, RTCRtpTransceiver, RTCSessionDescription
+from aiortc.exceptions import InvalidStateError
+from aiortc.sdp import candidate_from_sdp
 from av.frame import Frame
 
+from sfu.media import CodecInfo, DownTrack, PublishedMedia
 from sfu.transport import internals
-from sfu.transport.internals import CodecInfo, HostGathering
+from sfu.transport.internals import HostGathering
 
 logger = logging.getLogger(__name__)
 
@@ -45,17 +47,6 @@ class ForwarderTables(Protocol):
 
 def now_us() -> int:
     return time.monotonic_ns() // 1000
-
-
-@dataclass(frozen=True)
-class PublishedMedia:
-    """One m-line of a publish offer that carries media to the SFU."""
-
-    mid: str
-    kind: str
-    ssrc: int
-    codec: CodecInfo
-    extensions: dict[str, int]  # URI → the publisher's id
 
 
 class PeerTransport:
@@ -138,6 +129,24 @@ class PeerTransport:
             self._forwarder.remove_endpoint(self.endpoint)
         self._on_connection_state(self, state)
 
+    @property
+    def is_closed(self) -> bool:
+        return bool(self.pc.connectionState == "closed")
+
+    async def add_candidate(self, candidate: dict[str, Any]) -> None:
+        """A trickled remote candidate (the client's RTCIceCandidate as JSON); raises
+        ValueError when it is not an ICE candidate."""
+        text = str(candidate["candidate"]).removeprefix("candidate:")
+        if not text:
+            return  # end of candidates
+        try:
+            parsed = candidate_from_sdp(text)
+        except (ValueError, IndexError):
+            raise ValueError("candidate is not an ICE candidate") from None
+        parsed.sdpMid = candidate.get("sdpMid")
+        parsed.sdpMLineIndex = candidate.get("sdpMLineIndex")
+        await self.pc.addIceCandidate(parsed)
+
     async def close(self) -> None:
         self.closing = True  # a "closed" state from here on is ours, not a failure
         self._forwarder.remove_endpoint(self.endpoint)
@@ -213,16 +222,6 @@ class SilentTrack(MediaStreamTrack):
         raise ConnectionError("unreachable: SilentTrack never produces a frame")
 
 
-@dataclass(frozen=True)
-class DownTrack:
-    """What the forwarder needs to rewrite a publisher's packets for one subscriber."""
-
-    mid: str
-    ssrc: int
-    payload_type: int
-    extensions: dict[str, int]  # URI → the subscriber's id
-
-
 class SubscribeTransport(PeerTransport):
     """The server offers send-only transceivers; the client answers.
 
@@ -243,10 +242,29 @@ class SubscribeTransport(PeerTransport):
         self._refused_mids: set[str] = set()
         self._stopping: set[asyncio.Task[None]] = set()  # senders being stopped
         self.recycled = 0  # m-lines taken over by another track
+        # Slot → the transceiver a subscription sends on: the router holds slot numbers,
+        # never aiortc objects.
+        self._slots: dict[int, RTCRtpTransceiver] = {}
+        self._next_slot = 0
 
-    def add_track(self, kind: str, codec: CodecInfo) -> RTCRtpTransceiver:
-        """A send-only transceiver that offers exactly the publisher's codec: a
-        departed track's, when one of this kind is free, else a new m-line."""
+    def add_track(self, kind: str, codec: CodecInfo) -> int:
+        """A slot for a new subscription: a send-only transceiver that offers exactly
+        the publisher's codec, on a departed track's m-line when one of this kind is
+        free, else on a new m-line."""
+        self._next_slot += 1
+        self._slots[self._next_slot] = self._add_transceiver(kind, codec)
+        return self._next_slot
+
+    def mid(self, slot: int) -> str | None:
+        """The slot's m-line id: None until an offer has carried it."""
+        mid: str | None = self._slots[slot].mid
+        return mid
+
+    def direction(self, slot: int) -> str:
+        direction: str = self._slots[slot].direction
+        return direction
+
+    def _add_transceiver(self, kind: str, codec: CodecInfo) -> RTCRtpTransceiver:
         preferences = internals.codec_preferences(kind, codec)
         transceiver = self._free(kind)
         if transceiver is None:
@@ -273,9 +291,10 @@ class SubscribeTransport(PeerTransport):
                 return transceiver
         return None
 
-    def stop_track(self, transceiver: RTCRtpTransceiver) -> None:
+    def stop_track(self, slot: int) -> None:
         """The track left: its m-line goes inactive in the next offer (to be recycled
         once answered), and its sender's tasks end now."""
+        transceiver = self._slots.pop(slot)
         transceiver.direction = "inactive"
         self._stop_sender(transceiver.sender)
 
@@ -284,20 +303,35 @@ class SubscribeTransport(PeerTransport):
         self._stopping.add(task)
         task.add_done_callback(self._stopping.discard)
 
-    async def create_offer(self) -> str:
-        await self.pc.setLocalDescription(await self.pc.createOffer())
+    @property
+    def has_media(self) -> bool:
+        """Whether an offer would carry any m-line."""
+        return bool(self.pc.getTransceivers())
+
+    @property
+    def local_sdp(self) -> str:
+        """The last offer made (to send again when it may have been lost)."""
         sdp: str = self.pc.localDescription.sdp
         return sdp
+
+    async def create_offer(self) -> str | None:
+        """A new offer; None when the connection closed meanwhile."""
+        try:
+            await self.pc.setLocalDescription(await self.pc.createOffer())
+        except InvalidStateError:
+            return None
+        return self.local_sdp
 
     async def apply_answer(self, answer_sdp: str) -> None:
         await self.pc.setRemoteDescription(RTCSessionDescription(answer_sdp, "answer"))
         self._rejected_mids = internals.rejected_mids(answer_sdp)
         self._refused_mids |= self._rejected_mids
 
-    def down_track(self, transceiver: RTCRtpTransceiver) -> DownTrack | None:
-        """The negotiated parameters of a transceiver, once the answer is applied; None
+    def down_track(self, slot: int) -> DownTrack | None:
+        """The negotiated parameters of a slot, once the answer is applied; None
         when the answer took none of its codecs or rejected its m-line (port 0, as a
         browser answers an m-line whose codecs it lacks: aiortc does not look)."""
+        transceiver = self._slots[slot]
         codecs = internals.negotiated_codecs(transceiver)
         media = [c for c in codecs if not c.mime_type.lower().endswith("/rtx")]
         if transceiver.mid is None or not media or transceiver.mid in self._rejected_mids:

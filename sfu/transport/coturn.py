@@ -2,7 +2,7 @@
 
 ``sfu serve`` starts one when ``turn.start_local`` is set, for development; tests start
 their own. The config it writes is what a deployment needs too: ``use-auth-secret``
-with the SFU's secret (credentials from ``sfu.turn``), a realm, the listening and relay
+with the SFU's secret (credentials from ``sfu.transport.turn``), a realm, the listening and relay
 address, a relay port range, and TURN over UDP, TCP and TLS with a certificate made for
 local use. Loopback peers are allowed only when coturn itself listens on loopback
 (coturn 4.6 refuses to relay to 127.0.0.1 otherwise; docs/architecture.md, "TURN fallback").

@@ -1,0 +1,36 @@
+"""Plain descriptions of negotiated media, shared by the transports (which read them
+out of SDP) and the rooms (which keep them): no aiortc object crosses this line."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class CodecInfo:
+    payload_type: int
+    mime_type: str  # e.g. "video/VP8"
+    clock_rate: int
+    parameters: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class PublishedMedia:
+    """One m-line of a publish offer that carries media to the SFU."""
+
+    mid: str
+    kind: str
+    ssrc: int
+    codec: CodecInfo
+    extensions: dict[str, int]  # URI → the publisher's id
+
+
+@dataclass(frozen=True)
+class DownTrack:
+    """What the forwarder needs to rewrite a publisher's packets for one subscriber."""
+
+    mid: str
+    ssrc: int
+    payload_type: int
+    extensions: dict[str, int]  # URI → the subscriber's id

@@ -1,0 +1,55 @@
+"""What every router of a server shares: the config, the forwarder, where ICE gathers,
+the event bus, id counters and the server-wide statistics."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from sfu.config import Config
+from sfu.events import EventBus
+from sfu.fastpath import Forwarder
+from sfu.metrics import Statistics
+from sfu.transport.internals import HostGathering
+
+logger = logging.getLogger(__name__)
+
+
+class RouterContext:
+    def __init__(self, config: Config, forwarder: Forwarder, events: EventBus) -> None:
+        rtc = config.rtc
+        self.config = config
+        self.forwarder = forwarder
+        self.events = events
+        self.gathering = HostGathering(
+            tuple(rtc.listen_ips), rtc.announced_ip, rtc.port_min, rtc.port_max)
+        self.stats = Statistics()
+        # Forwarder endpoint, producer and consumer ids: unique across the server.
+        self.ids = itertools.count(1)
+        # Producer → what to wake when the forwarder finds a gap in its packets.
+        self.loss_listeners: dict[int, Callable[[], None]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run in the background; a failure is logged, never lost."""
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def on_loss(self, producer: int) -> None:
+        """The forwarder's loss listener: a NACK may now be due sooner."""
+        wake = self.loss_listeners.get(producer)
+        if wake is not None:
+            wake()
+
+    def cancel_tasks(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("background task failed", exc_info=task.exception())

@@ -1,0 +1,471 @@
+"""``Router``: one room, carried out. The room (``sfu.router.room``) decides; the router
+does what its changes say — control messages to participants, peer connections,
+forwarder tables, events — and holds each participant's links (``participants``)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from sfu import events, rtp
+from sfu.control.auth import Grants
+from sfu.control.schema import ProtocolError
+from sfu.control.websocket import ControlConnection
+from sfu.media import PublishedMedia
+from sfu.router import room as changes
+from sfu.router.context import RouterContext
+from sfu.router.feedback import FeedbackTimer
+from sfu.router.negotiation import SubscribeNegotiation
+from sfu.router.participants import ParticipantLink
+from sfu.router.room import Participant, Room, RoomError, Track
+from sfu.transport import turn
+from sfu.transport.peer import PeerTransport, PublishTransport, SubscribeTransport, now_us
+
+logger = logging.getLogger(__name__)
+
+# A peer connection not connected this long after it was made counts as a timeout.
+CONNECT_TIMEOUT_S = 20.0
+TransportT = TypeVar("TransportT", bound=PeerTransport)
+
+
+class Router:
+    def __init__(self, ctx: RouterContext, room: Room,
+                 on_empty: Callable[[Router], None] = lambda router: None) -> None:
+        """``on_empty`` is called when the last participant has left."""
+        self.ctx = ctx
+        self.room = room
+        self._on_empty = on_empty
+        self._joining = False  # a join replacing the last participant keeps the room
+        self.links: dict[str, ParticipantLink] = {}
+        self.feedback = FeedbackTimer(ctx, room, self.links)
+        self.negotiation = SubscribeNegotiation(
+            ctx, room, lambda link: self._new_transport(link, SubscribeTransport))
+
+    @property
+    def name(self) -> str:
+        return self.room.name
+
+    # -- joining and leaving -----------------------------------------------------------
+
+    async def join(self, control: ControlConnection, message: dict[str, Any],
+                   grants: Grants) -> ParticipantLink:
+        """Admit a participant (or resume one, or replace one with the same identity);
+        `joined` is sent before the changes it causes reach the others."""
+        identity = grants.identity
+        resuming = self._resumable(identity, message.get("resume"))
+        if resuming is not None:
+            return self._resume(resuming, control, message, grants)
+        existing = self._by_identity(identity) if identity else None
+        if existing is not None:
+            # The same identity again, not resuming: the newcomer wins (no ghosts).
+            self._joining = True
+            try:
+                await self.remove(existing, "replaced",
+                                  "the same identity joined from another connection")
+            finally:
+                self._joining = False
+        participant = Participant("PA_" + secrets.token_hex(6), message["name"], identity,
+                                  grants.can_publish, grants.can_subscribe)
+        room_changes = self.room.join(participant)
+        link = ParticipantLink(participant, control)
+        self.links[participant.id] = link
+        control.send(self._joined(link, message))
+        self.ctx.events.publish(events.ParticipantJoined(
+            self.name, participant=participant.id, identity=identity, name=participant.name))
+        self.apply(room_changes)
+        logger.info("%s (%s) joined room %s", participant.id, participant.name, self.name,
+                    extra={"room": self.name, "participant": participant.id})
+        return link
+
+    def _joined(self, link: ParticipantLink, message: dict[str, Any], resumed: bool = False
+                ) -> dict[str, Any]:
+        participant = link.participant
+        joined: dict[str, Any] = {
+            "type": "joined",
+            "participant": participant.describe(),
+            "resume_token": link.resume_token,
+            "participants": [p.describe() for p in self.room.participants.values()
+                             if p.id != participant.id],
+            "tracks": [t.describe() for t in self.room.tracks.values()],
+            "ice_servers": turn.ice_servers(self.ctx.config.turn,
+                                            participant.identity or participant.id),
+        }
+        if resumed:
+            joined["resumed"] = True
+        if "id" in message:
+            joined["id"] = message["id"]
+        return joined
+
+    def _by_identity(self, identity: str) -> ParticipantLink | None:
+        return next((link for link in self.links.values()
+                     if link.participant.identity == identity and not link.leaving), None)
+
+    def _resumable(self, identity: str, resume_token: str | None) -> ParticipantLink | None:
+        """The disconnected participant ``resume_token`` was issued to, if the joiner
+        has the same identity (both none, for token-less development joins)."""
+        if resume_token is None:
+            return None
+        for link in self.links.values():
+            if (link.control is None and not link.leaving and secrets.compare_digest(
+                    link.resume_token.encode(), resume_token.encode())):
+                return link if link.participant.identity == identity else None
+        return None
+
+    def _resume(self, link: ParticipantLink, control: ControlConnection,
+                message: dict[str, Any], grants: Grants) -> ParticipantLink:
+        """A participant whose WebSocket dropped is back within the grace period: its
+        publications, subscriptions and peer connections carry on, under the grants of
+        the token it came back with (never the old ones)."""
+        if link.grace is not None:
+            link.grace.cancel()
+            link.grace = None
+        link.control = control
+        link.participant.name = message["name"]
+        link.resume_token = secrets.token_urlsafe(24)  # each token resumes once
+        control.send(self._joined(link, message, resumed=True))
+        # A subscription the new token allows again starts over; one the participant
+        # left on purpose stays left.
+        self.grant(link, grants.can_publish, grants.can_subscribe, subscribe_all=(
+            grants.can_subscribe and not link.participant.can_subscribe))
+        if link.offer_outstanding and link.subscribe is not None:
+            # The offer may have been lost with the old socket: send it again.
+            self.ctx.spawn(self.negotiation.send_offer(link, resend=True))
+        logger.info("%s resumed in room %s", link.id, self.name)
+        return link
+
+    async def disconnected(self, link: ParticipantLink, control: ControlConnection) -> None:
+        """The WebSocket of a joined participant ended without `leave`."""
+        if link.control is not control or link.leaving:
+            return  # already replaced by a newer connection, or leaving
+        link.control = None
+        grace = self.ctx.config.liveness.reconnect_grace_s
+        if grace <= 0:
+            await self.leave(link, "disconnected")
+            return
+        link.grace = asyncio.get_running_loop().call_later(
+            grace, lambda: self.ctx.spawn(self._grace_over(link)))
+        logger.info("%s disconnected; may resume for %s s", link.id, grace)
+
+    async def _grace_over(self, link: ParticipantLink) -> None:
+        link.grace = None
+        if link.control is None:
+            await self.leave(link, "disconnected")
+
+    async def leave(self, link: ParticipantLink, reason: str = "left") -> None:
+        """Remove a participant: its tracks, subscriptions and peer connections go."""
+        if link.leaving or link.id not in self.links:
+            return
+        link.leaving = True
+        for timer in (link.grace, link.failed):
+            if timer is not None:
+                timer.cancel()
+        link.grace = link.failed = None
+        self.apply(self.room.leave(link.id))
+        del self.links[link.id]
+        await self._close_transports(link)
+        self.ctx.events.publish(events.ParticipantLeft(
+            self.name, participant=link.id, identity=link.participant.identity, reason=reason))
+        logger.info("%s left room %s (%s)", link.id, self.name, reason,
+                    extra={"room": self.name, "participant": link.id})
+        if not self.links and not self._joining:
+            self._on_empty(self)
+
+    async def remove(self, link: ParticipantLink, reason: str, message: str = "") -> None:
+        """Server-initiated removal: tell the client why, then close its socket."""
+        control = link.control
+        link.send({"type": "error", "code": reason, "message": message or f"removed: {reason}"})
+        await self.leave(link, reason)
+        if control is not None:
+            await control.close()
+
+    # -- publishing --------------------------------------------------------------------
+
+    async def publish(self, link: ParticipantLink, offer_sdp: str) -> dict[str, Any]:
+        if not link.participant.can_publish:
+            raise RoomError("forbidden", "the token does not allow publishing")
+        self.check_sdp(offer_sdp)
+        limit = self.ctx.config.limits.max_tracks_per_participant
+        media_lines = sum(line.startswith(("m=audio", "m=video"))
+                          for line in offer_sdp.splitlines())
+        if media_lines > limit:
+            raise ProtocolError("too_many_tracks",
+                                f"{media_lines} tracks offered; at most {limit}", "sdp")
+        if link.publish is None:
+            link.publish = self._new_transport(link, PublishTransport)
+        try:
+            answer_sdp, media = await link.publish.answer(offer_sdp)
+        except Exception as exc:
+            logger.info("publish offer from %s failed: %s", link.id, exc)
+            raise ProtocolError("negotiation_failed", f"cannot apply the offer: {exc}") from None
+        room_changes: list[changes.Change] = []
+        tracks = []
+        for item in media:
+            moved = self._reattach(link, link.publish.endpoint, item)
+            if moved is not None:
+                tracks.append(moved.describe())
+                continue
+            track_id = "TR_" + secrets.token_hex(6)
+            producer = next(self.ctx.ids)
+            codec = rtp.CODECS_BY_NAME.get(
+                item.codec.mime_type.split("/")[-1].lower(), rtp.CODEC_OTHER)
+            self.ctx.forwarder.add_producer(producer, link.publish.endpoint, item.ssrc, codec)
+            room_changes += self.room.publish(link.id, track_id, producer, item)
+            tracks.append(self.room.tracks[track_id].describe())
+        # Earlier tracks this offer did not carry on are gone (the client published
+        # fewer tracks after its restart): their subscribers are told.
+        for track in link.detached:
+            room_changes += self.room.unpublish(track.id)
+        link.detached = []
+        # The changes only send to other participants, so the answer may follow them.
+        self.apply(room_changes)
+        return {"type": "answer", "sdp": answer_sdp, "tracks": tracks}
+
+    def _reattach(self, link: ParticipantLink, endpoint: int,
+                  item: PublishedMedia) -> Track | None:
+        """After a restart, the publish offer's media carries the participant's earlier
+        tracks on (by kind, in order): same track, same subscribers, the forwarder's
+        producer moved to the new connection. A track whose payload type or header
+        extensions changed cannot be moved (consumers map them): it is published anew."""
+        for track in list(link.detached):
+            if track.kind != item.kind:
+                continue
+            link.detached.remove(track)
+            old = track.media
+            if (old.codec.mime_type, old.codec.payload_type, old.extensions) != (
+                    item.codec.mime_type, item.codec.payload_type, item.extensions):
+                logger.info("%s: track %s changed its codec or extensions on restart; "
+                            "published anew", link.id, track.id)
+                self.apply(self.room.unpublish(track.id))
+                return None
+            self.ctx.forwarder.move_producer(track.producer, endpoint, item.ssrc)
+            track.media = item
+            return track
+        return None
+
+    # -- restarting --------------------------------------------------------------------
+
+    async def restart(self, link: ParticipantLink, relay_only: bool) -> dict[str, Any]:
+        """Replace the participant's peer connections, keeping its place in the room.
+
+        The client asks when ICE fails or takes too long (then usually ``relay_only``,
+        to come in through TURN): the old connections close, the subscriptions move to
+        a new subscribe connection (a new `offer` follows), and the next `publish` offer
+        carries the tracks on. Nobody else sees a leave or a join.
+        """
+        if link.failed is not None:
+            link.failed.cancel()
+            link.failed = None
+        await self._close_transports(link)
+        link.offer_outstanding = link.renegotiate = False
+        participant = link.participant
+        link.detached = [self.room.tracks[t] for t in participant.tracks]
+        for subscription in participant.subscriptions.values():
+            self.negotiation.retire(subscription)
+            subscription.consumer = next(self.ctx.ids)
+            subscription.slot, subscription.failed = None, False
+        if participant.subscriptions:
+            self.negotiation.add(link)
+        self.ctx.stats.restarts[relay_only] += 1
+        self.ctx.events.publish(events.ParticipantRestarted(
+            self.name, participant=link.id, relay_only=relay_only))
+        logger.info("%s restarted its connections%s", link.id,
+                    " (relay only)" if relay_only else "",
+                    extra={"room": self.name, "participant": link.id})
+        # Fresh credentials: the ones from `joined` may be close to their expiry.
+        return {"type": "restarted", "relay_only": relay_only,
+                "ice_servers": turn.ice_servers(self.ctx.config.turn,
+                                                participant.identity or link.id)}
+
+    async def _close_transports(self, link: ParticipantLink) -> None:
+        """Close both connections; from here on their states are no longer reported."""
+        transports = (link.publish, link.subscribe)
+        link.publish = link.subscribe = None
+        for transport in transports:
+            if transport is not None:
+                await transport.close()
+
+    def _connection_lost(self, link: ParticipantLink, transport: PeerTransport) -> None:
+        """A peer connection failed: the client may restart within the grace period
+        (it is told so); after it, the participant is removed."""
+        grace = self.ctx.config.liveness.restart_grace_s
+        if grace <= 0 or link.control is None:
+            self.ctx.spawn(self.leave(link, "failed"))
+            return
+        link.send({"type": "connection_failed", "pc": transport.role})
+        if link.failed is None:
+            link.failed = asyncio.get_running_loop().call_later(
+                grace, lambda: self.ctx.spawn(self._failed_over(link)))
+
+    async def _failed_over(self, link: ParticipantLink) -> None:
+        link.failed = None
+        logger.info("%s: peer connection failed and no restart came; removing", link.id)
+        await self.leave(link, "failed")
+
+    # -- subscriptions, candidates, grants, mute ---------------------------------------
+
+    def change_subscriptions(self, link: ParticipantLink, track_ids: list[str],
+                             subscribe: bool) -> None:
+        if subscribe:
+            self.apply(self.room.subscribe(link.id, track_ids))
+        else:
+            self.apply(self.room.unsubscribe(link.id, track_ids))
+
+    async def add_candidate(self, link: ParticipantLink, pc_name: str,
+                            candidate: dict[str, Any] | None) -> None:
+        transport = link.publish if pc_name == "publish" else link.subscribe
+        if transport is None or candidate is None:
+            return
+        try:
+            await transport.add_candidate(candidate)
+        except ValueError as exc:
+            raise ProtocolError("bad_field", str(exc), "candidate") from None
+
+    def grant(self, link: ParticipantLink, can_publish: bool, can_subscribe: bool,
+              subscribe_all: bool) -> None:
+        """Hold a participant to new grants; what it may no longer do stops now."""
+        self.apply(self.room.grant(link.id, can_publish=can_publish,
+                                   can_subscribe=can_subscribe, subscribe_all=subscribe_all))
+
+    def mute(self, track_id: str, muted: bool) -> None:
+        """Pause (or resume) forwarding a track to every subscriber, server-side."""
+        track = self.room.tracks.get(track_id)
+        if track is None:
+            raise KeyError(f"no track {track_id!r} in room {self.name!r}")
+        if track.muted == muted:
+            return
+        track.muted = muted
+        self.ctx.forwarder.set_producer_paused(track.producer, muted)
+        if not muted and track.kind == "video":
+            self.ctx.forwarder.request_keyframe(track.producer, now_us())
+        self.broadcast("", {"type": "track_muted", "track": track_id, "muted": muted})
+        self.ctx.events.publish(events.TrackMuted(
+            self.name, participant=track.participant, track=track_id, muted=muted))
+
+    def info(self) -> dict[str, Any]:
+        """The room's participants, tracks and per-subscription forwarding stats."""
+        forwarder = self.ctx.forwarder
+        participants = []
+        for link in self.links.values():
+            participant = link.participant
+            subscriptions = []
+            for track_id, subscription in participant.subscriptions.items():
+                packets, octets = forwarder.consumer_stats(subscription.consumer)
+                entry: dict[str, Any] = {"track": track_id, "packets": packets,
+                                         "bytes": octets, "active": subscription.active}
+                heard = forwarder.consumer_report(subscription.consumer)
+                if heard is not None:  # the subscriber's own receiver report
+                    fraction, lost, jitter, rtt_us = heard
+                    entry.update(fraction_lost=fraction / 256, packets_lost=lost,
+                                 jitter=jitter, rtt_ms=rtt_us / 1000 if rtt_us >= 0 else None)
+                subscriptions.append(entry)
+            participants.append({
+                "id": link.id, "identity": participant.identity, "name": participant.name,
+                "connected": link.control is not None,
+                "can_publish": participant.can_publish,
+                "can_subscribe": participant.can_subscribe,
+                "tracks": [{"id": t.id, "kind": t.kind, "muted": t.muted,
+                            "codec": t.media.codec.mime_type}
+                           for t in map(self.room.tracks.__getitem__, participant.tracks)],
+                "subscriptions": subscriptions,
+            })
+        return {"name": self.name, "max_participants": self.room.max_participants,
+                "auto_subscribe": self.room.auto_subscribe, "participants": participants}
+
+    def check_sdp(self, sdp: str) -> None:
+        limits = self.ctx.config.limits
+        if len(sdp) > limits.max_sdp_bytes:
+            raise ProtocolError("bad_field", f"sdp larger than {limits.max_sdp_bytes} bytes",
+                                "sdp")
+        if sum(line.startswith("m=") for line in sdp.splitlines()) > limits.max_sdp_mlines:
+            raise ProtocolError("bad_field", f"sdp has more than {limits.max_sdp_mlines} "
+                                "m-lines", "sdp")
+
+    # -- carrying out the room's changes -----------------------------------------------
+
+    def apply(self, room_changes: list[changes.Change]) -> None:
+        for change in room_changes:
+            if isinstance(change, changes.ParticipantAdded):
+                participant = change.participant
+                self.broadcast(participant.id, {"type": "participant_joined",
+                                                "participant": participant.describe()})
+            elif isinstance(change, changes.ParticipantRemoved):
+                self.broadcast(change.participant.id, {"type": "participant_left",
+                                                       "participant": change.participant.id})
+            elif isinstance(change, changes.TrackAdded):
+                self._track_added(change.track)
+            elif isinstance(change, changes.TrackRemoved):
+                self._track_removed(change.track)
+            elif isinstance(change, changes.SubscriptionAdded):
+                self.negotiation.add(self.links[change.subscriber])
+            elif isinstance(change, changes.SubscriptionRemoved):
+                self.negotiation.remove(self.links[change.subscriber], change.subscription)
+
+    def _track_added(self, track: Track) -> None:
+        self.broadcast(track.participant, {"type": "track_published", "track": track.describe()})
+        self.ctx.events.publish(events.TrackPublished(
+            self.name, participant=track.participant, track=track.id, kind=track.kind))
+        self.ctx.loss_listeners[track.producer] = self.feedback.wake
+        self.feedback.wake()
+
+    def _track_removed(self, track: Track) -> None:
+        self.ctx.forwarder.remove_producer(track.producer)
+        self.ctx.loss_listeners.pop(track.producer, None)
+        self.broadcast(track.participant, {"type": "track_unpublished", "track": track.id})
+        self.ctx.events.publish(events.TrackUnpublished(
+            self.name, participant=track.participant, track=track.id, kind=track.kind))
+        self.feedback.wake()
+
+    def broadcast(self, exclude: str, message: dict[str, Any]) -> None:
+        for participant_id, link in self.links.items():
+            if participant_id != exclude:
+                link.send(message)
+
+    # -- peer connections --------------------------------------------------------------
+
+    def _new_transport(self, link: ParticipantLink, kind: type[TransportT]) -> TransportT:
+        ctx = self.ctx
+        transport = kind(next(ctx.ids), ctx.forwarder, ctx.gathering,
+                         lambda t, state: self._connection_state(link, t, state),
+                         ctx.stats.transport_drops)
+        # By weak reference: the timer must not keep a transport that is gone (closed
+        # and dropped) alive for CONNECT_TIMEOUT_S; one that is gone timed nothing out.
+        ref: weakref.ref[PeerTransport] = weakref.ref(transport)
+        asyncio.get_running_loop().call_later(CONNECT_TIMEOUT_S, self._connect_timeout, ref)
+        return transport
+
+    def _connect_timeout(self, ref: weakref.ref[PeerTransport]) -> None:
+        transport = ref()
+        if (transport is not None and not transport.connected.is_set()
+                and not transport.is_closed):
+            self.ctx.stats.connections.not_connected("timeout")
+
+    def _connection_state(self, link: ParticipantLink, transport: PeerTransport,
+                          state: str) -> None:
+        """Statistics and events; ICE or DTLS failure (consent expiry included) removes
+        the participant."""
+        logger.debug("endpoint %d: %s", transport.endpoint, state)
+        selected, stats = transport.selected, self.ctx.stats.connections
+        if state == "connected" and selected is not None:
+            stats.connected(selected.local_type, selected.remote_type,
+                            time.monotonic() - transport.created)
+        elif state in ("failed", "closed") and not transport.closing and (
+                not transport.connected.is_set()):
+            stats.not_connected("failed")
+        if transport not in (link.publish, link.subscribe) or link.id not in self.links:
+            return  # an old connection (restarted), or the participant has left
+        self.ctx.events.publish(events.ConnectionStateChanged(
+            self.name, participant=link.id, connection=transport.role, state=state,
+            local_candidate=selected.local_type if selected else None,
+            remote_candidate=selected.remote_type if selected else None,
+        ))
+        # aiortc reports ICE consent expiry (RFC 7675) as "closed" when ICE had not
+        # reached "completed": a close we did not ask for is a failure too.
+        if (state == "failed" or (state == "closed" and not transport.closing)) and (
+                not link.leaving):
+            logger.info("%s: %s connection failed", link.id, transport.role)
+            self._connection_lost(link, transport)
