@@ -31,7 +31,7 @@ from sfu.control.admission import REFUSALS, ConnectionLimiter, connection_budget
 from sfu.control.listener import GatedListener
 from sfu.control.schema import ProtocolError
 from sfu.control.websocket import ConnectionLimits, ControlConnection
-from sfu.forwarding import make_forwarder
+from sfu.fastpath import make_forwarder
 from sfu.metrics import ConnectionStats, metrics_handler
 from sfu.participants import Peer, Publication, Subscription
 from sfu.session import Session
