@@ -4,7 +4,7 @@ In one run, the same recorded stream (1200-byte VP8-like RTP packets carrying mi
 abs-send-time extensions, SRTP-protected by a publisher once, before timing) is
 forwarded to 1, 4 and 9 subscribers over loopback UDP by:
 
-- ``twin``: sfu.forwarder.Forwarder (pure Python, pylibsrtp's Python API);
+- ``twin``: sfu._fastpath_fallback.Forwarder (pure Python, pylibsrtp's Python API);
 - ``cython``: sfu._fastpath.Forwarder (libsrtp and sendto called from C);
 - ``floor``: a C loop doing only what cannot be avoided per outgoing packet: copy,
   libsrtp protect, sendto (no unprotect, no parsing, no rewrite).
@@ -33,9 +33,8 @@ from typing import Any
 
 from pylibsrtp import Policy, Session
 
-from sfu import forwarder as python_forwarder
-from sfu import rtp
-from sfu.forwarding import cython_unavailable_reason
+from sfu import _fastpath_fallback, rtp
+from sfu.fastpath import cython_unavailable_reason
 
 from .systems import machine
 
@@ -178,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             for subscribers in SUBSCRIBER_COUNTS:
                 case = (key, profile, protected, subscribers, sender, sink_addr)
                 systems: dict[str, Callable[[], Callable[[], int]]] = {
-                    "twin": functools.partial(make_forwarder_run, python_forwarder.Forwarder,
+                    "twin": functools.partial(make_forwarder_run, _fastpath_fallback.Forwarder,
                                               *case),
                 }
                 if reason is None:

@@ -142,7 +142,7 @@ class SfuSystem(ProcessSystem):
 
     def skip_reason(self, address: str) -> str | None:
         if self.forwarder == "cython":
-            from sfu.forwarding import cython_unavailable_reason
+            from sfu.fastpath import cython_unavailable_reason
 
             return cython_unavailable_reason()
         return None

@@ -61,6 +61,6 @@ python="${PYTHON:-python3}"
 extras=""
 [ "$with_test" = 1 ] && extras="[test]"
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extras}"
-.venv/bin/python -c 'from sfu.forwarding import cython_unavailable_reason as r; \
+.venv/bin/python -c 'from sfu.fastpath import cython_unavailable_reason as r; \
 print("install.sh: sfu installed; Cython extension:", "built" if "not built" not in str(r()) \
 else "NOT built")'

@@ -1,5 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""The Cython forwarder: ``sfu.forwarder.Forwarder``'s interface and rules, in C.
+"""The Cython forwarder: ``sfu._fastpath_fallback.Forwarder``'s interface and rules, in C.
 
 Per incoming packet: one copy into a pooled buffer, libsrtp unprotect in place (the
 libsrtp pylibsrtp bundles, called through the C pointers its cffi binding exposes),
@@ -327,7 +327,7 @@ cdef class _Consumer:
 
 
 cdef class Forwarder:
-    """Routes diverted SRTP between endpoints. Same interface as ``sfu.forwarder.Forwarder``."""
+    """Routes diverted SRTP between endpoints. Same interface as ``sfu._fastpath_fallback.Forwarder``."""
 
     implementation = "cython"
 

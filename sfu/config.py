@@ -339,7 +339,7 @@ def _apply_mapping(config: Config, data: Mapping[str, Any], origin: str) -> None
 
 
 # SFU_* variables that are not config keys: SFU_PUREPYTHON (build without, or do not
-# load, the Cython extension: setup.py, sfu/forwarding.py) and SFU_BENCH_NETNS (the
+# load, the Cython extension: setup.py, sfu/fastpath.py) and SFU_BENCH_NETNS (the
 # bench's re-run of itself inside its namespace, whose environment `sfu serve` inherits).
 OTHER_ENV = frozenset({"SFU_PUREPYTHON", "SFU_BENCH_NETNS"})
 

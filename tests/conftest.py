@@ -16,7 +16,7 @@ import hypothesis  # noqa: F401
 import pytest
 
 from sfu.config import Config
-from sfu.forwarding import cython_unavailable_reason
+from sfu.fastpath import cython_unavailable_reason
 from sfu.server import Server
 
 CHROMIUM = "/usr/bin/chromium"

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from pylibsrtp import Policy, Session
 
-from sfu import forwarder as python_forwarder
-from sfu.forwarding import cython_unavailable_reason
+from sfu import _fastpath_fallback
+from sfu.fastpath import cython_unavailable_reason
 
 PROFILES = {
     "AES128_CM_SHA1_80": (Policy.SRTP_PROFILE_AES128_CM_SHA1_80, 30),
@@ -22,7 +22,7 @@ PROFILES = {
 def implementations() -> list[Any]:
     """pytest params of every Forwarder implementation (the Cython one skips with a
     reason when it is not usable)."""
-    impls: list[Any] = [pytest.param(python_forwarder.Forwarder, id="python")]
+    impls: list[Any] = [pytest.param(_fastpath_fallback.Forwarder, id="python")]
     reason = cython_unavailable_reason()
     if reason is None:
         from sfu import _fastpath

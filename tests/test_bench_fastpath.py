@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from sfu.forwarding import cython_unavailable_reason
+from sfu.fastpath import cython_unavailable_reason
 from sfu_bench import fastpath
 
 

@@ -25,9 +25,8 @@ import pytest
 from hypothesis import HealthCheck, currently_in_test_context, event, given, settings
 from hypothesis import strategies as st
 
-from sfu import forwarder as python_forwarder
-from sfu import rtp
-from sfu.forwarding import cython_unavailable_reason
+from sfu import _fastpath_fallback, rtp
+from sfu.fastpath import cython_unavailable_reason
 from tests.srtp_helpers import PROFILES, Capture, rtp_packet, session_pair
 
 REASON = cython_unavailable_reason()
@@ -318,7 +317,7 @@ def compare(sides: list[Side], keys: dict[int, tuple[bytes, bytes]], profile: st
 def test_cython_matches_twin(profile: str, events: list[tuple[str, Any, int]]) -> None:
     key_length = PROFILES[profile][1]
     keys = {e: (os.urandom(key_length), os.urandom(key_length)) for e in (PUB, SUB_A, SUB_B)}
-    sides = [build(impl, keys, profile) for impl in (python_forwarder.Forwarder,
+    sides = [build(impl, keys, profile) for impl in (_fastpath_fallback.Forwarder,
                                                     _fastpath.Forwarder)]
     run(sides, keys, profile, events)
     compare(sides, keys, profile)
@@ -332,7 +331,7 @@ def test_a_nack_flood_is_answered_alike() -> None:
     profile = "AEAD_AES_128_GCM"
     key_length = PROFILES[profile][1]
     keys = {e: (os.urandom(key_length), os.urandom(key_length)) for e in (PUB, SUB_A, SUB_B)}
-    sides = [build(impl, keys, profile) for impl in (python_forwarder.Forwarder,
+    sides = [build(impl, keys, profile) for impl in (_fastpath_fallback.Forwarder,
                                                     _fastpath.Forwarder)]
     _, _, ssrc, *_, seq_base, _ = CONSUMERS[0]
     events: list[tuple[str, Any, int]] = []
@@ -379,7 +378,7 @@ def test_cython_sends_from_c_on_a_real_socket() -> None:
     def sendto_of(sock: socket.socket) -> Any:
         return lambda data, addr: sock.sendto(data, addr)
 
-    for impl in (python_forwarder.Forwarder, _fastpath.Forwarder):
+    for impl in (_fastpath_fallback.Forwarder, _fastpath.Forwarder):
         sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sender.bind(("127.0.0.1", 0))
         sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

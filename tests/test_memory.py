@@ -36,7 +36,7 @@ from typing import Any
 import pytest
 
 from sfu import rtp
-from sfu.forwarding import cython_unavailable_reason
+from sfu.fastpath import cython_unavailable_reason
 from tests.srtp_helpers import rtp_packet, session_pair
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,9 +64,9 @@ def new_forwarder(implementation: str) -> Any:
         from sfu import _fastpath
 
         return _fastpath.Forwarder(500_000)
-    from sfu import forwarder
+    from sfu import _fastpath_fallback
 
-    return forwarder.Forwarder(500_000)
+    return _fastpath_fallback.Forwarder(500_000)
 
 
 def drive(implementation: str) -> dict[str, Any]:

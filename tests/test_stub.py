@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from sfu import forwarder as python_forwarder
-from sfu.forwarding import cython_unavailable_reason
+from sfu import _fastpath_fallback
+from sfu.fastpath import cython_unavailable_reason
 
 STUB = Path(__file__).parent.parent / "sfu" / "_fastpath.pyi"
 
@@ -28,12 +28,12 @@ def stub_methods() -> dict[str, list[str]]:
 def test_twin_matches_the_stub() -> None:
     methods = stub_methods()
     public = {
-        name for name, member in inspect.getmembers(python_forwarder.Forwarder)
+        name for name, member in inspect.getmembers(_fastpath_fallback.Forwarder)
         if callable(member) and (not name.startswith("_") or name == "__init__")
     }
     assert public == set(methods)
     for name, params in methods.items():
-        signature = inspect.signature(getattr(python_forwarder.Forwarder, name))
+        signature = inspect.signature(getattr(_fastpath_fallback.Forwarder, name))
         assert list(signature.parameters) == params, name
 
 
@@ -52,4 +52,4 @@ def test_cython_forwarder_matches_the_stub() -> None:
             signature = inspect.signature(getattr(_fastpath.Forwarder, name))
             assert list(signature.parameters) == params, name
     assert _fastpath.Forwarder.implementation == "cython"
-    assert python_forwarder.Forwarder.implementation == "python"
+    assert _fastpath_fallback.Forwarder.implementation == "python"

@@ -6,8 +6,8 @@ import logging
 
 import pytest
 
-from sfu import forwarding
-from sfu.forwarding import ForwarderUnavailable, cython_unavailable_reason, make_forwarder
+from sfu import fastpath
+from sfu.fastpath import ForwarderUnavailable, cython_unavailable_reason, make_forwarder
 
 
 def test_python_when_asked() -> None:
@@ -34,7 +34,7 @@ def test_failed_self_check_falls_back_and_says_why(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.delenv("SFU_PUREPYTHON", raising=False)
-    monkeypatch.setattr(forwarding, "_extension_problem",
+    monkeypatch.setattr(fastpath, "_extension_problem",
                         lambda: "sfu._fastpath self-check failed: AEAD_AES_128_GCM: mismatch")
     with caplog.at_level(logging.WARNING):
         assert make_forwarder("auto", 1).implementation == "python"

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from sfu import rtp
 
@@ -179,7 +179,7 @@ class _Consumer:
 class Forwarder:
     """Routes diverted SRTP between endpoints. Same interface as ``sfu._fastpath.Forwarder``."""
 
-    implementation = "python"
+    implementation: ClassVar[str] = "python"
 
     def __init__(self, keyframe_request_interval_us: int = 500_000) -> None:
         self.keyframe_request_interval_us = keyframe_request_interval_us
