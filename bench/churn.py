@@ -51,9 +51,9 @@ async def drive(*args: str) -> asyncio.subprocess.Process:
 
 async def settle(server: Server, timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    while server.peers or server.rooms:
+    while server.participants or server.rooms:
         if time.monotonic() > deadline:
-            raise AssertionError(f"left behind: {list(server.peers.values())}")
+            raise AssertionError(f"left behind: {list(server.participants.values())}")
         await asyncio.sleep(0.1)
     await asyncio.sleep(0.5)  # let closing transports finish
     gc.collect()

@@ -29,7 +29,7 @@ from sfu.fastpath import Forwarder, make_forwarder
 from sfu.metrics import Statistics, registry
 from sfu.router.context import RouterContext
 from sfu.router.participants import ParticipantLink
-from sfu.router.room import Room, RoomError
+from sfu.router.room import Room, RoomError, Track
 from sfu.router.router import Router
 from sfu.router.session import Session
 from sfu.webhooks import Webhooks
@@ -82,6 +82,17 @@ class Server:
         """Every joined participant's links, by participant id."""
         return {pid: link for router in self.routers.values()
                 for pid, link in router.links.items()}
+
+    @property
+    def rooms(self) -> dict[str, Room]:
+        """Every room's state, by name."""
+        return {name: router.room for name, router in self.routers.items()}
+
+    @property
+    def tracks(self) -> dict[str, Track]:
+        """Every published track, by track id."""
+        return {tid: track for router in self.routers.values()
+                for tid, track in router.room.tracks.items()}
 
     def counts(self) -> tuple[int, int, int]:
         """Rooms, participants and tracks."""

@@ -11,8 +11,8 @@ import jwt
 import msgpack
 import pytest
 
-from sfu.control.auth import mint_token
 from sfu.control.admin import mint_admin_token
+from sfu.control.auth import mint_token
 from sfu.server import Server
 from tests.conftest import jwt_config, running
 from tests.test_control import Ws
@@ -76,7 +76,7 @@ async def test_rooms_lifecycle(admin: Admin, server: Server) -> None:
         assert [(p["identity"], p["connected"]) for p in info["participants"]] == [("ann", True)]
         assert (await admin.call("DELETE", "/rooms/board")) == (204, None)
         assert (await ws.recv())["code"] == "room_closed"
-    assert server.rooms == {} and server.peers == {}
+    assert server.rooms == {} and server.participants == {}
     assert (await admin.call("GET", "/rooms/board"))[0] == 404
 
 
@@ -95,7 +95,7 @@ async def test_kick_and_permissions(admin: Admin, server: Server) -> None:
         assert (await admin.call("DELETE", path)) == (204, None)
         assert (await ws.recv())["code"] == "kicked"
         assert (await admin.call("DELETE", path))[0] == 404
-    assert server.peers == {}
+    assert server.participants == {}
 
 
 async def test_tokens_and_errors(admin: Admin) -> None:

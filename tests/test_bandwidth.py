@@ -46,7 +46,7 @@ async def highest_target(browser: Any, remb: bool) -> list[float]:  # noqa: F811
         for _ in range(SECONDS):
             await asyncio.sleep(1)
             samples.append(await page.evaluate(TARGET_BITRATE))
-        assert (server.rtcp_sent["remb"] > 0) == remb
+        assert (server.stats.rtcp_sent["remb"] > 0) == remb
         await page.close()
         return samples
     finally:

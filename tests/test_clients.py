@@ -27,8 +27,8 @@ from typing import Any, Protocol
 import pytest
 from aiortc import AudioStreamTrack, VideoStreamTrack
 
-from sfu.control.auth import mint_token
 from sfu.client import Client
+from sfu.control.auth import mint_token
 from sfu.server import Server
 from tests.conftest import (
     CHROMIUM,
@@ -266,15 +266,15 @@ class ChromiumParticipant:
 
 
 def ids_by_name(server: Server) -> dict[str, str]:
-    return {peer.name: peer.id for peer in server.peers.values()}
+    return {link.participant.name: link.id for link in server.participants.values()}
 
 
 def publications(server: Server) -> list[tuple[str, str, str]]:
     """(publisher name, kind, codec) of every publication in the room, sorted; one
     entry each, so none hides another."""
     names = {pid: name for name, pid in ids_by_name(server).items()}
-    return sorted((names.get(p.track.participant, p.track.participant), p.track.kind,
-                   p.media.codec.mime_type) for p in server.publications.values())
+    return sorted((names.get(t.participant, t.participant), t.kind, t.media.codec.mime_type)
+                  for t in server.tracks.values())
 
 
 def every_publication(participants: list[Participant]) -> list[tuple[str, str, str]]:

@@ -69,8 +69,8 @@ async def test_subscriber_without_the_codec_gets_subscription_failed(server: Ser
         info, received = await carol.next_track()
         assert info.track_id == track["id"]
         await asyncio.wait_for(received.recv(), 15)
-        bob_peer = server.peers[bob.participant_id or ""]
-        (subscription,) = bob_peer.subscriptions.values()
+        bob_peer = server.participants[bob.participant_id or ""]
+        (subscription,) = bob_peer.participant.subscriptions.values()
         assert subscription.failed and not subscription.active
         await asyncio.sleep(0.2)
         assert [e.participant for e in heard if isinstance(e, events.SubscriptionFailed)] == [

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sfu.control.auth import mint_token, verify_token
 from sfu.config import Config, ConfigError, load
+from sfu.control.auth import mint_token, verify_token
 
 SFU_TOML = Path(__file__).parent.parent / "config" / "sfu.toml"
 SECRET = "0123456789abcdef" * 2  # the shortest auth.secret allowed: 32 bytes

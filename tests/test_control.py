@@ -117,7 +117,7 @@ async def test_join_events_and_leave(connect: Any, server: Server) -> None:
     assert (await bob.request({"type": "leave", "id": 9}, binary=True)) == {"type": "left", "id": 9}
     assert await alice.recv() == {"type": "participant_left",
                                   "participant": bob_joined["participant"]["id"]}
-    assert list(server.rooms) == ["r1"] and len(server.peers) == 1
+    assert list(server.rooms) == ["r1"] and len(server.participants) == 1
 
 
 async def test_bad_sdp_is_an_error_not_a_crash(connect: Any) -> None:
@@ -152,7 +152,7 @@ async def test_disconnect_without_leave_cleans_up(connect: Any, server: Server) 
         if not server.rooms:
             break
         await asyncio.sleep(0.05)
-    assert server.rooms == {} and server.peers == {}
+    assert server.rooms == {} and server.participants == {}
 
 
 async def test_resume_within_grace_keeps_the_participant(connect: Any, server: Server) -> None:
@@ -163,14 +163,14 @@ async def test_resume_within_grace_keeps_the_participant(connect: Any, server: S
     await alice.recv()  # participant_joined
     await bob.ws.close()
     await asyncio.sleep(0.3)
-    assert len(server.peers) == 2  # still there, disconnected
+    assert len(server.participants) == 2  # still there, disconnected
     again = await connect()
     resumed = await again.request({"type": "join", "room": "g", "name": "bob",
                                    "resume": first["resume_token"]})
     assert resumed["resumed"] is True
     assert resumed["participant"]["id"] == first["participant"]["id"]
-    assert resumed["participants"] == [{"id": server.peers[next(
-        p for p in server.peers if p != first["participant"]["id"])].id, "name": "alice"}]
+    assert resumed["participants"] == [{"id": server.participants[next(
+        p for p in server.participants if p != first["participant"]["id"])].id, "name": "alice"}]
     # A resume token serves once: the reply carries the next one.
     assert resumed["resume_token"] != first["resume_token"]
     # alice saw neither a leave nor a join.
@@ -179,7 +179,7 @@ async def test_resume_within_grace_keeps_the_participant(connect: Any, server: S
     await again.ws.close()
     left = await alice.recv(timeout=5)
     assert left == {"type": "participant_left", "participant": first["participant"]["id"]}
-    assert len(server.peers) == 1
+    assert len(server.participants) == 1
 
 
 async def test_a_display_name_is_not_an_identity(connect: Any, server: Server) -> None:
@@ -198,11 +198,11 @@ async def test_a_display_name_is_not_an_identity(connect: Any, server: Server) -
                                   "participant": second["participant"]}
     assert await carol.recv() == {"type": "participant_joined",  # still in
                                   "participant": second["participant"]}
-    assert [p.name for p in server.peers.values()].count("carol") == 2
+    assert [p.participant.name for p in server.participants.values()].count("carol") == 2
     # The first carol's WebSocket drops: her participant id does not resume her.
     await carol.ws.close()
     await asyncio.sleep(0.2)
     third = await (await connect()).request({"type": "join", "room": "dup", "name": "carol",
                                              "resume": first["participant"]["id"]})
     assert "resumed" not in third and third["participant"]["id"] != first["participant"]["id"]
-    assert len(server.peers) == 4
+    assert len(server.participants) == 4

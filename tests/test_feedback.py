@@ -38,7 +38,7 @@ async def test_publisher_gets_receiver_reports() -> None:
         print("publisher's remote-inbound-rtp:", stats)
         assert 0 < stats.roundTripTime < 0.5  # type: ignore[attr-defined]
         assert stats.packetsLost == 0  # type: ignore[attr-defined]
-        assert server.rtcp_sent["rr"] > 0 and server.rtcp_sent["remb"] > 0
+        assert server.stats.rtcp_sent["rr"] > 0 and server.stats.rtcp_sent["remb"] > 0
         assert server.forwarder.counters()["sr_in"] > 0
     finally:
         await alice.close()

@@ -30,8 +30,8 @@ import pytest
 from aiortc import VideoStreamTrack
 from av import VideoFrame
 
-from sfu.control.auth import mint_token
 from sfu.client import Client
+from sfu.control.auth import mint_token
 from tests.bystander import FrameCounter, healthz_latencies
 from tests.conftest import requires_isolated_network
 

@@ -142,13 +142,13 @@ async def test_fuzzed_control_frames_hurt_nobody(call: Call) -> None:
     assert not ws.closed
     assert during > 0
     assert await frames_keep_coming(call) >= 10  # still ~30 fps afterwards
-    assert len([p for p in call.server.peers.values() if p.name in ("alice", "bob")]) == 2
+    assert len([p for p in call.server.participants.values() if p.participant.name in ("alice", "bob")]) == 2
     await ws.close()
     await session.close()
 
 
 def server_media_port(call: Call) -> int:
-    peer = call.server.peers[call.alice.participant_id or ""]
+    peer = call.server.participants[call.alice.participant_id or ""]
     assert peer.publish is not None
     sdp = peer.publish.pc.localDescription.sdp
     line = next(x for x in sdp.splitlines() if x.startswith("a=candidate:"))
@@ -157,7 +157,7 @@ def server_media_port(call: Call) -> int:
 
 async def test_datagrams_from_unvalidated_addresses_are_dropped(call: Call) -> None:
     port = server_media_port(call)
-    peer = call.server.peers[call.alice.participant_id or ""]
+    peer = call.server.participants[call.alice.participant_id or ""]
     assert peer.publish is not None
     counters_before = call.server.forwarder.counters()
     intruder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -169,7 +169,7 @@ async def test_datagrams_from_unvalidated_addresses_are_dropped(call: Call) -> N
     intruder.close()
     assert await frames_keep_coming(call) >= 10
     assert peer.publish.drops_unvalidated_source == 200
-    assert call.server.transport_drops["unvalidated_source"] == 200
+    assert call.server.stats.transport_drops["unvalidated_source"] == 200
     counters_after = call.server.forwarder.counters()
     # None of them reached the forwarder: no SRTP failures, nothing new accepted from them.
     assert counters_after["drop_srtp_fail"] == counters_before["drop_srtp_fail"]
@@ -187,7 +187,7 @@ async def test_ice_consent_failure_removes_the_participant(
     monkeypatch.setattr(aioice.ice, "CONSENT_INTERVAL", 0.2)
     monkeypatch.setattr(aioice.ice, "CONSENT_FAILURES", 3)
     alice_id = call.alice.participant_id or ""
-    peer = call.server.peers[alice_id]
+    peer = call.server.participants[alice_id]
     assert peer.publish is not None and peer.control is not None
     # Restart the server's consent loop for alice so it runs on the short interval.
     connection = peer.publish.pc.getTransceivers()[0].receiver.transport.transport._connection
@@ -202,7 +202,7 @@ async def test_ice_consent_failure_removes_the_participant(
     call.server.config.liveness.restart_grace_s = 1
     failed = await call.alice.next_event("connection_failed", timeout=15)
     assert failed["pc"] == "publish"
-    assert alice_id in call.server.peers  # within the grace period
+    assert alice_id in call.server.participants  # within the grace period
     event = await call.bob.next_event("participant_left", timeout=5)
     assert event["participant"] == alice_id
-    assert alice_id not in call.server.peers
+    assert alice_id not in call.server.participants

@@ -13,8 +13,8 @@ import aiohttp
 import jwt
 import pytest
 
-from sfu.control.auth import AuthError, mint_token, verify_token
 from sfu.control.admin import mint_admin_token
+from sfu.control.auth import AuthError, mint_token, verify_token
 from sfu.server import Server
 from tests.conftest import jwt_config, running
 from tests.test_control import Ws
@@ -50,7 +50,7 @@ async def join(ws: Ws, tok: str, name: str, **extra: Any) -> dict[str, Any]:
 async def dropped(server: Server, participant: str) -> None:
     """Wait until the server has seen ``participant``'s WebSocket go."""
     for _ in range(100):
-        if server.peers[participant].control is None:
+        if server.participants[participant].control is None:
             return
         await asyncio.sleep(0.02)
     raise AssertionError(f"{participant} still connected")
@@ -76,7 +76,7 @@ async def test_an_empty_identity_is_refused_wherever_a_token_is_made_or_read(
         verify_token(SECRET, forged, "r")
     refused = await join(await connect(), forged, "alice")
     assert refused["type"] == "error" and refused["code"] == "unauthorized"
-    assert not server.peers
+    assert not server.participants
 
 
 async def test_the_same_identity_replaces_the_connected_session(server: Server,
@@ -112,7 +112,7 @@ async def test_a_fresh_join_replaces_a_disconnected_participant(server: Server,
     assert "resumed" not in fresh and fresh["participant"]["id"] != first["participant"]["id"]
     assert await alice.recv() == {"type": "participant_left",
                                   "participant": first["participant"]["id"]}
-    assert len(server.peers) == 2
+    assert len(server.participants) == 2
 
 
 async def test_another_identity_takes_over_nobody(server: Server, connect: Any) -> None:
@@ -131,9 +131,9 @@ async def test_another_identity_takes_over_nobody(server: Server, connect: Any) 
         attempt = await join(await connect(), mallory_token, "alice", resume=resume)
         assert attempt["type"] == "joined" and "resumed" not in attempt
         assert attempt["participant"]["id"] != alice_id
-        assert server.peers[attempt["participant"]["id"]].grants.can_publish is False
-        assert server.peers[alice_id].identity == "alice"
-        assert server.peers[alice_id].control is None  # not handed to mallory
+        assert server.participants[attempt["participant"]["id"]].participant.can_publish is False
+        assert server.participants[alice_id].participant.identity == "alice"
+        assert server.participants[alice_id].control is None  # not handed to mallory
     back = await join(await connect(), token("alice"), "alice", resume=first["resume_token"])
     assert back["resumed"] is True and back["participant"]["id"] == alice_id
 
@@ -148,6 +148,6 @@ async def test_a_resume_keeps_the_new_tokens_grants(server: Server, connect: Any
     back = await join(again, token("alice", can_publish=False), "alice",
                       resume=first["resume_token"])
     assert back["resumed"] is True and back["participant"]["id"] == alice_id
-    assert server.peers[alice_id].grants.can_publish is False
+    assert server.participants[alice_id].participant.can_publish is False
     refused = await again.request({"type": "publish", "sdp": "v=0\r\n"})
     assert refused["type"] == "error" and refused["code"] == "forbidden"

@@ -16,7 +16,7 @@ pytestmark = requires_isolated_network
 
 def drop_every_20th_rtp(server: Server, participant: str) -> list[int]:
     """Make the SFU lose every 20th RTP datagram from a publisher, on arrival."""
-    peer = server.peers[participant]
+    peer = server.participants[participant]
     assert peer.publish is not None
     connection = peer.publish.pc.getTransceivers()[0].receiver.transport.transport._connection
     dropped: list[int] = []
@@ -48,7 +48,7 @@ async def test_upstream_loss_is_repaired_by_nack() -> None:
         counters = server.forwarder.counters()
         print(f"dropped {len(dropped)} publisher packets; forwarder: "
               f"{ {k: counters[k] for k in ('nack_requested', 'nack_recovered', 'nack_gave_up')} }"
-              f"; NACK packets sent {server.rtcp_sent['nack']}")
+              f"; NACK packets sent {server.stats.rtcp_sent['nack']}")
         assert len(dropped) >= 5
         assert counters["nack_requested"] >= len(dropped) - 2
         assert counters["nack_recovered"] >= len(dropped) - 2

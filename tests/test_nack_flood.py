@@ -111,7 +111,7 @@ async def test_nack_flood_leaves_the_bystander_alone(server: Server) -> None:
         async with asyncio.timeout(10):  # media reaches Mallory: her consumer started
             while inbox.packets < 30:
                 await asyncio.sleep(0.05)
-        (subscription,) = server.peers[mallory.participant_id or ""].subscriptions.values()
+        (subscription,) = server.participants[mallory.participant_id or ""].participant.subscriptions.values()
         fwd = server.forwarder
         assert server.port is not None
         port = server.port

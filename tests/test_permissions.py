@@ -8,8 +8,8 @@ import asyncio
 
 from aiortc import VideoStreamTrack
 
-from sfu.control.auth import mint_token
 from sfu.client import Client
+from sfu.control.auth import mint_token
 from tests.conftest import jwt_config, requires_isolated_network, running
 
 pytestmark = requires_isolated_network

@@ -185,13 +185,13 @@ async def churn(call: Call, rounds: int) -> None:
 async def settled(call: Call) -> dict[str, int]:
     """Once only bob and carol are left and bob's negotiation is done: what this
     process holds, and bob's last subscribe offer."""
-    server, bob = call.server, call.server.peers[call.bob.participant_id or ""]
+    server, bob = call.server, call.server.participants[call.bob.participant_id or ""]
     try:
         async with asyncio.timeout(15):
-            while len(server.peers) > 2 or bob.offer_outstanding:
+            while len(server.participants) > 2 or bob.offer_outstanding:
                 await asyncio.sleep(0.05)
     except TimeoutError:
-        raise AssertionError(f"{len(server.peers)} participants left; {wedged(call)}"
+        raise AssertionError(f"{len(server.participants)} participants left; {wedged(call)}"
                              ) from None
     await asyncio.sleep(1.0)  # closing transports finish, the last answer is applied
     while not call.carol.tracks.empty():  # carol is given the churn's tracks too
@@ -227,7 +227,7 @@ async def new_publisher_reaches(call: Call) -> float:
 
 def wedged(call: Call) -> str:
     """What bob's subscribe negotiation looks like, for a failure message."""
-    bob = call.server.peers[call.bob.participant_id or ""]
+    bob = call.server.participants[call.bob.participant_id or ""]
     pc = call.bob.subscribe_pc
     sdp = pc.remoteDescription.sdp if pc is not None and pc.remoteDescription else ""
     return (f"bob's offer outstanding: {bob.offer_outstanding}, his last offer "
@@ -325,7 +325,7 @@ async def test_chromium_takes_a_recycled_m_line(chromium: Any) -> None:
     async with running(make_config()) as server:
         assert server.port is not None
         page = await open_participant(chromium, server.port, ROOM, "viewer")
-        viewer = next(iter(server.peers.values()))
+        viewer = next(iter(server.participants.values()))
         url = f"ws://127.0.0.1:{server.port}/ws"
         mids: dict[str, list[str]] = {}
         for name in ("first", "second"):
@@ -349,8 +349,10 @@ async def test_chromium_takes_a_recycled_m_line(chromium: Any) -> None:
                 assert now["video"]["framesDecoded"] - before["video"]["framesDecoded"] >= 10
                 assert (now["audio"]["totalSamplesReceived"]
                         - before["audio"]["totalSamplesReceived"]) >= 48000
-                mids[name] = sorted(s.transceiver.mid for s in viewer.subscriptions.values()
-                                    if s.transceiver is not None and s.transceiver.mid)
+                assert viewer.subscribe is not None
+                slots = [s.slot for s in viewer.participant.subscriptions.values()]
+                mids[name] = sorted(mid for slot in slots if slot is not None
+                                    if (mid := viewer.subscribe.mid(slot)))
             finally:
                 await publisher.leave()
                 for track in tracks:

@@ -95,20 +95,20 @@ def unexpected_events(client: Client) -> list[str]:
 
 async def test_publisher_restart_keeps_its_track_and_subscribers(room: Room) -> None:
     server = room.server
-    (track_id,) = server.publications
+    (track_id,) = server.tracks
     before = server.forwarder.consumer_stats(
-        next(iter(server.peers[room.bob.participant_id or ""].subscriptions.values())).consumer)
+        next(iter(server.participants[room.bob.participant_id or ""].participant.subscriptions.values())).consumer)
     unexpected_events(room.bob)  # what came before: alice's track_published
     reply = await room.alice.restart(relay_only=True)
     assert reply["type"] == "restarted" and reply["relay_only"] is True
     assert await frames_within(room, 10, 10)  # bob's same track goes on
-    assert list(server.publications) == [track_id]
+    assert list(server.tracks) == [track_id]
     assert unexpected_events(room.bob) == []
-    bob = server.peers[room.bob.participant_id or ""]
-    (subscription,) = bob.subscriptions.values()
+    bob = server.participants[room.bob.participant_id or ""]
+    (subscription,) = bob.participant.subscriptions.values()
     after = server.forwarder.consumer_stats(subscription.consumer)
     assert after[0] > before[0]  # the same consumer forwards the new connection's media
-    assert server.restarts[True] == 1
+    assert server.stats.restarts[True] == 1
 
 
 async def test_subscriber_restart_gets_the_room_again(room: Room) -> None:
@@ -118,9 +118,9 @@ async def test_subscriber_restart_gets_the_room_again(room: Room) -> None:
     assert reply["relay_only"] is False
     assert await frames_within(room, 10, 10)  # through a new subscribe connection
     assert unexpected_events(room.alice) == []
-    bob = server.peers[room.bob.participant_id or ""]
+    bob = server.participants[room.bob.participant_id or ""]
     assert bob.subscribe is not None and bob.subscribe.connected.is_set()
-    (subscription,) = bob.subscriptions.values()
+    (subscription,) = bob.participant.subscriptions.values()
     assert subscription.active and server.forwarder.consumer_started(subscription.consumer)
 
 
@@ -131,7 +131,6 @@ async def test_restarts_leave_no_sockets_or_tasks_behind(room: Room) -> None:
     assert await frames_within(room, 5, 10)
     await asyncio.sleep(0.5)  # closing transports finish
     sockets, tasks = sockets_open(), len(asyncio.all_tasks())
-    endpoints = set(server._endpoint_owner)
     for _ in range(3):
         await room.alice.restart()
         await room.bob.restart()
@@ -139,7 +138,9 @@ async def test_restarts_leave_no_sockets_or_tasks_behind(room: Room) -> None:
     await asyncio.sleep(0.5)
     assert sockets_open() <= sockets
     assert len(asyncio.all_tasks()) <= tasks
-    assert len(server._endpoint_owner) == len(endpoints) == 2  # alice publishes, bob receives
+    transports = [t for link in server.participants.values()
+                  for t in (link.publish, link.subscribe) if t is not None]
+    assert len(transports) == 2  # alice publishes, bob receives
 
 
 async def test_malformed_restart_is_refused(room: Room) -> None:
@@ -156,7 +157,7 @@ async def test_publications_not_published_again_are_unpublished(room: Room) -> N
     video track is unpublished for bob, the audio is new."""
     from aiortc import AudioStreamTrack
 
-    (video_id,) = room.server.publications
+    (video_id,) = room.server.tracks
     unexpected_events(room.bob)
     reply = await room.alice.restart(tracks=[AudioStreamTrack()])
     assert reply["type"] == "restarted"
@@ -168,5 +169,5 @@ async def test_publications_not_published_again_are_unpublished(room: Room) -> N
                 seen[event["type"]] = event
     assert seen["track_unpublished"]["track"] == video_id
     assert seen["track_published"]["track"]["kind"] == "audio"  # type: ignore[index]
-    assert [p.track.kind for p in room.server.publications.values()] == ["audio"]
-    assert room.server.peers[room.alice.participant_id or ""].detached == []
+    assert [t.kind for t in room.server.tracks.values()] == ["audio"]
+    assert room.server.participants[room.alice.participant_id or ""].detached == []

@@ -12,8 +12,8 @@ import aiohttp
 import jwt
 import pytest
 
-from sfu.control.auth import mint_token
 from sfu.config import Config, ConfigError
+from sfu.control.auth import mint_token
 from sfu.server import Server
 from tests.conftest import jwt_config, make_config, running
 from tests.test_control import Ws
@@ -90,7 +90,7 @@ async def test_grants_are_checked_per_action(connect: Any, jwt_server: Server) -
     assert (await viewer.recv())["type"] == "participant_joined"
     refused = await speaker.request({"type": "subscribe", "tracks": ["TR_x"]})
     assert refused["code"] == "forbidden"
-    identities = sorted(p.identity for p in jwt_server.peers.values())
+    identities = sorted(p.participant.identity for p in jwt_server.participants.values())
     assert identities == ["speaker", "viewer"]  # the token's subject, not the name
 
 
@@ -165,7 +165,7 @@ async def test_silent_connection_is_dropped() -> None:
             ws = await session.ws_connect(f"http://127.0.0.1:{server.port}/ws", autoping=False)
             await ws.send_json({"type": "join", "room": "quiet", "name": "q"})
             started = time.monotonic()
-            while server.peers or time.monotonic() - started < 0.5:
+            while server.participants or time.monotonic() - started < 0.5:
                 await asyncio.sleep(0.1)
                 assert time.monotonic() - started < 8, "silent participant was not dropped"
             elapsed = time.monotonic() - started

@@ -45,19 +45,20 @@ async def test_subscribe_unsubscribe_resubscribe() -> None:
         counters = server.forwarder.counters()
         assert counters["keyframe_requests_sent"] >= 1
 
-        bob_peer = server.peers[bob.participant_id or ""]
-        subscription = bob_peer.subscriptions[track["id"]]
+        bob_peer = server.participants[bob.participant_id or ""]
+        subscription = bob_peer.participant.subscriptions[track["id"]]
         sent_before = server.forwarder.consumer_stats(subscription.consumer)[0]
         assert sent_before > 0
         await bob.unsubscribe([track["id"]])
         for _ in range(50):
             await asyncio.sleep(0.05)
-            if not bob_peer.offer_outstanding and track["id"] not in bob_peer.subscriptions:
+            if (not bob_peer.offer_outstanding
+                    and track["id"] not in bob_peer.participant.subscriptions):
                 break
-        assert track["id"] not in bob_peer.subscriptions
+        assert track["id"] not in bob_peer.participant.subscriptions
         assert server.forwarder.consumer_stats(subscription.consumer) == (0, 0)  # removed
-        assert subscription.transceiver is not None
-        assert subscription.transceiver.direction == "inactive"
+        assert subscription.slot is not None and bob_peer.subscribe is not None
+        assert bob_peer.subscribe.direction(subscription.slot) == "inactive"
 
         await bob.subscribe([track["id"]])
         info2, remote2 = await bob.next_track()
@@ -93,7 +94,7 @@ async def test_track_published_while_an_offer_is_outstanding_arrives_next(
             await client.join()
         await alice.publish([VideoStreamTrack()])
         async with asyncio.timeout(10):  # bob's first offer is out, his answer pending
-            while not server.peers[bob.participant_id or ""].offer_outstanding:
+            while not server.participants[bob.participant_id or ""].offer_outstanding:
                 await asyncio.sleep(0.01)
         await carol.publish([VideoStreamTrack()])
         got = set()
@@ -102,7 +103,7 @@ async def test_track_published_while_an_offer_is_outstanding_arrives_next(
             await asyncio.wait_for(track.recv(), 10)
             got.add(info.participant)
         assert got == {alice.participant_id, carol.participant_id}
-        subscriptions = server.peers[bob.participant_id or ""].subscriptions.values()
+        subscriptions = server.participants[bob.participant_id or ""].participant.subscriptions.values()
         assert all(s.active and not s.failed for s in subscriptions)
     finally:
         for client in (bob, alice, carol):

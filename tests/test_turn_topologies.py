@@ -29,10 +29,10 @@ from typing import Any
 import pytest
 
 from sfu import events
-from sfu.control.auth import mint_token
 from sfu.config import TurnConfig
-from sfu.transport.coturn import Coturn
+from sfu.control.auth import mint_token
 from sfu.server import Server
+from sfu.transport.coturn import Coturn
 from tests.conftest import CHROMIUM, make_config, requires_chromium, requires_isolated_network
 from tests.netns import ClientNamespace, client_namespace, requires_root_and_iptables
 from tests.test_browser_room import launch_demo_page
@@ -169,7 +169,7 @@ def relayed_selected(state: dict[str, Any]) -> set[tuple[str, str | None]]:
 
 
 def server_outcomes(server: Server) -> dict[tuple[str, str, str], int]:
-    return dict(server.connections.outcomes)
+    return dict(server.stats.connections.outcomes)
 
 
 @pytest.mark.parametrize("call", [drop_direct_udp()], indirect=True, ids=["direct-udp-blocked"])
@@ -180,14 +180,14 @@ async def test_blocked_direct_udp_goes_through_turn_udp(call: Call) -> None:
     assert relayed_selected(state) == {("relay", "udp")}
     # The SFU's side: both of the client's connections end at coturn's relay ports, and
     # the metrics count them as relay.
-    client = next(p for p in call.server.peers.values() if p.name == "client")
+    client = next(p for p in call.server.participants.values() if p.participant.name == "client")
     for transport in (client.publish, client.subscribe):
         assert transport is not None and transport.selected is not None
         assert transport.selected.remote_type == "relay"
         host, port = transport.selected.remote_addr[:2]
         assert host == call.turn.host and (
             call.turn.relay_port_min <= port <= call.turn.relay_port_max)
-    assert sum(n for (_, remote, outcome), n in call.server.connections.outcomes.items()
+    assert sum(n for (_, remote, outcome), n in call.server.stats.connections.outcomes.items()
                if remote == "relay" and outcome == "connected") == 2
 
 
@@ -206,7 +206,7 @@ async def test_open_network_connects_directly(call: Call) -> None:
     print("client:", state, "server outcomes:", server_outcomes(call.server))
     assert relayed_selected(state) == {("host", None)}
     assert state["restarts"] == 0
-    assert not any(remote == "relay" for (_, remote, _) in call.server.connections.outcomes)
+    assert not any(remote == "relay" for (_, remote, _) in call.server.stats.connections.outcomes)
 
 
 def block_turn() -> list[tuple[str, ...]]:
@@ -280,7 +280,7 @@ async def assert_relayed_at_both_ends(call: Call) -> dict[str, Any]:
     the browser (over any transport) and coturn's relay ports as the SFU's send
     address. Returns the client's state."""
     state = await call.state(call.client)
-    client = next(p for p in call.server.peers.values() if p.name == "client")
+    client = next(p for p in call.server.participants.values() if p.participant.name == "client")
     transports = [t for t in (client.publish, client.subscribe) if t is not None]
     how = ("restart" if state["restarts"] else
            f"failover, SFU followed {[t.path_changes for t in transports]}")
@@ -308,7 +308,7 @@ async def test_sfu_follows_a_publisher_failing_over_to_its_relay_pair(
     cut = time.monotonic()
     for rule in drop_direct_udp():
         topology[0].iptables(*rule)
-    client = next(p for p in call.server.peers.values() if p.name == "client")
+    client = next(p for p in call.server.participants.values() if p.participant.name == "client")
     assert client.publish is not None
     async with asyncio.timeout(RECOVERY_BOUND_S):
         while client.publish.path_changes < 1:
@@ -334,7 +334,7 @@ async def test_link_cut_mid_call_restarts_relay_only(
           f"{state}")
     assert state["restarts"] == 1 and state["policy"] == "relay"
     assert relayed_selected(state) == {("relay", "udp")}
-    assert call.server.restarts[True] == 1
+    assert call.server.stats.restarts[True] == 1
     assert_nobody_saw_it(call)
     assert [type(e).__name__ for e in call.room_events].count("ParticipantRestarted") == 1
 

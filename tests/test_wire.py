@@ -68,7 +68,7 @@ async def test_forwarded_headers_use_subscriber_parameters(server: Server, binar
         offer = SessionDescription.parse(bob.subscribe_pc.remoteDescription.sdp)
         local = SessionDescription.parse(bob.subscribe_pc.localDescription.sdp)
         published = internals.remote_media_ssrcs(
-            server.peers[alice.participant_id or ""].publish.pc.remoteDescription.sdp  # type: ignore[union-attr]
+            server.participants[alice.participant_id or ""].publish.pc.remoteDescription.sdp  # type: ignore[union-attr]
         )
         for media, mine in zip(offer.media, local.media, strict=True):
             mid = media.rtp.muxId
@@ -101,8 +101,8 @@ async def test_internals_are_where_the_transport_expects(server: Server) -> None
         await bob.join()
         await alice.publish([VideoStreamTrack()])
         await bob.next_track()
-        alice_peer = server.peers[alice.participant_id or ""]
-        bob_peer = server.peers[bob.participant_id or ""]
+        alice_peer = server.participants[alice.participant_id or ""]
+        bob_peer = server.participants[bob.participant_id or ""]
         assert alice_peer.publish is not None and bob_peer.subscribe is not None
         await asyncio.wait_for(alice_peer.publish.connected.wait(), 10)
         await asyncio.wait_for(bob_peer.subscribe.connected.wait(), 10)

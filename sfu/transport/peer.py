@@ -270,6 +270,8 @@ class SubscribeTransport(PeerTransport):
         if transceiver is None:
             transceiver = self.pc.addTransceiver(SilentTrack(kind), direction="sendonly")
         else:
+            for slot in [s for s, t in self._slots.items() if t is transceiver]:
+                del self._slots[slot]  # the departed track's
             self._stop_sender(internals.renew_sender(transceiver, SilentTrack(kind)))
             transceiver.direction = "sendonly"
             self.recycled += 1
@@ -294,7 +296,7 @@ class SubscribeTransport(PeerTransport):
     def stop_track(self, slot: int) -> None:
         """The track left: its m-line goes inactive in the next offer (to be recycled
         once answered), and its sender's tasks end now."""
-        transceiver = self._slots.pop(slot)
+        transceiver = self._slots[slot]  # kept until the m-line is recycled
         transceiver.direction = "inactive"
         self._stop_sender(transceiver.sender)
 
