@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from sfu import rtp
+from sfu.rtcp import packets
 from sfu.rtcp.remb import build_remb
 from sfu.rtcp.reports import ReportBlock, build_rr
 from sfu.transport.peer import now_us
@@ -38,9 +38,9 @@ async def feedback_loop(server: Server) -> None:
             blocks = [ReportBlock(*report) for report in reports if report is not None]
             if not blocks:
                 continue
-            packet = build_rr(rtp.SFU_RTCP_SSRC, blocks)
+            packet = build_rr(packets.SFU_RTCP_SSRC, blocks)
             if rtc.remb:
-                packet += build_remb(rtp.SFU_RTCP_SSRC,
+                packet += build_remb(packets.SFU_RTCP_SSRC,
                                      sum(maximum[p.track.kind] for p in mine),
                                      [p.media.ssrc for p in mine])
             if server.forwarder.send_rtcp(peer.publish.endpoint, packet):
@@ -58,6 +58,6 @@ async def nack_loop(server: Server) -> None:
             if peer is None or peer.publish is None or publication.track.kind != "video":
                 continue
             lost = server.forwarder.nack_due(publication.producer, now)
-            if lost and server.forwarder.send_rtcp(peer.publish.endpoint, rtp.build_nack(
-                    rtp.SFU_RTCP_SSRC, publication.media.ssrc, lost)):
+            if lost and server.forwarder.send_rtcp(peer.publish.endpoint, packets.build_nack(
+                    packets.SFU_RTCP_SSRC, publication.media.ssrc, lost)):
                 server.rtcp_sent["nack"] += 1
