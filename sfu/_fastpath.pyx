@@ -20,6 +20,7 @@ from libc.string cimport memcpy, memset
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 
 from sfu import rtp as _rtp
+from sfu.rtcp import packets as _packets
 
 cdef extern from *:
     int __builtin_popcount(unsigned int x) nogil
@@ -33,7 +34,7 @@ cdef extern from "<sys/socket.h>" nogil:
 
 HAS_FORWARDER = True
 
-# -- constants shared with sfu/rtp.py (one source of truth, read at import) -------------
+# -- constants shared with sfu/rtp.py and sfu/rtcp/packets.py (read at import) -------------
 
 cdef int OK = _rtp.OK
 cdef int DROP_TOO_SHORT = _rtp.DROP_TOO_SHORT
@@ -63,7 +64,7 @@ cdef int C_SKIP_NOT_CONNECTED = _rtp.C_SKIP_NOT_CONNECTED
 cdef int C_SKIP_TOO_LONG = _rtp.C_SKIP_TOO_LONG
 cdef int C_SKIP_PAUSED = _rtp.C_SKIP_PAUSED
 cdef int C_SR_SENT = _rtp.C_SR_SENT
-cdef int SR_SIZE = _rtp.SR_SIZE
+cdef int SR_SIZE = _packets.SR_SIZE
 cdef int C_RETRANSMITTED = _rtp.C_RETRANSMITTED
 cdef int C_RETRANSMIT_MISSED = _rtp.C_RETRANSMIT_MISSED
 cdef int HISTORY_SIZE = _rtp.HISTORY_SIZE
@@ -95,7 +96,7 @@ cdef int MAX_PACKET_SIZE = _rtp.MAX_PACKET_SIZE
 cdef int MAX_PROTECT_SIZE = _rtp.MAX_PROTECT_SIZE
 cdef int CODEC_VP8 = _rtp.CODEC_VP8
 cdef int CODEC_H264 = _rtp.CODEC_H264
-cdef uint32_t SFU_RTCP_SSRC = _rtp.SFU_RTCP_SSRC
+cdef uint32_t SFU_RTCP_SSRC = _packets.SFU_RTCP_SSRC
 assert N_COUNTERS <= 64, "Forwarder._counters is too small"
 
 # -- libsrtp, from pylibsrtp's cffi binding -------------------------------------------
@@ -900,7 +901,7 @@ cdef class Forwarder:
     cdef int _handle_rtcp(self, _Endpoint ep, int length, int64_t now_us):
         cdef const uint8_t *p = self._rx
         cdef int pos = 0, packet_length
-        # Validate the whole compound first, as sfu.rtp.iter_rtcp does.
+        # Validate the whole compound first, as sfu.rtcp.packets.iter_rtcp does.
         while pos < length:
             if pos + 4 > length or p[pos] >> 6 != 2:
                 return DROP_BAD_RTCP
@@ -951,7 +952,7 @@ cdef class Forwarder:
 
     cdef void _forward_sr(self, _Endpoint ep, int pos, int64_t now_us):
         """A publisher's SR to every started consumer of that stream, translated
-        (as sfu.rtp.translate_sr)."""
+        (as sfu.rtcp.packets.translate_sr)."""
         cdef const uint8_t *report = self._rx + pos
         cdef _Producer prod = _producer_on(ep, _u32(report + 4))
         cdef _Consumer cons

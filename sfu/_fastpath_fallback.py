@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from sfu import rtp
+from sfu.rtcp import packets
 
 Address = tuple[Any, ...]
 SendTo = Callable[[bytes, Address], None]
@@ -343,13 +344,13 @@ class Forwarder:
             return False
         prod.last_keyframe_request_us = now_us
         self._counters[rtp.C_KEYFRAME_REQUESTS_SENT] += 1
-        self._send_rtcp(endpoint, rtp.build_pli(rtp.SFU_RTCP_SSRC, prod.ssrc))
+        self._send_rtcp(endpoint, packets.build_pli(packets.SFU_RTCP_SSRC, prod.ssrc))
         return True
 
     def send_rtcp(self, endpoint: int, packet: bytes) -> bool:
         """Protect and send RTCP the SFU originates (REMB, reports) to an endpoint."""
         target = self._endpoints.get(endpoint)
-        if target is None or not rtp.is_rtcp(packet) or len(packet) > rtp.MAX_PROTECT_SIZE:
+        if target is None or not packets.is_rtcp(packet) or len(packet) > rtp.MAX_PROTECT_SIZE:
             return False
         self._send_rtcp(target, packet)
         return True
@@ -364,7 +365,7 @@ class Forwarder:
         endpoint = self._endpoints.get(endpoint_id)
         if endpoint is None:
             return rtp.DROP_UNKNOWN_ENDPOINT
-        if rtp.is_rtcp(data):
+        if packets.is_rtcp(data):
             self._counters[rtp.C_RTCP_IN] += 1
             try:
                 plain = endpoint.rx.unprotect_rtcp(data)
@@ -578,23 +579,23 @@ class Forwarder:
         counters[rtp.C_SENT_BYTES] += len(protected)
 
     def _handle_rtcp(self, endpoint_id: int, plain: bytes, now_us: int) -> int:
-        packets = rtp.iter_rtcp(plain)
-        if packets is None:
+        compound = packets.iter_rtcp(plain)
+        if compound is None:
             return rtp.DROP_BAD_RTCP
         counters = self._counters
-        for packet_type, fmt, offset, length in packets:
-            if packet_type == rtp.RTCP_PSFB and fmt in (rtp.PSFB_PLI, rtp.PSFB_FIR):
+        for packet_type, fmt, offset, length in compound:
+            if packet_type == packets.RTCP_PSFB and fmt in (packets.PSFB_PLI, packets.PSFB_FIR):
                 # PLI names the media SSRC at +8; FIR names it in each FCI entry (+12).
-                ssrc_offset = offset + (8 if fmt == rtp.PSFB_PLI else 12)
+                ssrc_offset = offset + (8 if fmt == packets.PSFB_PLI else 12)
                 if ssrc_offset + 4 > offset + length:
                     return rtp.DROP_BAD_RTCP
                 ssrc = struct.unpack_from("!I", plain, ssrc_offset)[0]
                 cons = self._consumer_by_ssrc.get(_key(endpoint_id, ssrc))
                 if cons is not None:
                     self.request_keyframe(cons.producer.id, now_us)
-            elif packet_type == rtp.RTCP_PSFB and fmt == rtp.PSFB_AFB:
+            elif packet_type == packets.RTCP_PSFB and fmt == packets.PSFB_AFB:
                 counters[rtp.C_REMB_IN] += 1
-            elif packet_type == rtp.RTCP_RTPFB and fmt == rtp.RTPFB_NACK:
+            elif packet_type == packets.RTCP_RTPFB and fmt == packets.RTPFB_NACK:
                 counters[rtp.C_NACK_IN] += 1
                 if length < 12:
                     return rtp.DROP_BAD_RTCP
@@ -602,15 +603,15 @@ class Forwarder:
                 cons = self._consumer_by_ssrc.get(_key(endpoint_id, ssrc))
                 if cons is not None:
                     self._answer_nack(cons, plain[offset + 12 : offset + length], now_us)
-            elif packet_type == rtp.RTCP_RR:
+            elif packet_type == packets.RTCP_RR:
                 counters[rtp.C_RR_IN] += 1
                 if 8 + 24 * fmt > length:
                     return rtp.DROP_BAD_RTCP
                 for block in range(offset + 8, offset + 8 + 24 * fmt, 24):
                     self._take_report_block(endpoint_id, plain, block, now_us)
-            elif packet_type == rtp.RTCP_SR:
+            elif packet_type == packets.RTCP_SR:
                 counters[rtp.C_SR_IN] += 1
-                if length < rtp.SR_SIZE:
+                if length < packets.SR_SIZE:
                     return rtp.DROP_BAD_RTCP
                 self._forward_sr(endpoint_id, plain[offset : offset + length], now_us)
         return rtp.OK
@@ -733,7 +734,7 @@ class Forwarder:
             endpoint = self._endpoints.get(cons.endpoint)
             if endpoint is None or cons.start_ext_seq is None:
                 continue
-            self._send_rtcp(endpoint, rtp.translate_sr(
+            self._send_rtcp(endpoint, packets.translate_sr(
                 report, cons.ssrc, cons.ts_offset, cons.packets_sent, cons.octets_sent))
             cons.sr_sent = (prod.sr_ntp_mid, now_us)
             self._counters[rtp.C_SR_SENT] += 1

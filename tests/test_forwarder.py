@@ -15,6 +15,7 @@ import pytest
 from pylibsrtp import Session
 
 from sfu import rtp
+from sfu.rtcp import packets
 from tests.srtp_helpers import PROFILES, Capture, implementations, rtp_packet, session_pair
 
 PUB, SUB = 1, 2
@@ -141,7 +142,7 @@ def test_video_waits_for_keyframe_and_asks_for_one(impl: Any) -> None:
     assert rig.received() == []
     plis = rig.rtcp_to_publisher()
     # Three waiting packets, but the throttle lets only two requests through.
-    assert plis == [rtp.build_pli(rtp.SFU_RTCP_SSRC, PUB_SSRC)] * 2
+    assert plis == [packets.build_pli(packets.SFU_RTCP_SSRC, PUB_SSRC)] * 2
     counters = rig.fwd.counters()
     assert counters["skip_waiting_keyframe"] == 3
     assert counters["keyframe_requests_throttled"] == 1
@@ -224,13 +225,13 @@ def test_garbage_is_dropped_and_counted(impl: Any) -> None:
 
 def test_subscriber_pli_and_fir_reach_the_publisher_throttled(impl: Any) -> None:
     rig = make_rig(impl, interval_us=500_000)
-    pli = rtp.build_pli(0xABC, SUB_SSRC)
-    fir = struct.pack("!BBHII", 0x80 | rtp.PSFB_FIR, rtp.RTCP_PSFB, 4, 0xABC, 0) + struct.pack(
-        "!IB3x", SUB_SSRC, 1)
-    rr = struct.pack("!BBHI", 0x80, rtp.RTCP_RR, 1, 0xABC)
+    pli = packets.build_pli(0xABC, SUB_SSRC)
+    fir = struct.pack("!BBHII", 0x80 | packets.PSFB_FIR, packets.RTCP_PSFB, 4, 0xABC, 0
+                      ) + struct.pack("!IB3x", SUB_SSRC, 1)
+    rr = struct.pack("!BBHI", 0x80, packets.RTCP_RR, 1, 0xABC)
     for data, now in ((rr + pli, 0), (fir, 100_000), (pli, 700_000)):
         assert rig.fwd.handle_packet(SUB, rig.sub_protect.protect_rtcp(data), now) == rtp.OK
-    assert rig.rtcp_to_publisher() == [rtp.build_pli(rtp.SFU_RTCP_SSRC, PUB_SSRC)] * 2
+    assert rig.rtcp_to_publisher() == [packets.build_pli(packets.SFU_RTCP_SSRC, PUB_SSRC)] * 2
     counters = rig.fwd.counters()
     assert counters["keyframe_requests_sent"] == 2
     assert counters["keyframe_requests_throttled"] == 1
@@ -315,7 +316,7 @@ def test_send_rtcp_reaches_the_endpoint_protected(impl: Any) -> None:
     from sfu.rtcp.remb import build_remb
 
     rig = make_rig(impl)
-    remb = build_remb(rtp.SFU_RTCP_SSRC, 2_500_000, [PUB_SSRC])
+    remb = build_remb(packets.SFU_RTCP_SSRC, 2_500_000, [PUB_SSRC])
     assert rig.fwd.send_rtcp(PUB, remb)
     assert rig.rtcp_to_publisher() == [remb]
     assert not rig.fwd.send_rtcp(99, remb)  # unknown endpoint
@@ -325,9 +326,9 @@ def test_send_rtcp_reaches_the_endpoint_protected(impl: Any) -> None:
 
 def test_sender_reports_are_translated_per_consumer(impl: Any) -> None:
     rig = make_rig(impl, ts_base=1_000_000)
-    sr = struct.pack("!BBHI", 0x80, rtp.RTCP_SR, 6, PUB_SSRC) + struct.pack(
+    sr = struct.pack("!BBHI", 0x80, packets.RTCP_SR, 6, PUB_SSRC) + struct.pack(
         "!IIIII", 0xE000_0000, 0x8000_0000, 500_000, 77, 7700)
-    sdes = struct.pack("!BBHI", 0x81, rtp.RTCP_SDES, 1, PUB_SSRC)
+    sdes = struct.pack("!BBHI", 0x81, packets.RTCP_SDES, 1, PUB_SSRC)
     # Before the consumer started there is no offset to translate with: nothing is sent.
     assert rig.fwd.handle_packet(PUB, rig.pub_protect.protect_rtcp(sr + sdes), 0) == rtp.OK
     assert rig.to_sub.sent == []
@@ -338,11 +339,11 @@ def test_sender_reports_are_translated_per_consumer(impl: Any) -> None:
     assert rig.fwd.handle_packet(PUB, rig.pub_protect.protect_rtcp(sr + sdes), 0) == rtp.OK
     (report,) = [rig.sub_unprotect.unprotect_rtcp(d) for d, _ in rig.to_sub.sent]
     octets = len(KEY) + 2 * len(DELTA)
-    assert report == struct.pack("!BBHI", 0x80, rtp.RTCP_SR, 6, SUB_SSRC) + struct.pack(
+    assert report == struct.pack("!BBHI", 0x80, packets.RTCP_SR, 6, SUB_SSRC) + struct.pack(
         "!IIIII", 0xE000_0000, 0x8000_0000, 500_000 - 400_000 + 1_000_000, 3, octets)
     counters = rig.fwd.counters()
     assert counters["sr_in"] == 2 and counters["sr_sent"] == 1
-    short = struct.pack("!BBHI", 0x80, rtp.RTCP_SR, 1, PUB_SSRC)
+    short = struct.pack("!BBHI", 0x80, packets.RTCP_SR, 1, PUB_SSRC)
     assert rig.fwd.handle_packet(PUB, rig.pub_protect.protect_rtcp(short), 0) == (
         rtp.DROP_BAD_RTCP)
 
@@ -367,7 +368,7 @@ def test_receive_reports_count_loss_jitter_and_sr_delay(impl: Any) -> None:
     assert (lsr, dlsr) == (0, 0)
     # The next interval: nothing lost; an SR arrived 0.5 s before the report.
     rig.publish(rtp_packet(seq=4, timestamp=1800 * 6, ssrc=PUB_SSRC, payload=DELTA), 120_000)
-    sr = struct.pack("!BBHIIIIII", 0x80, rtp.RTCP_SR, 6, PUB_SSRC, 0x00012345, 0x6789ABCD,
+    sr = struct.pack("!BBHIIIIII", 0x80, packets.RTCP_SR, 6, PUB_SSRC, 0x00012345, 0x6789ABCD,
                      0, 0, 0)
     rig.fwd.handle_packet(PUB, rig.pub_protect.protect_rtcp(sr), 1_000_000)
     _, fraction, lost, highest, _, lsr, dlsr = rig.fwd.receive_report(PRODUCER, 1_500_000)
@@ -376,7 +377,7 @@ def test_receive_reports_count_loss_jitter_and_sr_delay(impl: Any) -> None:
 
 
 def nack(sender: int, media: int, pid: int, blp: int) -> bytes:
-    return struct.pack("!BBHIIHH", 0x80 | rtp.RTPFB_NACK, rtp.RTCP_RTPFB, 3, sender, media,
+    return struct.pack("!BBHIIHH", 0x80 | packets.RTPFB_NACK, packets.RTCP_RTPFB, 3, sender, media,
                        pid, blp)
 
 
@@ -446,14 +447,14 @@ def rr(sender: int, blocks: list[tuple[int, int, int, int, int, int]]) -> bytes:
     body = b"".join(struct.pack("!IB3sIIII", ssrc, fraction,
                                 (lost & 0xFFFFFF).to_bytes(3, "big"), 0, jitter, lsr, dlsr)
                     for ssrc, fraction, lost, jitter, lsr, dlsr in blocks)
-    return struct.pack("!BBHI", 0x80 | len(blocks), rtp.RTCP_RR, 1 + 6 * len(blocks),
+    return struct.pack("!BBHI", 0x80 | len(blocks), packets.RTCP_RR, 1 + 6 * len(blocks),
                        sender) + body
 
 
 def test_subscriber_reports_give_loss_jitter_and_rtt(impl: Any) -> None:
     rig = make_rig(impl)
     rig.publish(rtp_packet(seq=1, timestamp=0, ssrc=PUB_SSRC, payload=KEY), 0)
-    sr = struct.pack("!BBHIIIIII", 0x80, rtp.RTCP_SR, 6, PUB_SSRC, 0x00012345, 0x6789ABCD,
+    sr = struct.pack("!BBHIIIIII", 0x80, packets.RTCP_SR, 6, PUB_SSRC, 0x00012345, 0x6789ABCD,
                      0, 1, 1)
     rig.fwd.handle_packet(PUB, rig.pub_protect.protect_rtcp(sr), 1_000_000)
     assert rig.fwd.consumer_report(CONSUMER) is None
@@ -474,7 +475,7 @@ def test_subscriber_reports_give_loss_jitter_and_rtt(impl: Any) -> None:
 def big_nack(media: int, entries: list[tuple[int, int]]) -> bytes:
     """A generic NACK with many (pid, bitmask) entries (RFC 4585 §6.2.1)."""
     fci = b"".join(struct.pack("!HH", pid & 0xFFFF, blp) for pid, blp in entries)
-    return struct.pack("!BBHII", 0x80 | rtp.RTPFB_NACK, rtp.RTCP_RTPFB, 2 + len(entries),
+    return struct.pack("!BBHII", 0x80 | packets.RTPFB_NACK, packets.RTCP_RTPFB, 2 + len(entries),
                        0xBAD, media) + fci
 
 
@@ -526,7 +527,7 @@ def test_a_hostile_nack_gets_no_more_than_the_budget(impl: Any) -> None:
             SUB_SSRC, [(highest - 16 - 17 * (k % 30), 0xFFFF) for k in range(335)]))
 
     assert len(hostile(1000)) == 1366  # as in the issue
-    assert len(rtp.nack_sequences(big_nack(SUB_SSRC, [(0, 0xFFFF)] * 335)[12:])) == 5695
+    assert len(packets.nack_sequences(big_nack(SUB_SSRC, [(0, 0xFFFF)] * 335)[12:])) == 5695
     budget = 200 * rtp.RETRANSMIT_SHARE_PERCENT // 100
     assert budget > rtp.RETRANSMIT_MIN_PACKETS_PER_S
     rig.fwd.handle_packet(SUB, hostile(stream_until(3_000_000)), 3_000_000)
@@ -582,7 +583,7 @@ def test_a_packet_is_resent_once_per_round_trip(impl: Any) -> None:
     assert ask(1003, 1_000_000 + rtp.RETRANSMIT_DEFAULT_RTT_US) == [1003]
     assert rig.fwd.counters()["nack_too_soon"] == 2
     # The subscriber's reports give a 300 ms round trip (see the RTT test above).
-    sr = struct.pack("!BBHIIIIII", 0x80, rtp.RTCP_SR, 6, PUB_SSRC, 0x00012345, 0x6789ABCD,
+    sr = struct.pack("!BBHIIIIII", 0x80, packets.RTCP_SR, 6, PUB_SSRC, 0x00012345, 0x6789ABCD,
                      0, 1, 1)
     rig.fwd.handle_packet(PUB, rig.pub_protect.protect_rtcp(sr), 2_000_000)
     resent(rig)  # the SR, translated

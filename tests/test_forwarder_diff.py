@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 
 from sfu import _fastpath_fallback, rtp
 from sfu.fastpath import cython_unavailable_reason
+from sfu.rtcp import packets
 from tests.srtp_helpers import PROFILES, Capture, rtp_packet, session_pair
 
 REASON = cython_unavailable_reason()
@@ -278,7 +279,7 @@ def run(sides: list[Side], keys: dict[int, tuple[bytes, bytes]], profile: str,
 def opened(receiver: Any, datagram: bytes) -> bytes | str:
     """The plaintext, or libsrtp's refusal."""
     try:
-        result: bytes = (receiver.unprotect_rtcp if rtp.is_rtcp(datagram)
+        result: bytes = (receiver.unprotect_rtcp if packets.is_rtcp(datagram)
                          else receiver.unprotect)(datagram)
     except pylibsrtp.Error as exc:
         return f"refused: {exc}"

@@ -10,12 +10,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sfu import rtp
+from sfu.rtcp import packets
 from tests.srtp_helpers import Capture, implementations, rtp_packet, session_pair
 
 VALID = [
     rtp_packet(seq=1, timestamp=1, ssrc=0xAA, payload=b"\x10\x00\x00\x9d\x01\x2a" + bytes(60),
                extensions=rtp.write_extensions([(1, b"0"), (3, b"\x01\x02\x03")]), csrcs=(9,)),
-    rtp.build_pli(1, 0xBB) + bytes.fromhex("81c90001") + bytes(4),
+    packets.build_pli(1, 0xBB) + bytes.fromhex("81c90001") + bytes(4),
 ]
 
 

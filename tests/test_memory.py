@@ -37,6 +37,7 @@ import pytest
 
 from sfu import rtp
 from sfu.fastpath import cython_unavailable_reason
+from sfu.rtcp import packets
 from tests.srtp_helpers import rtp_packet, session_pair
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,18 +115,18 @@ def drive(implementation: str) -> dict[str, Any]:
             payload_type=111, payload=bytes(120), extensions=ext)), now)
         lost = fwd.nack_due(VIDEO, now)
         if lost:
-            fwd.send_rtcp(1, rtp.build_nack(rtp.SFU_RTCP_SSRC, VIDEO_SSRC, lost))
+            fwd.send_rtcp(1, packets.build_nack(packets.SFU_RTCP_SSRC, VIDEO_SSRC, lost))
         # A subscriber asks again for a packet it was sent 5 ticks ago (the consumers
         # number from 0 at the first packet, so their sequence numbers are ours).
         i = t % SUBSCRIBERS
         if t >= 5:
             asked = VIDEO_PACKETS_PER_TICK * (t - 5) & 0xFFFF
             fwd.handle_packet(2 + i, subscribers[i].protect_rtcp(
-                rtp.build_nack(0x7000 + i, 0x5000 + i, [asked])), now)
+                packets.build_nack(0x7000 + i, 0x5000 + i, [asked])), now)
         if t % 50 == 0:
             for producer, ssrc, rate in ((VIDEO, VIDEO_SSRC, 90_000),
                                          (AUDIO, AUDIO_SSRC, 48_000)):
-                sr = struct.pack("!BBHI", 0x80, rtp.RTCP_SR, 6, ssrc) + struct.pack(
+                sr = struct.pack("!BBHI", 0x80, packets.RTCP_SR, 6, ssrc) + struct.pack(
                     "!IIIII", t, 0, rtp.to_rtp_units(now, rate) & 0xFFFFFFFF, t, t)
                 fwd.handle_packet(1, publisher.protect_rtcp(sr), now)
                 fwd.receive_report(producer, now)

@@ -24,6 +24,7 @@ from aiortc import VideoStreamTrack
 
 from sfu import rtp
 from sfu.client import Client
+from sfu.rtcp import packets
 from sfu.server import Server
 from sfu.transport import internals
 from tests.bystander import FrameCounter, healthz_latencies
@@ -75,7 +76,7 @@ def hostile_nack(media_ssrc: int, highest: int) -> bytes:
     entries = b"".join(
         struct.pack("!HH", (highest - 16 - 17 * (k % 30)) & 0xFFFF, 0xFFFF)
         for k in range(ENTRIES))
-    return struct.pack("!BBHII", 0x80 | rtp.RTPFB_NACK, rtp.RTCP_RTPFB, 2 + ENTRIES,
+    return struct.pack("!BBHII", 0x80 | packets.RTPFB_NACK, packets.RTCP_RTPFB, 2 + ENTRIES,
                        0x6D616C6C, media_ssrc) + entries
 
 

@@ -43,7 +43,7 @@ def test_cumulative_loss_is_clamped_to_24_bits() -> None:
 def test_nack_matches_aiortc(lost: list[int]) -> None:
     from aiortc.rtp import RtcpRtpfbPacket
 
-    from sfu.rtp import build_nack
+    from sfu.rtcp.packets import build_nack
 
     lost = list(dict.fromkeys(lost))
     ours = build_nack(1, 0xABC, lost)

@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sfu import rtp
+from sfu.rtcp import packets
 
 try:
     from sfu import _fastpath
@@ -125,12 +126,12 @@ def test_keyframe_detection(codec: int, payload: bytes, expected: bool) -> None:
 
 
 def test_pli_and_rtcp_iteration() -> None:
-    pli = rtp.build_pli(1, 0xDEADBEEF)
+    pli = packets.build_pli(1, 0xDEADBEEF)
     assert pli == bytes.fromhex("81ce0002" "00000001" "deadbeef")
     compound = bytes.fromhex("81c90001" "00000001") + pli
-    assert rtp.iter_rtcp(compound) == [(201, 1, 0, 8), (206, 1, 8, 12)]
-    assert rtp.iter_rtcp(compound[:-1]) is None
-    assert rtp.is_rtcp(pli) and not rtp.is_rtcp(bytes([0x80, 96]))
+    assert packets.iter_rtcp(compound) == [(201, 1, 0, 8), (206, 1, 8, 12)]
+    assert packets.iter_rtcp(compound[:-1]) is None
+    assert packets.is_rtcp(pli) and not packets.is_rtcp(bytes([0x80, 96]))
 
 
 @pytest.mark.parametrize("highest", [0, 5, 600, 65535])

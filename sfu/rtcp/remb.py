@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import struct
 
-from sfu.rtp import PSFB_AFB, RTCP_PSFB
+from sfu.rtcp.packets import PSFB_AFB, RTCP_PSFB
 
 MAX_MANTISSA = (1 << 18) - 1
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from sfu.rtp import RTCP_RR
+from sfu.rtcp.packets import RTCP_RR
 
 
 @dataclass(frozen=True)
