@@ -194,6 +194,11 @@ cdef class Forwarder:
     cdef uint16_t _el_offset[MAX_ELEMENTS]
     cdef uint16_t _el_length[MAX_ELEMENTS]
     cdef int _el_count
+    # set_loss_listener's listener, and the producer whose new gap it is to hear of once
+    # the packet that showed it has been handled.
+    cdef object _loss_listener
+    cdef bint _loss_pending
+    cdef int64_t _loss_producer
 
     cdef int _attach_source(self, _Producer producer, int64_t endpoint, uint32_t ssrc) except -1
     cdef int _handle(self, _Endpoint endpoint, int length, int64_t now_us)
@@ -210,3 +215,4 @@ cdef class Forwarder:
     cdef bint _request_keyframe(self, _Producer producer, int64_t now_us)
     cdef void _send_rtcp(self, _Endpoint endpoint, uint8_t *data, int length)
     cdef int _send(self, _Endpoint endpoint, uint8_t *data, int length)
+    cdef int _notify_loss(self) except -1

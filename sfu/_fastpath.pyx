@@ -88,6 +88,7 @@ cdef int64_t NACK_MAX_AGE_US = _nack.NACK_MAX_AGE_US
 cdef int C_NACK_OUT_OF_HISTORY = _rtp.C_NACK_OUT_OF_HISTORY
 cdef int C_NACK_TOO_SOON = _rtp.C_NACK_TOO_SOON
 cdef int C_NACK_BUDGET_EXCEEDED = _rtp.C_NACK_BUDGET_EXCEEDED
+cdef int C_LOSS_LISTENER_ERRORS = _rtp.C_LOSS_LISTENER_ERRORS
 cdef int64_t RETRANSMIT_SHARE_PERCENT = _retransmit.RETRANSMIT_SHARE_PERCENT
 cdef int64_t RETRANSMIT_MIN_PACKETS_PER_S = _retransmit.RETRANSMIT_MIN_PACKETS_PER_S
 cdef int64_t RETRANSMIT_MIN_BYTES_PER_S = _retransmit.RETRANSMIT_MIN_BYTES_PER_S
@@ -580,6 +581,9 @@ cdef class Forwarder:
         self._producers = {}
         self._consumers = {}
         memset(self._counters, 0, sizeof(self._counters))
+        self._loss_listener = None
+        self._loss_pending = False
+        self._loss_producer = 0
 
     def add_endpoint(self, int64_t endpoint, rx, tx, sendto, int fd, addr):
         """Register a transport: pylibsrtp sessions, and where to send.
@@ -804,6 +808,8 @@ cdef class Forwarder:
                 memcpy(self._rx, PyBytes_AS_STRING(data), length)
                 status = self._handle(ep, length, now_us)
         self._counters[status] += 1
+        if self._loss_pending:  # a C flag: no Python call unless a new gap was seen
+            self._notify_loss()
         return status
 
     def nack_due(self, int64_t producer, int64_t now_us):
@@ -817,6 +823,17 @@ cdef class Forwarder:
         self._counters[C_NACK_GAVE_UP] += gave_up
         self._counters[C_NACK_REQUESTED] += len(due)
         return due
+
+    def nack_deadline(self, int64_t producer):
+        """When ``nack_due`` has something to do, or -1 (see the twin's docstring)."""
+        cdef _Producer prod = self._producers.get(producer)
+        if prod is None:
+            return -1
+        return prod.nack.deadline()
+
+    def set_loss_listener(self, listener):
+        """Hear of new gaps that bring a NACK deadline forward (see the twin's)."""
+        self._loss_listener = listener
 
     def receive_report(self, int64_t producer, int64_t now_us):
         """A report block for a producer's stream (see the twin's docstring)."""
@@ -937,6 +954,9 @@ cdef class Forwarder:
             found = prod.nack.on_arrival(highest, ext, now_us)
             if found & NACK_RECOVERED:
                 self._counters[C_NACK_RECOVERED] += 1
+            if found & NACK_EARLIER and self._loss_listener is not None:
+                self._loss_pending = True
+                self._loss_producer = prod.id
 
     cdef void _forward(self, _Consumer cons, int length, int payload_offset, int payload_end,
                        int64_t now_us):
@@ -1272,6 +1292,18 @@ cdef class Forwarder:
             ep.py_sendto(PyBytes_FromStringAndSize(<char *>data, length), ep.addr)
         except OSError:
             return -1
+        return 0
+
+    cdef int _notify_loss(self) except -1:
+        """Tell the loss listener of the new gap the last packet showed."""
+        self._loss_pending = False
+        listener = self._loss_listener
+        if listener is None:
+            return 0
+        try:
+            listener(self._loss_producer)
+        except Exception:  # the packet path must go on, whatever the listener does
+            self._counters[C_LOSS_LISTENER_ERRORS] += 1
         return 0
 
 

@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 from sfu import rtp
 from sfu.rtcp import packets
 from sfu.rtcp.keyframe import KeyframeThrottle
-from sfu.rtcp.nack import NACK_RECOVERED, NackGenerator
+from sfu.rtcp.nack import NACK_EARLIER, NACK_RECOVERED, NackGenerator
 from sfu.rtcp.retransmit import RetransmitBudget, retransmit_interval
 from sfu.rtcp.sr import SrTranslator
 from sfu.rtcp.stats import ReceiveStats
@@ -163,6 +163,11 @@ class Forwarder:
         self._producers: dict[int, _Producer] = {}
         self._consumers: dict[int, _Consumer] = {}
         self._counters = [0] * len(rtp.COUNTER_NAMES)
+        # set_loss_listener's listener, and the producer whose new gap it is to hear of
+        # once the packet that showed it has been handled.
+        self._loss_listener: Callable[[int], None] | None = None
+        self._loss_pending = False
+        self._loss_producer = 0
 
     # -- tables, pushed by the control plane -------------------------------------------
 
@@ -338,6 +343,8 @@ class Forwarder:
             ep = self._endpoints.get(endpoint)
             status = rtp.DROP_UNKNOWN_ENDPOINT if ep is None else self._handle(ep, data, now_us)
         self._counters[status] += 1
+        if self._loss_pending:
+            self._notify_loss()
         return status
 
     def nack_due(self, producer: int, now_us: int) -> list[int]:
@@ -350,6 +357,23 @@ class Forwarder:
         self._counters[rtp.C_NACK_GAVE_UP] += gave_up
         self._counters[rtp.C_NACK_REQUESTED] += len(due)
         return due
+
+    def nack_deadline(self, producer: int) -> int:
+        """The earliest ``now_us`` at which ``nack_due(producer, now_us)`` would return
+        a sequence number or give an entry up; -1 when nothing is pending, and for an
+        unknown producer. It may be past already (an entry asked for its last time is
+        given up at the next call): call ``nack_due`` then at once."""
+        prod = self._producers.get(producer)
+        return -1 if prod is None else prod.nack.deadline()
+
+    def set_loss_listener(self, listener: Callable[[int], None] | None) -> None:
+        """Call ``listener(producer)`` when a newly detected gap in a producer's video
+        makes its NACK deadline earlier than any still pending (so a timer armed for the
+        next deadline can be armed earlier); None stops it. It is called after the
+        packet that showed the gap has been handled, at most once per gap and never
+        otherwise per packet; what it raises is counted (loss_listener_errors), not
+        propagated."""
+        self._loss_listener = listener
 
     def receive_report(self, producer: int, now_us: int) -> tuple[int, ...] | None:
         """A report block for a producer's stream (RFC 3550 §6.4.1), as (ssrc, fraction
@@ -416,6 +440,9 @@ class Forwarder:
             found = prod.nack.on_arrival(highest, ext, now_us)
             if found & NACK_RECOVERED:
                 self._counters[rtp.C_NACK_RECOVERED] += 1
+            if found & NACK_EARLIER and self._loss_listener is not None:
+                self._loss_pending = True
+                self._loss_producer = prod.id
 
     def _forward(
         self,
@@ -667,3 +694,14 @@ class Forwarder:
         except OSError:
             return -1
         return 0
+
+    def _notify_loss(self) -> None:
+        """Tell the loss listener of the new gap the last packet showed."""
+        self._loss_pending = False
+        listener = self._loss_listener
+        if listener is None:
+            return
+        try:
+            listener(self._loss_producer)
+        except Exception:  # the packet path must go on, whatever the listener does
+            self._counters[rtp.C_LOSS_LISTENER_ERRORS] += 1

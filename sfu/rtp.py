@@ -82,6 +82,7 @@ C_KEYFRAME_WAIT_US = C_SENT + 25
 C_NACK_OUT_OF_HISTORY = C_SENT + 26
 C_NACK_TOO_SOON = C_SENT + 27
 C_NACK_BUDGET_EXCEEDED = C_SENT + 28
+C_LOSS_LISTENER_ERRORS = C_SENT + 29
 COUNTER_NAMES = (
     *(f"drop_{name}" if name != "ok" else "accepted" for name in DROP_REASONS),
     "sent",
@@ -114,6 +115,7 @@ COUNTER_NAMES = (
     "nack_out_of_history",  # not among the last HISTORY_SIZE sent to them
     "nack_too_soon",  # resent less than an interval ago
     "nack_budget_exceeded",  # beyond the consumer's retransmission budget
+    "loss_listener_errors",  # exceptions the loss listener raised (set_loss_listener)
 )
 # Packets a video consumer keeps for retransmission (RFC 4585 NACK): at ~170 packets/s
 # of 1.7 Mbit/s video, about three seconds.
