@@ -1,5 +1,6 @@
 # C-level types of the Cython forwarder (sfu/_fastpath.pyx).
 
+cimport cython
 from libc.stdint cimport int16_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 # libsrtp 2.x in-place API, as pylibsrtp's cffi binding declares it:
@@ -12,8 +13,102 @@ cdef enum:
     BUFFER_SIZE = 1500 + 160
     # Most extension elements a 1500-byte packet can hold (two bytes each at least).
     MAX_ELEMENTS = 750
-    # Lost packets a producer remembers to ask for (sfu.rtp.NACK_MAX_MISSING).
+    # Lost packets a producer remembers to ask for (sfu.rtcp.nack.NACK_MAX_MISSING).
     NACK_CAPACITY = 256
+
+
+# -- the RTCP machines of sfu/rtcp/, same names and methods (final: called directly) ----
+
+@cython.final
+cdef class NackGenerator:
+    # Lost packets to ask for, ascending: extended sequence number, asks so far, when to
+    # ask next, when it went missing, when it was last asked; and the round trip.
+    cdef int count
+    cdef int64_t ext[NACK_CAPACITY]
+    cdef int retries[NACK_CAPACITY]
+    cdef int64_t next[NACK_CAPACITY]
+    cdef int64_t first[NACK_CAPACITY]
+    cdef int64_t asked[NACK_CAPACITY]
+    cdef int64_t rtt_us
+
+    cdef int on_arrival(self, int64_t highest, int64_t ext, int64_t now_us) noexcept
+    cdef tuple due(self, int64_t now_us)
+    cdef int64_t deadline(self) noexcept
+    cdef int64_t _deadline(self, int start) noexcept
+    cdef void _forget(self, int start, int end) noexcept
+
+
+@cython.final
+cdef class ReceiveStats:
+    # RFC 3550 A.3, A.8; and the publisher's last SR.
+    cdef int clock_rate
+    cdef bint started
+    cdef int64_t base
+    cdef int64_t highest
+    cdef int64_t received
+    cdef int64_t expected_prior
+    cdef int64_t received_prior
+    cdef int64_t jitter16
+    cdef bint has_transit
+    cdef uint32_t transit
+    cdef bint sr_seen
+    cdef uint32_t sr_ntp_mid
+    cdef int64_t sr_arrival_us
+
+    cdef int64_t on_arrival(self, uint16_t seq, uint32_t timestamp, int64_t now_us) noexcept
+    cdef void on_sender_report(self, uint32_t ntp_mid, int64_t now_us) noexcept
+    cdef tuple report_block(self, uint32_t ssrc, int64_t now_us)
+
+
+@cython.final
+cdef class SrTranslator:
+    # Our last SR to the subscriber, and the subscriber's last report.
+    cdef uint32_t sent_ntp_mid
+    cdef int64_t sent_us
+    cdef bint has_report
+    cdef int fraction
+    cdef int64_t lost
+    cdef uint32_t jitter
+    cdef int64_t rtt_us
+
+    cdef int translate(self, const uint8_t *report, uint8_t *out, uint32_t ssrc,
+                       uint32_t ts_offset, uint64_t packets_sent, uint64_t octets_sent,
+                       int64_t now_us) noexcept
+    cdef void on_report_block(self, int fraction, int64_t lost, uint32_t jitter,
+                              uint32_t lsr, uint32_t dlsr, int64_t now_us) noexcept
+    cdef tuple report(self)
+    cdef int64_t rtt(self) noexcept
+
+
+@cython.final
+cdef class KeyframeThrottle:
+    cdef bint requested
+    cdef int64_t last_us
+
+    cdef bint ready(self, int64_t now_us, int64_t interval_us) noexcept
+    cdef void on_request(self, int64_t now_us) noexcept
+
+
+@cython.final
+cdef class RetransmitBudget:
+    # Token buckets (millionths of a packet, of a byte) and when they were last filled;
+    # the forward rate (per second) they are a share of, and the time and counts when
+    # it was last measured.
+    cdef bint bucket_started
+    cdef int64_t bucket_us
+    cdef int64_t tokens_packets
+    cdef int64_t tokens_bytes
+    cdef int64_t rate_packets
+    cdef int64_t rate_bytes
+    cdef int64_t rate_mark_us
+    cdef uint64_t rate_mark_packets
+    cdef uint64_t rate_mark_bytes
+
+    cdef void mark(self, int64_t now_us, uint64_t packets_sent, uint64_t bytes_sent) noexcept
+    cdef void refill(self, int64_t now_us, uint64_t packets_sent,
+                     uint64_t bytes_sent) noexcept
+    cdef bint has_token(self) noexcept
+    cdef bint spend(self, int64_t length) noexcept
 
 
 cdef class _Endpoint:
@@ -37,32 +132,13 @@ cdef class _Producer:
     cdef uint32_t ssrc
     cdef int codec
     cdef list consumers
-    cdef bint requested
-    cdef int64_t last_keyframe_request_us
     cdef bint paused
     cdef _Endpoint endpoint     # None until that endpoint is added
-    # Receive statistics for receiver reports (RFC 3550 A.3, A.8).
     cdef int clock_rate
-    cdef bint rx_started
-    cdef int64_t rx_base
-    cdef int64_t rx_highest
-    cdef int64_t rx_received
-    cdef int64_t rx_expected_prior
-    cdef int64_t rx_received_prior
-    cdef int64_t rx_jitter16
-    cdef bint rx_has_transit
-    cdef uint32_t rx_transit
-    cdef bint sr_seen
-    cdef uint32_t sr_ntp_mid
-    cdef int64_t sr_arrival_us
-    # Lost packets to ask for, ascending (as the twin's `missing`), and the round trip.
-    cdef int missing_count
-    cdef int64_t missing_ext[NACK_CAPACITY]
-    cdef int missing_retries[NACK_CAPACITY]
-    cdef int64_t missing_next[NACK_CAPACITY]
-    cdef int64_t missing_first[NACK_CAPACITY]
-    cdef int64_t missing_asked[NACK_CAPACITY]
-    cdef int64_t rtt_us
+    # Set anew by Forwarder._attach_source.
+    cdef KeyframeThrottle keyframe
+    cdef ReceiveStats stats
+    cdef NackGenerator nack
 
 
 cdef class _Consumer:
@@ -87,14 +163,7 @@ cdef class _Consumer:
     cdef int64_t last_out_us
     cdef bint waiting           # for a keyframe, since wait_started_us
     cdef int64_t wait_started_us
-    # The subscriber's last receiver report on this consumer, and our last SR to it.
-    cdef bint has_report
-    cdef int report_fraction
-    cdef int64_t report_lost
-    cdef uint32_t report_jitter
-    cdef int64_t report_rtt_us
-    cdef uint32_t sr_sent_ntp_mid
-    cdef int64_t sr_sent_us
+    cdef SrTranslator sr        # our last SR to the subscriber, its last report
     cdef int64_t start_ext_seq
     cdef int64_t highest_ext_seq
     cdef uint32_t ts_offset
@@ -102,23 +171,12 @@ cdef class _Consumer:
     cdef uint64_t bytes_sent
     cdef uint64_t octets_sent   # payload octets, for sender reports
     # Video only: rewritten packets by sequence number modulo HISTORY_SIZE, each in a
-    # MAX_PROTECT_SIZE slot, for retransmission; allocated once, never grown.
+    # MAX_PROTECT_SIZE slot, for retransmission, and when each slot was last resent;
+    # allocated once, never grown.
     cdef uint8_t *history
     cdef uint16_t *history_length
-    # Answering its NACKs (sfu.rtp, RETRANSMIT_*): when each history slot was last
-    # resent; the token buckets (millionths of a packet, of a byte) and when they were
-    # last filled; the forward rate (per second) they are a share of, and the time and
-    # counts when it was last measured.
     cdef int64_t *resent_us
-    cdef bint bucket_started
-    cdef int64_t bucket_us
-    cdef int64_t tokens_packets
-    cdef int64_t tokens_bytes
-    cdef int64_t rate_packets
-    cdef int64_t rate_bytes
-    cdef int64_t rate_mark_us
-    cdef uint64_t rate_mark_packets
-    cdef uint64_t rate_mark_bytes
+    cdef RetransmitBudget budget   # for answering its NACKs
 
 
 cdef class Forwarder:
@@ -136,18 +194,25 @@ cdef class Forwarder:
     cdef uint16_t _el_offset[MAX_ELEMENTS]
     cdef uint16_t _el_length[MAX_ELEMENTS]
     cdef int _el_count
+    # set_loss_listener's listener, and the producer whose new gap it is to hear of once
+    # the packet that showed it has been handled.
+    cdef object _loss_listener
+    cdef bint _loss_pending
+    cdef int64_t _loss_producer
 
     cdef int _attach_source(self, _Producer producer, int64_t endpoint, uint32_t ssrc) except -1
     cdef int _handle(self, _Endpoint endpoint, int length, int64_t now_us)
+    cdef void _record_arrival(self, _Producer producer, uint16_t seq, uint32_t timestamp,
+                              int64_t now_us)
     cdef int _handle_rtcp(self, _Endpoint endpoint, int length, int64_t now_us)
     cdef void _forward(self, _Consumer consumer, int length, int payload_offset,
                        int payload_end, int64_t now_us)
     cdef void _forward_sr(self, _Endpoint endpoint, int offset, int64_t now_us)
+    cdef void _take_report_block(self, _Endpoint endpoint, int block, int64_t now_us)
     cdef void _answer_nack(self, _Consumer consumer, int fci, int fci_end, int64_t now_us)
-    cdef void _refill(self, _Consumer consumer, int64_t now_us)
     cdef void _retransmit(self, _Consumer consumer, uint16_t seq, int64_t interval,
                           int64_t now_us)
-    cdef void _take_report_block(self, _Endpoint endpoint, int block, int64_t now_us)
-    cdef void _track_missing(self, _Producer producer, int64_t ext, int64_t now_us)
     cdef bint _request_keyframe(self, _Producer producer, int64_t now_us)
+    cdef void _send_rtcp(self, _Endpoint endpoint, uint8_t *data, int length)
     cdef int _send(self, _Endpoint endpoint, uint8_t *data, int length)
+    cdef int _notify_loss(self) except -1

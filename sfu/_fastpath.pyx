@@ -7,8 +7,11 @@ then per Consumer: one copy into the send buffer, header rewrite, libsrtp protec
 place, ``sendto`` from C on the subscriber's ICE socket. No Python object is created
 per outgoing packet (except on TURN-relayed endpoints, which have no plain socket).
 
-The pure-Python twin is the reference: tests/test_forwarder_diff.py holds the two to
-byte-identical output and identical counters.
+The pure-Python twin (sfu/_fastpath_fallback.py) is the reference:
+tests/test_forwarder_diff.py holds the two to byte-identical output and identical
+counters. It has the same classes and methods in the same order, and the RTCP machines
+of sfu/rtcp/ (NackGenerator, ReceiveStats, SrTranslator, KeyframeThrottle,
+RetransmitBudget) are cdef classes here of the same names, with the same methods.
 """
 
 import socket
@@ -20,7 +23,9 @@ from libc.string cimport memcpy, memset
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 
 from sfu import rtp as _rtp
+from sfu.rtcp import nack as _nack
 from sfu.rtcp import packets as _packets
+from sfu.rtcp import retransmit as _retransmit
 
 cdef extern from *:
     int __builtin_popcount(unsigned int x) nogil
@@ -34,7 +39,7 @@ cdef extern from "<sys/socket.h>" nogil:
 
 HAS_FORWARDER = True
 
-# -- constants shared with sfu/rtp.py and sfu/rtcp/packets.py (read at import) -------------
+# -- constants shared with sfu/rtp.py and sfu/rtcp/ (one source of truth, read at import) -------------
 
 cdef int OK = _rtp.OK
 cdef int DROP_TOO_SHORT = _rtp.DROP_TOO_SHORT
@@ -73,24 +78,27 @@ cdef int C_NACK_RECOVERED = _rtp.C_NACK_RECOVERED
 cdef int C_NACK_GAVE_UP = _rtp.C_NACK_GAVE_UP
 cdef int C_KEYFRAME_WAITS = _rtp.C_KEYFRAME_WAITS
 cdef int C_KEYFRAME_WAIT_US = _rtp.C_KEYFRAME_WAIT_US
-cdef int64_t NACK_FIRST_DELAY_US = _rtp.NACK_FIRST_DELAY_US
-cdef int64_t NACK_MIN_RETRY_US = _rtp.NACK_MIN_RETRY_US
-cdef int64_t NACK_DEFAULT_RTT_US = _rtp.NACK_DEFAULT_RTT_US
-cdef int NACK_MAX_RETRIES = _rtp.NACK_MAX_RETRIES
-cdef int64_t NACK_MAX_AGE_US = _rtp.NACK_MAX_AGE_US
+cdef int64_t NACK_FIRST_DELAY_US = _nack.NACK_FIRST_DELAY_US
+cdef int64_t NACK_MIN_RETRY_US = _nack.NACK_MIN_RETRY_US
+cdef int64_t NACK_DEFAULT_RTT_US = _nack.NACK_DEFAULT_RTT_US
+cdef int NACK_MAX_RETRIES = _nack.NACK_MAX_RETRIES
+cdef int NACK_RECOVERED = _nack.NACK_RECOVERED
+cdef int NACK_EARLIER = _nack.NACK_EARLIER
+cdef int64_t NACK_MAX_AGE_US = _nack.NACK_MAX_AGE_US
 cdef int C_NACK_OUT_OF_HISTORY = _rtp.C_NACK_OUT_OF_HISTORY
 cdef int C_NACK_TOO_SOON = _rtp.C_NACK_TOO_SOON
 cdef int C_NACK_BUDGET_EXCEEDED = _rtp.C_NACK_BUDGET_EXCEEDED
-cdef int64_t RETRANSMIT_SHARE_PERCENT = _rtp.RETRANSMIT_SHARE_PERCENT
-cdef int64_t RETRANSMIT_MIN_PACKETS_PER_S = _rtp.RETRANSMIT_MIN_PACKETS_PER_S
-cdef int64_t RETRANSMIT_MIN_BYTES_PER_S = _rtp.RETRANSMIT_MIN_BYTES_PER_S
-cdef int64_t RETRANSMIT_BURST_US = _rtp.RETRANSMIT_BURST_US
-cdef int64_t RETRANSMIT_RATE_WINDOW_US = _rtp.RETRANSMIT_RATE_WINDOW_US
-cdef int64_t RETRANSMIT_DEFAULT_RTT_US = _rtp.RETRANSMIT_DEFAULT_RTT_US
-cdef int64_t RETRANSMIT_MIN_INTERVAL_US = _rtp.RETRANSMIT_MIN_INTERVAL_US
-cdef int64_t RETRANSMIT_TOKEN = _rtp.RETRANSMIT_TOKEN
+cdef int C_LOSS_LISTENER_ERRORS = _rtp.C_LOSS_LISTENER_ERRORS
+cdef int64_t RETRANSMIT_SHARE_PERCENT = _retransmit.RETRANSMIT_SHARE_PERCENT
+cdef int64_t RETRANSMIT_MIN_PACKETS_PER_S = _retransmit.RETRANSMIT_MIN_PACKETS_PER_S
+cdef int64_t RETRANSMIT_MIN_BYTES_PER_S = _retransmit.RETRANSMIT_MIN_BYTES_PER_S
+cdef int64_t RETRANSMIT_BURST_US = _retransmit.RETRANSMIT_BURST_US
+cdef int64_t RETRANSMIT_RATE_WINDOW_US = _retransmit.RETRANSMIT_RATE_WINDOW_US
+cdef int64_t RETRANSMIT_DEFAULT_RTT_US = _retransmit.RETRANSMIT_DEFAULT_RTT_US
+cdef int64_t RETRANSMIT_MIN_INTERVAL_US = _retransmit.RETRANSMIT_MIN_INTERVAL_US
+cdef int64_t RETRANSMIT_TOKEN = _retransmit.RETRANSMIT_TOKEN
 cdef int64_t RESENT_NEVER = _rtp.RESENT_NEVER
-assert _rtp.NACK_MAX_MISSING == NACK_CAPACITY, "NACK_CAPACITY differs from sfu.rtp"
+assert _nack.NACK_MAX_MISSING == NACK_CAPACITY, "NACK_CAPACITY differs from sfu.rtcp.nack"
 cdef int N_COUNTERS = len(_rtp.COUNTER_NAMES)
 cdef int MAX_PACKET_SIZE = _rtp.MAX_PACKET_SIZE
 cdef int MAX_PROTECT_SIZE = _rtp.MAX_PROTECT_SIZE
@@ -199,8 +207,13 @@ cdef inline uint32_t c_history_window(uint16_t highest, uint16_t pid) noexcept n
 
 
 cdef inline int64_t c_retransmit_budget(int64_t rate, int64_t floor) noexcept nogil:
-    # As sfu.rtp.retransmit_budget.
+    # As sfu.rtcp.retransmit.retransmit_budget.
     return max(floor, rate * RETRANSMIT_SHARE_PERCENT // 100)
+
+
+cdef inline int64_t c_retransmit_interval(int64_t rtt_us) noexcept nogil:
+    # As sfu.rtcp.retransmit.retransmit_interval (-1: round trip not known yet).
+    return max(RETRANSMIT_MIN_INTERVAL_US, rtt_us if rtt_us >= 0 else RETRANSMIT_DEFAULT_RTT_US)
 
 
 cdef bint _vp8_keyframe_start(const uint8_t *p, int size) noexcept nogil:
@@ -257,18 +270,6 @@ cdef bint _is_keyframe_start(int codec, const uint8_t *p, int size) noexcept nog
     return True
 
 
-cdef void _forget_missing(_Producer prod, int index) noexcept:
-    """Remove entry ``index`` from a producer's missing-packet list, keeping its order."""
-    cdef int j
-    for j in range(index + 1, prod.missing_count):
-        prod.missing_ext[j - 1] = prod.missing_ext[j]
-        prod.missing_retries[j - 1] = prod.missing_retries[j]
-        prod.missing_next[j - 1] = prod.missing_next[j]
-        prod.missing_first[j - 1] = prod.missing_first[j]
-        prod.missing_asked[j - 1] = prod.missing_asked[j]
-    prod.missing_count -= 1
-
-
 cdef inline _Producer _producer_on(_Endpoint ep, uint32_t ssrc):
     """The producer an endpoint publishes under ``ssrc``: an SSRC only counts on its own
     endpoint. A linear scan: an endpoint carries a handful of tracks."""
@@ -310,6 +311,248 @@ def _sockaddr(addr):
                 + struct.pack("=I", 0))
 
 
+# -- the RTCP machines: sfu/rtcp/*.py, class for class and method for method ------------
+
+cdef class NackGenerator:
+    """As sfu.rtcp.nack.NackGenerator: the lost packets of one producer."""
+
+    cdef int on_arrival(self, int64_t highest, int64_t ext, int64_t now_us) noexcept:
+        cdef int64_t gap = ext - highest - 1
+        cdef int64_t lost, sample, pending, first_ask
+        cdef int i, drop
+        if gap > NACK_CAPACITY:
+            self._forget(0, self.count)  # too much to ask for: a keyframe request will do
+            return 0
+        if gap > 0:
+            # Entries that stay (the oldest go when the list is full): is the new gap's
+            # first ask earlier than all of theirs?
+            drop = <int>max(0, self.count + gap - NACK_CAPACITY)
+            pending = self._deadline(drop)
+            first_ask = now_us + NACK_FIRST_DELAY_US
+            self._forget(0, drop)
+            lost = highest + 1
+            while lost < ext:
+                i = self.count
+                self.ext[i] = lost
+                self.retries[i] = 0
+                self.next[i] = first_ask
+                self.first[i] = now_us
+                self.asked[i] = 0
+                self.count += 1
+                lost += 1
+            return NACK_EARLIER if pending < 0 or first_ask < pending else 0
+        if gap < 0:
+            for i in range(self.count):
+                if self.ext[i] == ext:  # it came after all: late, or the retransmission
+                    if self.retries[i]:
+                        sample = now_us - self.asked[i]
+                        self.rtt_us = sample if not self.rtt_us else (
+                            7 * self.rtt_us + sample) // 8
+                        self._forget(i, i + 1)
+                        return NACK_RECOVERED
+                    self._forget(i, i + 1)
+                    return 0
+        return 0
+
+    cdef tuple due(self, int64_t now_us):
+        cdef list due = []
+        cdef int i, kept = 0, gave_up = 0
+        cdef int64_t retry_us = max(self.rtt_us if self.rtt_us else NACK_DEFAULT_RTT_US,
+                                    NACK_MIN_RETRY_US)
+        for i in range(self.count):
+            if self.retries[i] >= NACK_MAX_RETRIES or now_us - self.first[i] > NACK_MAX_AGE_US:
+                gave_up += 1
+                continue
+            if now_us >= self.next[i]:
+                due.append(self.ext[i] & 0xFFFF)
+                self.retries[i] += 1
+                self.next[i] = now_us + retry_us
+                self.asked[i] = now_us
+            if kept != i:
+                self.ext[kept] = self.ext[i]
+                self.retries[kept] = self.retries[i]
+                self.next[kept] = self.next[i]
+                self.first[kept] = self.first[i]
+                self.asked[kept] = self.asked[i]
+            kept += 1
+        self.count = kept
+        return due, gave_up
+
+    cdef int64_t deadline(self) noexcept:
+        return self._deadline(0)
+
+    cdef int64_t _deadline(self, int start) noexcept:
+        cdef int64_t earliest = -1, at
+        cdef int i
+        for i in range(start, self.count):
+            if self.retries[i] >= NACK_MAX_RETRIES:
+                at = self.asked[i]
+            else:  # asked again at next; given up once older than NACK_MAX_AGE_US
+                at = min(self.next[i], self.first[i] + NACK_MAX_AGE_US + 1)
+            if earliest < 0 or at < earliest:
+                earliest = at
+        return earliest
+
+    cdef void _forget(self, int start, int end) noexcept:
+        cdef int removed = end - start, j
+        if removed <= 0:
+            return
+        for j in range(end, self.count):
+            self.ext[j - removed] = self.ext[j]
+            self.retries[j - removed] = self.retries[j]
+            self.next[j - removed] = self.next[j]
+            self.first[j - removed] = self.first[j]
+            self.asked[j - removed] = self.asked[j]
+        self.count -= removed
+
+
+cdef class ReceiveStats:
+    """As sfu.rtcp.stats.ReceiveStats: RFC 3550 A.3, A.8, and the last SR."""
+
+    def __init__(self, int clock_rate):
+        self.clock_rate = clock_rate
+
+    cdef int64_t on_arrival(self, uint16_t seq, uint32_t timestamp, int64_t now_us) noexcept:
+        cdef int64_t ext
+        cdef uint32_t transit
+        if not self.started:
+            self.started = True
+            ext = self.base = self.highest = 0x10000 + seq
+        else:
+            ext = c_extend_seq(self.highest, seq)
+            self.highest = max(self.highest, ext)
+        self.received += 1
+        transit = <uint32_t>(c_to_rtp_units(now_us, self.clock_rate) - timestamp)
+        if self.has_transit:
+            self.jitter16 = c_jitter_step(self.jitter16, transit, self.transit)
+        self.transit = transit
+        self.has_transit = True
+        return ext
+
+    cdef void on_sender_report(self, uint32_t ntp_mid, int64_t now_us) noexcept:
+        self.sr_seen = True
+        self.sr_ntp_mid = ntp_mid
+        self.sr_arrival_us = now_us
+
+    cdef tuple report_block(self, uint32_t ssrc, int64_t now_us):
+        if not self.started:
+            return None
+        cdef int64_t expected = self.highest - self.base + 1
+        cdef int64_t expected_interval = expected - self.expected_prior
+        cdef int64_t lost_interval = expected_interval - (self.received - self.received_prior)
+        self.expected_prior = expected
+        self.received_prior = self.received
+        cdef int64_t fraction = 0
+        if expected_interval > 0 and lost_interval > 0:
+            fraction = min(255, (lost_interval << 8) // expected_interval)
+        cdef int64_t dlsr = 0
+        if self.sr_seen and now_us >= self.sr_arrival_us:
+            dlsr = ((now_us - self.sr_arrival_us) * 65536 // 1000000) & 0xFFFFFFFF
+        return (ssrc, fraction, expected - self.received, self.highest & 0xFFFFFFFF,
+                self.jitter16 >> 4, self.sr_ntp_mid, dlsr)
+
+
+cdef class SrTranslator:
+    """As sfu.rtcp.sr.SrTranslator: our last SR to one subscriber, its last report."""
+
+    def __init__(self):
+        self.rtt_us = -1
+
+    cdef int translate(self, const uint8_t *report, uint8_t *out, uint32_t ssrc,
+                       uint32_t ts_offset, uint64_t packets_sent, uint64_t octets_sent,
+                       int64_t now_us) noexcept:
+        # As sfu.rtcp.packets.translate_sr; returns the length written to ``out``.
+        self.sent_ntp_mid = _u32(report + 10)
+        self.sent_us = now_us
+        out[0] = 0x80
+        out[1] = 200
+        _put16(out + 2, 6)
+        _put32(out + 4, ssrc)
+        memcpy(out + 8, report + 8, 8)  # NTP time: the publisher's wall clock
+        _put32(out + 16, _u32(report + 16) + ts_offset)
+        _put32(out + 20, <uint32_t>(packets_sent & 0xFFFFFFFF))
+        _put32(out + 24, <uint32_t>(octets_sent & 0xFFFFFFFF))
+        return SR_SIZE
+
+    cdef void on_report_block(self, int fraction, int64_t lost, uint32_t jitter,
+                              uint32_t lsr, uint32_t dlsr, int64_t now_us) noexcept:
+        cdef int64_t sample
+        if not self.has_report:
+            self.rtt_us = -1
+        if lsr != 0 and lsr == self.sent_ntp_mid:
+            sample = now_us - self.sent_us - (<int64_t>dlsr) * 1000000 // 65536
+            if sample >= 0:
+                self.rtt_us = sample
+        self.fraction = fraction
+        self.lost = lost
+        self.jitter = jitter
+        self.has_report = True
+
+    cdef tuple report(self):
+        if not self.has_report:
+            return None
+        return (self.fraction, self.lost, self.jitter, self.rtt_us)
+
+    cdef int64_t rtt(self) noexcept:
+        return self.rtt_us if self.has_report else -1
+
+
+cdef class KeyframeThrottle:
+    """As sfu.rtcp.keyframe.KeyframeThrottle: at most one request per interval."""
+
+    cdef bint ready(self, int64_t now_us, int64_t interval_us) noexcept:
+        return not self.requested or now_us - self.last_us >= interval_us
+
+    cdef void on_request(self, int64_t now_us) noexcept:
+        self.requested = True
+        self.last_us = now_us
+
+
+cdef class RetransmitBudget:
+    """As sfu.rtcp.retransmit.RetransmitBudget: one consumer's token buckets."""
+
+    cdef void mark(self, int64_t now_us, uint64_t packets_sent, uint64_t bytes_sent) noexcept:
+        self.rate_mark_us = now_us
+        self.rate_mark_packets = packets_sent
+        self.rate_mark_bytes = bytes_sent
+
+    cdef void refill(self, int64_t now_us, uint64_t packets_sent,
+                     uint64_t bytes_sent) noexcept:
+        cdef int64_t elapsed, packets_per_s, bytes_per_s
+        if now_us - self.rate_mark_us >= RETRANSMIT_RATE_WINDOW_US:
+            elapsed = (now_us - self.rate_mark_us) // 1000  # ms
+            self.rate_packets = <int64_t>(packets_sent - self.rate_mark_packets) * 1000 // elapsed
+            self.rate_bytes = <int64_t>(bytes_sent - self.rate_mark_bytes) * 1000 // elapsed
+            self.mark(now_us, packets_sent, bytes_sent)
+        packets_per_s = c_retransmit_budget(self.rate_packets, RETRANSMIT_MIN_PACKETS_PER_S)
+        bytes_per_s = c_retransmit_budget(self.rate_bytes, RETRANSMIT_MIN_BYTES_PER_S)
+        if not self.bucket_started:  # the first NACK: a full bucket
+            self.bucket_started = True
+            self.bucket_us = now_us
+            self.tokens_packets = packets_per_s * RETRANSMIT_BURST_US
+            self.tokens_bytes = bytes_per_s * RETRANSMIT_BURST_US
+            return
+        elapsed = 0
+        if now_us > self.bucket_us:
+            elapsed = min(now_us - self.bucket_us, RETRANSMIT_BURST_US)
+            self.bucket_us = now_us
+        self.tokens_packets = min(packets_per_s * RETRANSMIT_BURST_US,
+                                  self.tokens_packets + elapsed * packets_per_s)
+        self.tokens_bytes = min(bytes_per_s * RETRANSMIT_BURST_US,
+                                self.tokens_bytes + elapsed * bytes_per_s)
+
+    cdef bint has_token(self) noexcept:
+        return self.tokens_packets >= RETRANSMIT_TOKEN
+
+    cdef bint spend(self, int64_t length) noexcept:
+        cdef int64_t cost = length * RETRANSMIT_TOKEN
+        if self.tokens_bytes < cost:
+            return False
+        self.tokens_packets -= RETRANSMIT_TOKEN
+        self.tokens_bytes -= cost
+        return True
+
+
 # -- tables -----------------------------------------------------------------------------
 
 cdef class _Endpoint:
@@ -338,6 +581,9 @@ cdef class Forwarder:
         self._producers = {}
         self._consumers = {}
         memset(self._counters, 0, sizeof(self._counters))
+        self._loss_listener = None
+        self._loss_pending = False
+        self._loss_producer = 0
 
     def add_endpoint(self, int64_t endpoint, rx, tx, sendto, int fd, addr):
         """Register a transport: pylibsrtp sessions, and where to send.
@@ -402,15 +648,9 @@ cdef class Forwarder:
         # Where the producer's media comes from, with its receive state started anew.
         prod.endpoint_id = endpoint
         prod.ssrc = ssrc
-        prod.requested = False
-        prod.rx_started = False
-        prod.rx_received = prod.rx_expected_prior = prod.rx_received_prior = 0
-        prod.rx_jitter16 = 0
-        prod.rx_has_transit = False
-        prod.sr_seen = False
-        prod.sr_ntp_mid = 0
-        prod.missing_count = 0
-        prod.rtt_us = 0
+        prod.keyframe = KeyframeThrottle()
+        prod.stats = ReceiveStats(prod.clock_rate)
+        prod.nack = NackGenerator()
         prod.endpoint = self._endpoints.get(endpoint)
         if prod.endpoint is not None:
             prod.endpoint.producers.append(prod)
@@ -462,21 +702,14 @@ cdef class Forwarder:
         cons.last_out_us = 0
         cons.waiting = False
         cons.wait_started_us = 0
-        cons.has_report = False
-        cons.report_rtt_us = -1
-        cons.sr_sent_ntp_mid = 0
-        cons.sr_sent_us = 0
+        cons.sr = SrTranslator()
         cons.start_ext_seq = 0
         cons.highest_ext_seq = 0
         cons.ts_offset = 0
         cons.packets_sent = 0
         cons.bytes_sent = 0
         cons.octets_sent = 0
-        cons.bucket_started = False
-        cons.bucket_us = cons.tokens_packets = cons.tokens_bytes = 0
-        cons.rate_packets = cons.rate_bytes = 0
-        cons.rate_mark_us = 0
-        cons.rate_mark_packets = cons.rate_mark_bytes = 0
+        cons.budget = RetransmitBudget()
         if is_video:
             cons.history = <uint8_t *>calloc(HISTORY_SIZE, MAX_PROTECT_SIZE)
             cons.history_length = <uint16_t *>calloc(HISTORY_SIZE, sizeof(uint16_t))
@@ -537,10 +770,9 @@ cdef class Forwarder:
     def consumer_report(self, int64_t consumer):
         """The subscriber's last receiver report on this consumer (see the twin)."""
         cdef _Consumer cons = self._consumers.get(consumer)
-        if cons is None or not cons.has_report:
+        if cons is None:
             return None
-        return (cons.report_fraction, cons.report_lost, cons.report_jitter,
-                cons.report_rtt_us)
+        return cons.sr.report()
 
     def consumer_started(self, int64_t consumer):
         cdef _Consumer cons = self._consumers.get(consumer)
@@ -576,57 +808,39 @@ cdef class Forwarder:
                 memcpy(self._rx, PyBytes_AS_STRING(data), length)
                 status = self._handle(ep, length, now_us)
         self._counters[status] += 1
+        if self._loss_pending:  # a C flag: no Python call unless a new gap was seen
+            self._notify_loss()
         return status
 
     def nack_due(self, int64_t producer, int64_t now_us):
         """Sequence numbers to ask the publisher for now (see the twin's docstring)."""
         cdef _Producer prod = self._producers.get(producer)
-        cdef list due = []
-        cdef int i, kept = 0
-        cdef int64_t retry_us
+        cdef list due
+        cdef int gave_up
         if prod is None:
-            return due
-        retry_us = max(prod.rtt_us if prod.rtt_us else NACK_DEFAULT_RTT_US, NACK_MIN_RETRY_US)
-        for i in range(prod.missing_count):
-            if prod.missing_retries[i] >= NACK_MAX_RETRIES or (
-                    now_us - prod.missing_first[i] > NACK_MAX_AGE_US):
-                self._counters[C_NACK_GAVE_UP] += 1
-                continue
-            if now_us >= prod.missing_next[i]:
-                due.append(prod.missing_ext[i] & 0xFFFF)
-                prod.missing_retries[i] += 1
-                prod.missing_next[i] = now_us + retry_us
-                prod.missing_asked[i] = now_us
-            if kept != i:
-                prod.missing_ext[kept] = prod.missing_ext[i]
-                prod.missing_retries[kept] = prod.missing_retries[i]
-                prod.missing_next[kept] = prod.missing_next[i]
-                prod.missing_first[kept] = prod.missing_first[i]
-                prod.missing_asked[kept] = prod.missing_asked[i]
-            kept += 1
-        prod.missing_count = kept
+            return []
+        due, gave_up = prod.nack.due(now_us)
+        self._counters[C_NACK_GAVE_UP] += gave_up
         self._counters[C_NACK_REQUESTED] += len(due)
         return due
+
+    def nack_deadline(self, int64_t producer):
+        """When ``nack_due`` has something to do, or -1 (see the twin's docstring)."""
+        cdef _Producer prod = self._producers.get(producer)
+        if prod is None:
+            return -1
+        return prod.nack.deadline()
+
+    def set_loss_listener(self, listener):
+        """Hear of new gaps that bring a NACK deadline forward (see the twin's)."""
+        self._loss_listener = listener
 
     def receive_report(self, int64_t producer, int64_t now_us):
         """A report block for a producer's stream (see the twin's docstring)."""
         cdef _Producer prod = self._producers.get(producer)
-        if prod is None or not prod.rx_started:
+        if prod is None:
             return None
-        cdef int64_t expected = prod.rx_highest - prod.rx_base + 1
-        cdef int64_t expected_interval = expected - prod.rx_expected_prior
-        cdef int64_t lost_interval = expected_interval - (
-            prod.rx_received - prod.rx_received_prior)
-        prod.rx_expected_prior = expected
-        prod.rx_received_prior = prod.rx_received
-        cdef int64_t fraction = 0
-        if expected_interval > 0 and lost_interval > 0:
-            fraction = min(255, (lost_interval << 8) // expected_interval)
-        cdef int64_t dlsr = 0
-        if prod.sr_seen and now_us >= prod.sr_arrival_us:
-            dlsr = ((now_us - prod.sr_arrival_us) * 65536 // 1000000) & 0xFFFFFFFF
-        return (prod.ssrc, fraction, expected - prod.rx_received,
-                prod.rx_highest & 0xFFFFFFFF, prod.rx_jitter16 >> 4, prod.sr_ntp_mid, dlsr)
+        return prod.stats.report_block(prod.ssrc, now_us)
 
     def request_keyframe(self, int64_t producer, int64_t now_us):
         """Ask the publisher for a keyframe (PLI), unless one was asked for too recently."""
@@ -643,10 +857,7 @@ cdef class Forwarder:
                 or n > MAX_PROTECT_SIZE:
             return False
         memcpy(self._rtcp, PyBytes_AS_STRING(packet), n)
-        if c_protect_rtcp(ep.tx_ctx, self._rtcp, &n) != 0:
-            self._counters[C_PROTECT_ERROR] += 1
-        elif self._send(ep, self._rtcp, n) != 0:
-            self._counters[C_SEND_ERROR] += 1
+        self._send_rtcp(ep, self._rtcp, n)
         return True
 
     cdef int _handle(self, _Endpoint ep, int length, int64_t now_us):
@@ -686,24 +897,7 @@ cdef class Forwarder:
         cdef _Producer prod = _producer_on(ep, _u32(p + 8))
         if prod is None:
             return DROP_UNKNOWN_SSRC
-        # Receive statistics (as the twin's _record_arrival).
-        cdef uint16_t in_seq = _u16(p + 2)
-        cdef uint32_t transit
-        cdef int64_t in_ext
-        if not prod.rx_started:
-            prod.rx_started = True
-            prod.rx_base = prod.rx_highest = 0x10000 + in_seq
-        else:
-            in_ext = c_extend_seq(prod.rx_highest, in_seq)
-            if prod.codec == CODEC_VP8 or prod.codec == CODEC_H264:
-                self._track_missing(prod, in_ext, now_us)
-            prod.rx_highest = max(prod.rx_highest, in_ext)
-        prod.rx_received += 1
-        transit = <uint32_t>(c_to_rtp_units(now_us, prod.clock_rate) - _u32(p + 4))
-        if prod.rx_has_transit:
-            prod.rx_jitter16 = c_jitter_step(prod.rx_jitter16, transit, prod.rx_transit)
-        prod.rx_transit = transit
-        prod.rx_has_transit = True
+        self._record_arrival(prod, _u16(p + 2), _u32(p + 4), now_us)
         if prod.paused:
             self._counters[C_SKIP_PAUSED] += 1
             return OK
@@ -748,6 +942,22 @@ cdef class Forwarder:
             self._forward(cons, n, offset, end, now_us)
         return OK
 
+    cdef void _record_arrival(self, _Producer prod, uint16_t seq, uint32_t timestamp,
+                              int64_t now_us):
+        """Receive statistics, and gaps to ask for (video)."""
+        cdef ReceiveStats stats = prod.stats
+        cdef bint started = stats.started
+        cdef int64_t highest = stats.highest
+        cdef int64_t ext = stats.on_arrival(seq, timestamp, now_us)
+        cdef int found
+        if started and (prod.codec == CODEC_VP8 or prod.codec == CODEC_H264):
+            found = prod.nack.on_arrival(highest, ext, now_us)
+            if found & NACK_RECOVERED:
+                self._counters[C_NACK_RECOVERED] += 1
+            if found & NACK_EARLIER and self._loss_listener is not None:
+                self._loss_pending = True
+                self._loss_producer = prod.id
+
     cdef void _forward(self, _Consumer cons, int length, int payload_offset, int payload_end,
                        int64_t now_us):
         cdef uint64_t *counters = self._counters
@@ -779,9 +989,7 @@ cdef class Forwarder:
                 cons.started = True
                 cons.start_ext_seq = cons.highest_ext_seq = 0x10000 + seq
                 cons.ts_offset = cons.ts_base - timestamp
-                cons.rate_mark_us = now_us
-                cons.rate_mark_packets = cons.packets_sent
-                cons.rate_mark_bytes = cons.bytes_sent
+                cons.budget.mark(now_us, cons.packets_sent, cons.bytes_sent)
             else:  # resuming: number on from the last packet sent
                 cons.seq_base = <uint16_t>(
                     (cons.highest_ext_seq - cons.start_ext_seq + cons.seq_base + 1) & 0xFFFF)
@@ -951,93 +1159,34 @@ cdef class Forwarder:
         return OK
 
     cdef void _forward_sr(self, _Endpoint ep, int pos, int64_t now_us):
-        """A publisher's SR to every started consumer of that stream, translated
-        (as sfu.rtcp.packets.translate_sr)."""
+        """A publisher's SR to every started consumer of that stream, translated."""
         cdef const uint8_t *report = self._rx + pos
         cdef _Producer prod = _producer_on(ep, _u32(report + 4))
         cdef _Consumer cons
-        cdef uint8_t *out = self._rtcp
         cdef int n
         if prod is None:
             return
         # For the LSR/DLSR of our receiver reports (RFC 3550 §6.4.1).
-        prod.sr_seen = True
-        prod.sr_ntp_mid = _u32(report + 10)
-        prod.sr_arrival_us = now_us
+        prod.stats.on_sender_report(_u32(report + 10), now_us)
         for cons in prod.consumers:
             if cons.endpoint is None or not cons.started:
                 continue
-            out[0] = 0x80
-            out[1] = 200
-            _put16(out + 2, 6)
-            _put32(out + 4, cons.ssrc)
-            memcpy(out + 8, report + 8, 8)  # NTP time: the publisher's wall clock
-            _put32(out + 16, _u32(report + 16) + cons.ts_offset)
-            _put32(out + 20, <uint32_t>(cons.packets_sent & 0xFFFFFFFF))
-            _put32(out + 24, <uint32_t>(cons.octets_sent & 0xFFFFFFFF))
-            n = SR_SIZE
-            if c_protect_rtcp(cons.endpoint.tx_ctx, out, &n) != 0:
-                self._counters[C_PROTECT_ERROR] += 1
-            elif self._send(cons.endpoint, out, n) != 0:
-                self._counters[C_SEND_ERROR] += 1
+            n = cons.sr.translate(report, self._rtcp, cons.ssrc, cons.ts_offset,
+                                  cons.packets_sent, cons.octets_sent, now_us)
+            self._send_rtcp(cons.endpoint, self._rtcp, n)
             self._counters[C_SR_SENT] += 1
-            cons.sr_sent_ntp_mid = prod.sr_ntp_mid
-            cons.sr_sent_us = now_us
-
-    cdef void _track_missing(self, _Producer prod, int64_t ext, int64_t now_us):
-        """As the twin's _track_missing: remember gaps, forget what arrives late."""
-        cdef int64_t gap = ext - prod.rx_highest - 1
-        cdef int64_t lost, sample
-        cdef int i
-        if gap > NACK_CAPACITY:
-            prod.missing_count = 0  # too much to ask for: a keyframe request will do
-        elif gap > 0:
-            lost = prod.rx_highest + 1
-            while lost < ext:
-                if prod.missing_count == NACK_CAPACITY:
-                    _forget_missing(prod, 0)  # the oldest
-                i = prod.missing_count
-                prod.missing_ext[i] = lost
-                prod.missing_retries[i] = 0
-                prod.missing_next[i] = now_us + NACK_FIRST_DELAY_US
-                prod.missing_first[i] = now_us
-                prod.missing_asked[i] = 0
-                prod.missing_count += 1
-                lost += 1
-        elif gap < 0:
-            for i in range(prod.missing_count):
-                if prod.missing_ext[i] == ext:  # it came after all
-                    if prod.missing_retries[i]:
-                        sample = now_us - prod.missing_asked[i]
-                        prod.rtt_us = sample if not prod.rtt_us else (
-                            7 * prod.rtt_us + sample) // 8
-                        self._counters[C_NACK_RECOVERED] += 1
-                    _forget_missing(prod, i)
-                    break
 
     cdef void _take_report_block(self, _Endpoint ep, int block, int64_t now_us):
-        """As the twin's _take_report_block."""
+        """A subscriber's report on one consumer (RFC 3550 §6.4.1)."""
         cdef const uint8_t *p = self._rx + block
         cdef _Consumer cons = _consumer_on(ep, _u32(p))
-        cdef int64_t lost, sample
-        cdef uint32_t lsr, dlsr
+        cdef int64_t lost
         if cons is None:
             return
         lost = _u32(p + 4) & 0xFFFFFF
         if lost & 0x800000:
             lost -= 0x1000000
-        lsr = _u32(p + 16)
-        dlsr = _u32(p + 20)
-        if not cons.has_report:
-            cons.report_rtt_us = -1
-        if lsr != 0 and lsr == cons.sr_sent_ntp_mid:
-            sample = now_us - cons.sr_sent_us - (<int64_t>dlsr) * 1000000 // 65536
-            if sample >= 0:
-                cons.report_rtt_us = sample
-        cons.report_fraction = p[4]
-        cons.report_lost = lost
-        cons.report_jitter = _u32(p + 12)
-        cons.has_report = True
+        cons.sr.on_report_block(p[4], lost, _u32(p + 12), _u32(p + 16), _u32(p + 20), now_us)
 
     cdef void _answer_nack(self, _Consumer cons, int fci, int fci_end, int64_t now_us):
         """Resend what a subscriber reports lost (RFC 4585 §6.2.1: each FCI entry is a
@@ -1056,11 +1205,8 @@ cdef class Forwarder:
                     1 | (<uint32_t>_u16(p + entry + 2) << 1))
                 entry += 4
             return
-        self._refill(cons, now_us)
-        interval = RETRANSMIT_DEFAULT_RTT_US
-        if cons.has_report and cons.report_rtt_us >= 0:
-            interval = cons.report_rtt_us
-        interval = max(RETRANSMIT_MIN_INTERVAL_US, interval)
+        cons.budget.refill(now_us, cons.packets_sent, cons.bytes_sent)
+        interval = c_retransmit_interval(cons.sr.rtt())
         highest = <uint16_t>((cons.highest_ext_seq - cons.start_ext_seq + cons.seq_base) & 0xFFFF)
         entry = fci
         while entry + 4 <= fci_end:
@@ -1069,40 +1215,12 @@ cdef class Forwarder:
             inside = asked & c_history_window(highest, pid)
             counters[C_NACK_OUT_OF_HISTORY] += __builtin_popcount(asked ^ inside)
             entry += 4
-            if cons.tokens_packets < RETRANSMIT_TOKEN:  # spent: no lookups
+            if not cons.budget.has_token():  # spent: no lookups
                 counters[C_NACK_BUDGET_EXCEEDED] += __builtin_popcount(inside)
                 continue
             for k in range(17):
                 if (inside >> k) & 1:
                     self._retransmit(cons, <uint16_t>(pid + k), interval, now_us)
-
-    cdef void _refill(self, _Consumer cons, int64_t now_us):
-        """As the twin's _refill: the budget brought up to ``now_us``."""
-        cdef int64_t elapsed, packets_per_s, bytes_per_s
-        if now_us - cons.rate_mark_us >= RETRANSMIT_RATE_WINDOW_US:
-            elapsed = (now_us - cons.rate_mark_us) // 1000  # ms
-            cons.rate_packets = <int64_t>(cons.packets_sent - cons.rate_mark_packets) * 1000 \
-                // elapsed
-            cons.rate_bytes = <int64_t>(cons.bytes_sent - cons.rate_mark_bytes) * 1000 // elapsed
-            cons.rate_mark_us = now_us
-            cons.rate_mark_packets = cons.packets_sent
-            cons.rate_mark_bytes = cons.bytes_sent
-        packets_per_s = c_retransmit_budget(cons.rate_packets, RETRANSMIT_MIN_PACKETS_PER_S)
-        bytes_per_s = c_retransmit_budget(cons.rate_bytes, RETRANSMIT_MIN_BYTES_PER_S)
-        if not cons.bucket_started:  # the first NACK: a full bucket
-            cons.bucket_started = True
-            cons.bucket_us = now_us
-            cons.tokens_packets = packets_per_s * RETRANSMIT_BURST_US
-            cons.tokens_bytes = bytes_per_s * RETRANSMIT_BURST_US
-            return
-        elapsed = 0
-        if now_us > cons.bucket_us:
-            elapsed = min(now_us - cons.bucket_us, RETRANSMIT_BURST_US)
-            cons.bucket_us = now_us
-        cons.tokens_packets = min(packets_per_s * RETRANSMIT_BURST_US,
-                                  cons.tokens_packets + elapsed * packets_per_s)
-        cons.tokens_bytes = min(bytes_per_s * RETRANSMIT_BURST_US,
-                                cons.tokens_bytes + elapsed * bytes_per_s)
 
     cdef void _retransmit(self, _Consumer cons, uint16_t seq, int64_t interval, int64_t now_us):
         """Send again one packet a subscriber reports lost, from its history (as the
@@ -1110,8 +1228,7 @@ cdef class Forwarder:
         cdef int slot = seq % HISTORY_SIZE
         cdef uint8_t *kept
         cdef int n
-        cdef int64_t cost
-        if cons.tokens_packets < RETRANSMIT_TOKEN:
+        if not cons.budget.has_token():
             self._counters[C_NACK_BUDGET_EXCEEDED] += 1
             return
         if cons.endpoint is None or cons.history_length[slot] == 0:
@@ -1125,12 +1242,9 @@ cdef class Forwarder:
             self._counters[C_NACK_TOO_SOON] += 1
             return
         n = cons.history_length[slot]
-        cost = n * RETRANSMIT_TOKEN
-        if cons.tokens_bytes < cost:
+        if not cons.budget.spend(n):
             self._counters[C_NACK_BUDGET_EXCEEDED] += 1
             return
-        cons.tokens_packets -= RETRANSMIT_TOKEN
-        cons.tokens_bytes -= cost
         cons.resent_us[slot] = now_us
         memcpy(self._tx, kept, n)
         if c_protect(cons.endpoint.tx_ctx, self._tx, &n) != 0:
@@ -1141,15 +1255,13 @@ cdef class Forwarder:
             self._counters[C_RETRANSMITTED] += 1
 
     cdef bint _request_keyframe(self, _Producer prod, int64_t now_us):
-        if prod.requested and now_us - prod.last_keyframe_request_us < (
-                self.keyframe_request_interval_us):
+        if not prod.keyframe.ready(now_us, self.keyframe_request_interval_us):
             self._counters[C_KEYFRAME_REQUESTS_THROTTLED] += 1
             return False
         cdef _Endpoint ep = prod.endpoint
         if ep is None:
             return False
-        prod.requested = True
-        prod.last_keyframe_request_us = now_us
+        prod.keyframe.on_request(now_us)
         self._counters[C_KEYFRAME_REQUESTS_SENT] += 1
         # Picture Loss Indication (RFC 4585 §6.3.1): PSFB, FMT 1, no FCI.
         cdef uint8_t *out = self._rtcp
@@ -1158,12 +1270,16 @@ cdef class Forwarder:
         _put16(out + 2, 2)
         _put32(out + 4, SFU_RTCP_SSRC)
         _put32(out + 8, prod.ssrc)
-        cdef int n = 12
-        if c_protect_rtcp(ep.tx_ctx, out, &n) != 0:
-            self._counters[C_PROTECT_ERROR] += 1
-        elif self._send(ep, out, n) != 0:
-            self._counters[C_SEND_ERROR] += 1
+        self._send_rtcp(ep, out, 12)
         return True
+
+    cdef void _send_rtcp(self, _Endpoint ep, uint8_t *data, int length):
+        """Protect in place and send RTCP the SFU originates; failures are counted."""
+        cdef int n = length
+        if c_protect_rtcp(ep.tx_ctx, data, &n) != 0:
+            self._counters[C_PROTECT_ERROR] += 1
+        elif self._send(ep, data, n) != 0:
+            self._counters[C_SEND_ERROR] += 1
 
     cdef int _send(self, _Endpoint ep, uint8_t *data, int length):
         """0 when sent; -1 when the socket refused it (full buffer: dropped, as UDP may)."""
@@ -1176,6 +1292,18 @@ cdef class Forwarder:
             ep.py_sendto(PyBytes_FromStringAndSize(<char *>data, length), ep.addr)
         except OSError:
             return -1
+        return 0
+
+    cdef int _notify_loss(self) except -1:
+        """Tell the loss listener of the new gap the last packet showed."""
+        self._loss_pending = False
+        listener = self._loss_listener
+        if listener is None:
+            return 0
+        try:
+            listener(self._loss_producer)
+        except Exception:  # the packet path must go on, whatever the listener does
+            self._counters[C_LOSS_LISTENER_ERRORS] += 1
         return 0
 
 

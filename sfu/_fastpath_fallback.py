@@ -8,6 +8,11 @@ space, protects it with the subscriber's send session and sends it.
 Nothing here raises into the caller for bad input: every packet ends in a counter.
 ``now_us`` is an input (the abs-send-time rewrite, the keyframe-request throttle and
 the retransmission budget use it) so that tests drive both forwarders with the same clock.
+
+It is the twin of sfu/_fastpath.pyx in structure, to be read side by side: the same
+classes, methods in the same order, the same state (per-endpoint producer and consumer
+lists, flags rather than None), and the RTCP machines of sfu.rtcp, which the Cython
+file mirrors as cdef classes of the same names.
 """
 
 from __future__ import annotations
@@ -18,101 +23,81 @@ from typing import Any, ClassVar
 
 from sfu import rtp
 from sfu.rtcp import packets
+from sfu.rtcp.keyframe import KeyframeThrottle
+from sfu.rtcp.nack import NACK_EARLIER, NACK_RECOVERED, NackGenerator
+from sfu.rtcp.retransmit import RetransmitBudget, retransmit_interval
+from sfu.rtcp.sr import SrTranslator
+from sfu.rtcp.stats import ReceiveStats
 
 Address = tuple[Any, ...]
 SendTo = Callable[[bytes, Address], None]
 
 
-def _key(endpoint: int, ssrc: int) -> int:
-    """Table key of an SSRC on an endpoint: an SSRC only counts on its own endpoint."""
-    return (endpoint << 32) | ssrc
+def _producer_on(ep: _Endpoint, ssrc: int) -> _Producer | None:
+    """The producer an endpoint publishes under ``ssrc``: an SSRC only counts on its own
+    endpoint. A linear scan: an endpoint carries a handful of tracks."""
+    for candidate in ep.producers:
+        if candidate.ssrc == ssrc:
+            return candidate
+    return None
 
+
+def _consumer_on(ep: _Endpoint, ssrc: int) -> _Consumer | None:
+    """The consumer sent to an endpoint as ``ssrc``, or None."""
+    for candidate in ep.consumers:
+        if candidate.ssrc == ssrc:
+            return candidate
+    return None
+
+
+# -- tables -----------------------------------------------------------------------------
 
 class _Endpoint:
     """One DTLS-SRTP transport (one peer connection) and where to send to it."""
 
-    __slots__ = ("addr", "rx", "sendto", "tx")
+    __slots__ = ("addr", "consumers", "id", "producers", "rx", "sendto", "tx")
 
-    def __init__(self, rx: Any, tx: Any, sendto: SendTo, addr: Address) -> None:
+    def __init__(self, endpoint_id: int, rx: Any, tx: Any, sendto: SendTo,
+                 addr: Address) -> None:
+        self.id = endpoint_id
         self.rx = rx
         self.tx = tx
         self.sendto = sendto
         self.addr = addr
+        self.producers: list[_Producer] = []  # published on this endpoint
+        self.consumers: list[_Consumer] = []  # sent on this endpoint
 
 
 class _Producer:
     """An incoming track: one publisher SSRC on one endpoint."""
 
-    __slots__ = (
-        "clock_rate", "codec", "consumers", "endpoint", "id", "last_keyframe_request_us",
-        "missing", "paused", "rtt_us", "rx_base", "rx_expected_prior", "rx_highest",
-        "rx_jitter16",
-        "rx_received", "rx_received_prior", "rx_transit", "sr_arrival_us", "sr_ntp_mid",
-        "ssrc",
-    )
+    __slots__ = ("clock_rate", "codec", "consumers", "endpoint", "endpoint_id", "id",
+                 "keyframe", "nack", "paused", "ssrc", "stats")
 
-    def __init__(self, producer_id: int, endpoint: int, ssrc: int, codec: int) -> None:
+    def __init__(self, producer_id: int, codec: int) -> None:
         self.id = producer_id
-        self.endpoint = endpoint
-        self.ssrc = ssrc
         self.codec = codec
         self.consumers: list[_Consumer] = []
-        self.last_keyframe_request_us: int | None = None
         self.paused = False
-        # Receive statistics for receiver reports (RFC 3550 A.3, A.8).
         self.clock_rate = rtp.clock_rate(codec)
-        self.rx_base: int | None = None  # extended sequence number of the first packet
-        self.rx_highest = 0
-        self.rx_received = 0
-        self.rx_expected_prior = 0
-        self.rx_received_prior = 0
-        self.rx_jitter16 = 0
-        self.rx_transit: int | None = None
-        self.sr_ntp_mid = 0  # of the last SR from the publisher
-        self.sr_arrival_us: int | None = None
-        # Lost packets to ask for: [extended seq, retries, next ask, first missed, last
-        # asked], ascending by sequence number; and the NACK-to-arrival round trip.
-        self.missing: list[list[int]] = []
-        self.rtt_us = 0
+        # Where the media comes from, and its receive state: set by _attach_source.
+        self.endpoint_id = 0
+        self.ssrc = 0
+        self.endpoint: _Endpoint | None = None  # None until that endpoint is added
+        self.keyframe = KeyframeThrottle()
+        self.stats = ReceiveStats(self.clock_rate)
+        self.nack = NackGenerator()
 
 
 class _Consumer:
     """One subscriber's copy of a Producer, with its own SSRC, numbering and ids."""
 
     __slots__ = (
-        "abs_send_time_id",
-        "bucket_us",
-        "bytes_sent",
-        "endpoint",
-        "ext_map",
-        "highest_ext_seq",
-        "history",
-        "id",
-        "is_video",
-        "last_out_ts",
-        "last_out_us",
-        "mid",
-        "mid_id",
-        "new_source",
-        "octets_sent",
-        "packets_sent",
-        "payload_types",
-        "producer",
-        "rate_bytes",
-        "rate_mark",
-        "rate_packets",
-        "report",
-        "resent_us",
-        "restart",
-        "seq_base",
-        "sr_sent",
-        "ssrc",
-        "start_ext_seq",
-        "tokens_bytes",
-        "tokens_packets",
-        "ts_base",
-        "ts_offset",
-        "wait_started_us",
+        "abs_send_time_id", "budget", "bytes_sent", "endpoint", "endpoint_id", "ext_map",
+        "highest_ext_seq", "history", "id", "is_video", "last_out_ts", "last_out_us", "mid",
+        "mid_id", "new_source", "octets_sent", "packets_sent", "payload_types", "producer",
+        "resent_us", "restart", "seq_base", "sr", "ssrc", "start_ext_seq", "started",
+        "ts_base", "ts_offset", "wait_started_us", "waiting",
     )
 
     def __init__(
@@ -131,8 +116,9 @@ class _Consumer:
         ts_base: int,
     ) -> None:
         self.id = consumer_id
+        self.endpoint_id = endpoint
         self.producer = producer
-        self.endpoint = endpoint
+        self.endpoint: _Endpoint | None = None  # None until that endpoint is added
         self.ssrc = ssrc
         self.is_video = is_video
         self.payload_types = payload_types
@@ -142,39 +128,28 @@ class _Consumer:
         self.abs_send_time_id = abs_send_time_id
         self.seq_base = seq_base
         self.ts_base = ts_base
-        # Set by the first packet forwarded (the first keyframe, for video).
-        self.start_ext_seq: int | None = None
-        self.highest_ext_seq = 0
-        # Set when its producer resumes: start again at a keyframe, numbering on.
-        self.restart = False
-        # Set when its producer moved to a new source: timestamps continue from the
-        # last one sent, advanced by the time that passed, not from the old offset.
+        self.started = False  # by the first packet forwarded (the first keyframe, video)
+        self.restart = False  # its producer resumed: start again at a keyframe
+        # ... from another source: timestamps move on from the last one sent, advanced
+        # by the time that passed, not from the old offset.
         self.new_source = False
         self.last_out_ts = 0  # of the highest packet sent, and when it was sent
         self.last_out_us = 0
-        self.wait_started_us: int | None = None  # waiting for a keyframe since
-        # What the subscriber last reported: [fraction lost, cumulative lost, jitter, RTT
-        # in us or -1]; and the NTP middle bits and time of the last SR sent to it.
-        self.report: list[int] | None = None
-        self.sr_sent = (0, 0)
+        self.waiting = False  # for a keyframe, since wait_started_us
+        self.wait_started_us = 0
+        self.sr = SrTranslator()  # our last SR to the subscriber, its last report
+        self.start_ext_seq = 0
+        self.highest_ext_seq = 0
         self.ts_offset = 0
         self.packets_sent = 0
         self.bytes_sent = 0
         self.octets_sent = 0  # payload octets, for sender reports
-        # Rewritten packets by sequence number modulo HISTORY_SIZE, for retransmission.
+        # Video only: rewritten packets by sequence number modulo HISTORY_SIZE, for
+        # retransmission, and when each slot was last resent.
         self.history: list[bytes | None] | None = (
             [None] * rtp.HISTORY_SIZE if is_video else None)
-        # Answering its NACKs (sfu.rtp, RETRANSMIT_*): when each history slot was last
-        # resent; the token buckets (millionths of a packet, of a byte) and when they were
-        # last filled (None: before the first NACK); the forward rate (per second) they
-        # are a share of, and (time, packets, bytes) when it was last measured.
         self.resent_us: list[int] = [rtp.RESENT_NEVER] * rtp.HISTORY_SIZE if is_video else []
-        self.tokens_packets = 0
-        self.tokens_bytes = 0
-        self.bucket_us: int | None = None
-        self.rate_packets = 0
-        self.rate_bytes = 0
-        self.rate_mark = (0, 0, 0)
+        self.budget = RetransmitBudget()  # for answering its NACKs
 
 
 class Forwarder:
@@ -186,11 +161,13 @@ class Forwarder:
         self.keyframe_request_interval_us = keyframe_request_interval_us
         self._endpoints: dict[int, _Endpoint] = {}
         self._producers: dict[int, _Producer] = {}
-        # (endpoint << 32 | ssrc) → Producer: an SSRC only counts on its own endpoint.
-        self._producer_by_ssrc: dict[int, _Producer] = {}
         self._consumers: dict[int, _Consumer] = {}
-        self._consumer_by_ssrc: dict[int, _Consumer] = {}
         self._counters = [0] * len(rtp.COUNTER_NAMES)
+        # set_loss_listener's listener, and the producer whose new gap it is to hear of
+        # once the packet that showed it has been handled.
+        self._loss_listener: Callable[[int], None] | None = None
+        self._loss_pending = False
+        self._loss_producer = 0
 
     # -- tables, pushed by the control plane -------------------------------------------
 
@@ -198,23 +175,54 @@ class Forwarder:
         self, endpoint: int, rx: Any, tx: Any, sendto: SendTo, fd: int, addr: Address
     ) -> None:
         """Register a transport: pylibsrtp sessions, and where to send (``fd`` unused here)."""
-        self._endpoints[endpoint] = _Endpoint(rx, tx, sendto, addr)
+        ep = _Endpoint(endpoint, rx, tx, sendto, addr)
+        self.remove_endpoint(endpoint)
+        self._endpoints[endpoint] = ep
+        # Bind the tables that name this endpoint, so no lookup happens per packet.
+        for prod in self._producers.values():
+            if prod.endpoint_id == endpoint:
+                prod.endpoint = ep
+                ep.producers.append(prod)
+        for cons in self._consumers.values():
+            if cons.endpoint_id == endpoint:
+                cons.endpoint = ep
+                ep.consumers.append(cons)
 
     def remove_endpoint(self, endpoint: int) -> None:
-        self._endpoints.pop(endpoint, None)
+        ep = self._endpoints.pop(endpoint, None)
+        if ep is None:
+            return
+        for prod in ep.producers:
+            prod.endpoint = None
+        for cons in ep.consumers:
+            cons.endpoint = None
+        ep.producers = []
+        ep.consumers = []
 
     def add_producer(self, producer: int, endpoint: int, ssrc: int, codec: int) -> None:
         if producer in self._producers:
             raise ValueError(f"producer {producer} exists")
-        prod = _Producer(producer, endpoint, ssrc, codec)
+        prod = _Producer(producer, codec)
+        self._attach_source(prod, endpoint, ssrc)
         self._producers[producer] = prod
-        self._producer_by_ssrc[_key(endpoint, ssrc)] = prod
+
+    def _attach_source(self, prod: _Producer, endpoint: int, ssrc: int) -> None:
+        # Where the producer's media comes from, with its receive state started anew.
+        prod.endpoint_id = endpoint
+        prod.ssrc = ssrc
+        prod.keyframe = KeyframeThrottle()
+        prod.stats = ReceiveStats(prod.clock_rate)
+        prod.nack = NackGenerator()
+        prod.endpoint = self._endpoints.get(endpoint)
+        if prod.endpoint is not None:
+            prod.endpoint.producers.append(prod)
 
     def remove_producer(self, producer: int) -> None:
         prod = self._producers.pop(producer, None)
         if prod is None:
             return
-        self._producer_by_ssrc.pop(_key(prod.endpoint, prod.ssrc), None)
+        if prod.endpoint is not None:
+            prod.endpoint.producers.remove(prod)
         for cons in list(prod.consumers):
             self.remove_consumer(cons.id)
 
@@ -252,8 +260,10 @@ class Forwarder:
             consumer, prod, endpoint, ssrc, is_video, dict(payload_types), dict(ext_map),
             mid, mid_id, abs_send_time_id, seq_base & 0xFFFF, ts_base & 0xFFFFFFFF,
         )
+        cons.endpoint = self._endpoints.get(endpoint)
+        if cons.endpoint is not None:
+            cons.endpoint.consumers.append(cons)
         self._consumers[consumer] = cons
-        self._consumer_by_ssrc[_key(endpoint, ssrc)] = cons
         prod.consumers.append(cons)
 
     def set_producer_paused(self, producer: int, paused: bool) -> None:
@@ -268,7 +278,7 @@ class Forwarder:
             raise ValueError(f"unknown producer {producer}")
         if prod.paused and not paused:
             for cons in prod.consumers:
-                cons.restart = cons.start_ext_seq is not None
+                cons.restart = cons.started
         prod.paused = paused
 
     def move_producer(self, producer: int, endpoint: int, ssrc: int) -> None:
@@ -280,21 +290,18 @@ class Forwarder:
         prod = self._producers.get(producer)
         if prod is None:
             raise ValueError(f"unknown producer {producer}")
-        self._producer_by_ssrc.pop(_key(prod.endpoint, prod.ssrc), None)
-        fresh = _Producer(producer, endpoint, ssrc, prod.codec)
-        fresh.consumers = prod.consumers
-        fresh.paused = prod.paused
-        for cons in fresh.consumers:
-            cons.producer = fresh
-            cons.restart = cons.new_source = cons.start_ext_seq is not None
-        self._producers[producer] = fresh
-        self._producer_by_ssrc[_key(endpoint, ssrc)] = fresh
+        if prod.endpoint is not None:
+            prod.endpoint.producers.remove(prod)
+        self._attach_source(prod, endpoint, ssrc)
+        for cons in prod.consumers:
+            cons.restart = cons.new_source = cons.started
 
     def remove_consumer(self, consumer: int) -> None:
         cons = self._consumers.pop(consumer, None)
         if cons is None:
             return
-        self._consumer_by_ssrc.pop(_key(cons.endpoint, cons.ssrc), None)
+        if cons.endpoint is not None:
+            cons.endpoint.consumers.remove(cons)
         cons.producer.consumers.remove(cons)
 
     # -- observation --------------------------------------------------------------------
@@ -307,84 +314,112 @@ class Forwarder:
         cons = self._consumers.get(consumer)
         return (cons.packets_sent, cons.bytes_sent) if cons else (0, 0)
 
-    def buffer_pool(self) -> dict[str, int]:
-        """Buffers held for reuse: none, this implementation allocates per packet."""
-        return {"buffers": 0, "bytes": 0}
-
     def consumer_report(self, consumer: int) -> tuple[int, ...] | None:
         """The subscriber's last receiver report on this consumer: (fraction lost of
         256, cumulative lost, jitter in RTP units, round trip in us or -1 if unknown)."""
         cons = self._consumers.get(consumer)
-        return tuple(cons.report) if cons is not None and cons.report is not None else None
+        return cons.sr.report() if cons is not None else None
 
     def consumer_started(self, consumer: int) -> bool:
         """Whether media flows to the consumer (for video: a keyframe has been sent)."""
         cons = self._consumers.get(consumer)
-        return cons is not None and cons.start_ext_seq is not None
+        return cons is not None and cons.started
+
+    def buffer_pool(self) -> dict[str, int]:
+        """Buffers held for reuse: none, this implementation allocates per packet."""
+        return {"buffers": 0, "bytes": 0}
 
     # -- the packet path ----------------------------------------------------------------
 
     def handle_packet(self, endpoint: int, data: bytes, now_us: int) -> int:
         """Take one SRTP or SRTCP datagram from ``endpoint``; return OK or a DROP_* reason."""
-        status = self._handle(endpoint, data, now_us)
+        if len(data) < rtp.RTP_HEADER_SIZE:
+            status = rtp.DROP_TOO_SHORT
+        elif len(data) > rtp.MAX_PACKET_SIZE:
+            status = rtp.DROP_TOO_LONG
+        elif data[0] >> 6 != rtp.RTP_VERSION:
+            status = rtp.DROP_BAD_VERSION
+        else:
+            ep = self._endpoints.get(endpoint)
+            status = rtp.DROP_UNKNOWN_ENDPOINT if ep is None else self._handle(ep, data, now_us)
         self._counters[status] += 1
+        if self._loss_pending:
+            self._notify_loss()
         return status
+
+    def nack_due(self, producer: int, now_us: int) -> list[int]:
+        """Sequence numbers to ask the publisher for now (in order). Each is asked again
+        one round trip later (at least 20 ms), up to 8 times or for 1 s."""
+        prod = self._producers.get(producer)
+        if prod is None:
+            return []
+        due, gave_up = prod.nack.due(now_us)
+        self._counters[rtp.C_NACK_GAVE_UP] += gave_up
+        self._counters[rtp.C_NACK_REQUESTED] += len(due)
+        return due
+
+    def nack_deadline(self, producer: int) -> int:
+        """The earliest ``now_us`` at which ``nack_due(producer, now_us)`` would return
+        a sequence number or give an entry up; -1 when nothing is pending, and for an
+        unknown producer. It may be past already (an entry asked for its last time is
+        given up at the next call): call ``nack_due`` then at once."""
+        prod = self._producers.get(producer)
+        return -1 if prod is None else prod.nack.deadline()
+
+    def set_loss_listener(self, listener: Callable[[int], None] | None) -> None:
+        """Call ``listener(producer)`` when a newly detected gap in a producer's video
+        makes its NACK deadline earlier than any still pending (so a timer armed for the
+        next deadline can be armed earlier); None stops it. It is called after the
+        packet that showed the gap has been handled, at most once per gap and never
+        otherwise per packet; what it raises is counted (loss_listener_errors), not
+        propagated."""
+        self._loss_listener = listener
+
+    def receive_report(self, producer: int, now_us: int) -> tuple[int, ...] | None:
+        """A report block for a producer's stream (RFC 3550 §6.4.1), as (ssrc, fraction
+        lost, cumulative lost, extended highest sequence, jitter, LSR, DLSR); None before
+        its first packet. Starts the next reporting interval."""
+        prod = self._producers.get(producer)
+        if prod is None:
+            return None
+        return prod.stats.report_block(prod.ssrc, now_us)
 
     def request_keyframe(self, producer: int, now_us: int) -> bool:
         """Ask the publisher for a keyframe (PLI), unless one was asked for too recently."""
         prod = self._producers.get(producer)
         if prod is None:
             return False
-        last = prod.last_keyframe_request_us
-        if last is not None and now_us - last < self.keyframe_request_interval_us:
-            self._counters[rtp.C_KEYFRAME_REQUESTS_THROTTLED] += 1
-            return False
-        endpoint = self._endpoints.get(prod.endpoint)
-        if endpoint is None:
-            return False
-        prod.last_keyframe_request_us = now_us
-        self._counters[rtp.C_KEYFRAME_REQUESTS_SENT] += 1
-        self._send_rtcp(endpoint, packets.build_pli(packets.SFU_RTCP_SSRC, prod.ssrc))
-        return True
+        return self._request_keyframe(prod, now_us)
 
     def send_rtcp(self, endpoint: int, packet: bytes) -> bool:
         """Protect and send RTCP the SFU originates (REMB, reports) to an endpoint."""
-        target = self._endpoints.get(endpoint)
-        if target is None or not packets.is_rtcp(packet) or len(packet) > rtp.MAX_PROTECT_SIZE:
+        ep = self._endpoints.get(endpoint)
+        if ep is None or not packets.is_rtcp(packet) or len(packet) > rtp.MAX_PROTECT_SIZE:
             return False
-        self._send_rtcp(target, packet)
+        self._send_rtcp(ep, packet)
         return True
 
-    def _handle(self, endpoint_id: int, data: bytes, now_us: int) -> int:
-        if len(data) < rtp.RTP_HEADER_SIZE:
-            return rtp.DROP_TOO_SHORT
-        if len(data) > rtp.MAX_PACKET_SIZE:
-            return rtp.DROP_TOO_LONG
-        if data[0] >> 6 != rtp.RTP_VERSION:
-            return rtp.DROP_BAD_VERSION
-        endpoint = self._endpoints.get(endpoint_id)
-        if endpoint is None:
-            return rtp.DROP_UNKNOWN_ENDPOINT
-        if packets.is_rtcp(data):
+    def _handle(self, ep: _Endpoint, data: bytes, now_us: int) -> int:
+        if packets.is_rtcp(data):  # RFC 5761 §4
             self._counters[rtp.C_RTCP_IN] += 1
             try:
-                plain = endpoint.rx.unprotect_rtcp(data)
+                plain = ep.rx.unprotect_rtcp(data)
             except Exception:  # pylibsrtp.Error: authentication or replay failure
                 return rtp.DROP_SRTP_FAIL
-            return self._handle_rtcp(endpoint_id, plain, now_us)
+            return self._handle_rtcp(ep, plain, now_us)
         self._counters[rtp.C_RTP_IN] += 1
         try:
-            plain = endpoint.rx.unprotect(data)
+            plain = ep.rx.unprotect(data)
         except Exception:
             return rtp.DROP_SRTP_FAIL
         layout = rtp.parse_header(plain)
         if isinstance(layout, int):
             return layout
-        ssrc = struct.unpack_from("!I", plain, 8)[0]
-        prod = self._producer_by_ssrc.get(_key(endpoint_id, ssrc))
+        prod = _producer_on(ep, struct.unpack_from("!I", plain, 8)[0])
         if prod is None:
             return rtp.DROP_UNKNOWN_SSRC
-        self._record_arrival(prod, plain, now_us)
+        self._record_arrival(prod, (plain[2] << 8) | plain[3],
+                             struct.unpack_from("!I", plain, 4)[0], now_us)
         if prod.paused:
             self._counters[rtp.C_SKIP_PAUSED] += 1
             return rtp.OK
@@ -395,86 +430,19 @@ class Forwarder:
             self._forward(cons, plain, layout, elements, now_us)
         return rtp.OK
 
-    def _record_arrival(self, prod: _Producer, plain: bytes, now_us: int) -> None:
-        seq = (plain[2] << 8) | plain[3]
-        if prod.rx_base is None:
-            prod.rx_base = prod.rx_highest = 0x10000 + seq
-        else:
-            ext = rtp.extend_seq(prod.rx_highest, seq)
-            if rtp.nacks_for_video(prod.codec):
-                self._track_missing(prod, ext, now_us)
-            prod.rx_highest = max(prod.rx_highest, ext)
-        prod.rx_received += 1
-        transit = (rtp.to_rtp_units(now_us, prod.clock_rate)
-                   - struct.unpack_from("!I", plain, 4)[0]) & 0xFFFFFFFF
-        if prod.rx_transit is not None:
-            prod.rx_jitter16 = rtp.jitter_step(prod.rx_jitter16, transit, prod.rx_transit)
-        prod.rx_transit = transit
-
-    def _track_missing(self, prod: _Producer, ext: int, now_us: int) -> None:
-        missing = prod.missing
-        gap = ext - prod.rx_highest - 1
-        if gap > rtp.NACK_MAX_MISSING:
-            missing.clear()  # too much to ask for: a keyframe request will do
-        elif gap > 0:
-            first_ask = now_us + rtp.NACK_FIRST_DELAY_US
-            missing.extend([lost, 0, first_ask, now_us, 0]
-                           for lost in range(prod.rx_highest + 1, ext))
-            del missing[: max(0, len(missing) - rtp.NACK_MAX_MISSING)]
-        elif gap < 0:
-            for i, entry in enumerate(missing):
-                if entry[0] == ext:  # it came after all: late, or the retransmission
-                    if entry[1]:
-                        sample = now_us - entry[4]
-                        prod.rtt_us = sample if not prod.rtt_us else (
-                            7 * prod.rtt_us + sample) // 8
-                    self._counters[rtp.C_NACK_RECOVERED] += entry[1] > 0
-                    del missing[i]
-                    break
-
-    def nack_due(self, producer: int, now_us: int) -> list[int]:
-        """Sequence numbers to ask the publisher for now (in order). Each is asked again
-        one round trip later (at least 20 ms), up to 8 times or for 1 s."""
-        prod = self._producers.get(producer)
-        if prod is None:
-            return []
-        due = []
-        kept = []
-        retry_us = max(prod.rtt_us or rtp.NACK_DEFAULT_RTT_US, rtp.NACK_MIN_RETRY_US)
-        for entry in prod.missing:
-            if entry[1] >= rtp.NACK_MAX_RETRIES or now_us - entry[3] > rtp.NACK_MAX_AGE_US:
-                self._counters[rtp.C_NACK_GAVE_UP] += 1
-                continue
-            if now_us >= entry[2]:
-                due.append(entry[0] & 0xFFFF)
-                entry[1] += 1
-                entry[2] = now_us + retry_us
-                entry[4] = now_us
-            kept.append(entry)
-        prod.missing = kept
-        self._counters[rtp.C_NACK_REQUESTED] += len(due)
-        return due
-
-    def receive_report(self, producer: int, now_us: int) -> tuple[int, ...] | None:
-        """A report block for a producer's stream (RFC 3550 §6.4.1), as (ssrc, fraction
-        lost, cumulative lost, extended highest sequence, jitter, LSR, DLSR); None before
-        its first packet. Starts the next reporting interval."""
-        prod = self._producers.get(producer)
-        if prod is None or prod.rx_base is None:
-            return None
-        expected = prod.rx_highest - prod.rx_base + 1
-        expected_interval = expected - prod.rx_expected_prior
-        lost_interval = expected_interval - (prod.rx_received - prod.rx_received_prior)
-        prod.rx_expected_prior = expected
-        prod.rx_received_prior = prod.rx_received
-        fraction = 0
-        if expected_interval > 0 and lost_interval > 0:
-            fraction = min(255, (lost_interval << 8) // expected_interval)
-        dlsr = 0
-        if prod.sr_arrival_us is not None and now_us >= prod.sr_arrival_us:
-            dlsr = ((now_us - prod.sr_arrival_us) * 65536 // 1_000_000) & 0xFFFFFFFF
-        return (prod.ssrc, fraction, expected - prod.rx_received,
-                prod.rx_highest & 0xFFFFFFFF, prod.rx_jitter16 >> 4, prod.sr_ntp_mid, dlsr)
+    def _record_arrival(self, prod: _Producer, seq: int, timestamp: int, now_us: int) -> None:
+        """Receive statistics, and gaps to ask for (video)."""
+        stats = prod.stats
+        started = stats.started
+        highest = stats.highest
+        ext = stats.on_arrival(seq, timestamp, now_us)
+        if started and rtp.nacks_for_video(prod.codec):
+            found = prod.nack.on_arrival(highest, ext, now_us)
+            if found & NACK_RECOVERED:
+                self._counters[rtp.C_NACK_RECOVERED] += 1
+            if found & NACK_EARLIER and self._loss_listener is not None:
+                self._loss_pending = True
+                self._loss_producer = prod.id
 
     def _forward(
         self,
@@ -485,8 +453,8 @@ class Forwarder:
         now_us: int,
     ) -> None:
         counters = self._counters
-        endpoint = self._endpoints.get(cons.endpoint)
-        if endpoint is None:  # the subscriber's DTLS has not completed yet
+        ep = cons.endpoint
+        if ep is None:  # the subscriber's DTLS has not completed yet
             counters[rtp.C_SKIP_NOT_CONNECTED] += 1
             return
         out_pt = cons.payload_types.get(plain[1] & 0x7F)
@@ -495,23 +463,25 @@ class Forwarder:
             return
         seq = (plain[2] << 8) | plain[3]
         timestamp = struct.unpack_from("!I", plain, 4)[0]
-        if cons.start_ext_seq is None or cons.restart:
+        if not cons.started or cons.restart:
             if cons.is_video and not rtp.is_keyframe_start(
                 cons.producer.codec, plain[layout.payload_offset : layout.payload_end]
             ):
                 counters[rtp.C_SKIP_WAITING_KEYFRAME] += 1
-                if cons.wait_started_us is None:
+                if not cons.waiting:
+                    cons.waiting = True
                     cons.wait_started_us = now_us
-                self.request_keyframe(cons.producer.id, now_us)
+                self._request_keyframe(cons.producer, now_us)
                 return
-            if cons.wait_started_us is not None:
+            if cons.waiting:
                 counters[rtp.C_KEYFRAME_WAITS] += 1
                 counters[rtp.C_KEYFRAME_WAIT_US] += max(0, now_us - cons.wait_started_us)
-                cons.wait_started_us = None
-            if cons.start_ext_seq is None:
+                cons.waiting = False
+            if not cons.started:
+                cons.started = True
                 cons.start_ext_seq = cons.highest_ext_seq = 0x10000 + seq
                 cons.ts_offset = (cons.ts_base - timestamp) & 0xFFFFFFFF
-                cons.rate_mark = (now_us, cons.packets_sent, cons.bytes_sent)
+                cons.budget.mark(now_us, cons.packets_sent, cons.bytes_sent)
             else:  # resuming: number on from the last packet sent
                 cons.seq_base = (
                     cons.highest_ext_seq - cons.start_ext_seq + cons.seq_base + 1) & 0xFFFF
@@ -563,13 +533,11 @@ class Forwarder:
             cons.history[out_seq % rtp.HISTORY_SIZE] = plain_out
             cons.resent_us[out_seq % rtp.HISTORY_SIZE] = rtp.RESENT_NEVER
         try:
-            protected = endpoint.tx.protect(plain_out)
+            protected = ep.tx.protect(plain_out)
         except Exception:
             counters[rtp.C_PROTECT_ERROR] += 1
             return
-        try:
-            endpoint.sendto(protected, endpoint.addr)
-        except OSError:
+        if self._send(ep, protected) != 0:
             counters[rtp.C_SEND_ERROR] += 1
             return
         cons.packets_sent += 1
@@ -578,8 +546,8 @@ class Forwarder:
         counters[rtp.C_SENT] += 1
         counters[rtp.C_SENT_BYTES] += len(protected)
 
-    def _handle_rtcp(self, endpoint_id: int, plain: bytes, now_us: int) -> int:
-        compound = packets.iter_rtcp(plain)
+    def _handle_rtcp(self, ep: _Endpoint, plain: bytes, now_us: int) -> int:
+        compound = packets.iter_rtcp(plain)  # the whole compound is validated first
         if compound is None:
             return rtp.DROP_BAD_RTCP
         counters = self._counters
@@ -589,18 +557,16 @@ class Forwarder:
                 ssrc_offset = offset + (8 if fmt == packets.PSFB_PLI else 12)
                 if ssrc_offset + 4 > offset + length:
                     return rtp.DROP_BAD_RTCP
-                ssrc = struct.unpack_from("!I", plain, ssrc_offset)[0]
-                cons = self._consumer_by_ssrc.get(_key(endpoint_id, ssrc))
+                cons = _consumer_on(ep, struct.unpack_from("!I", plain, ssrc_offset)[0])
                 if cons is not None:
-                    self.request_keyframe(cons.producer.id, now_us)
+                    self._request_keyframe(cons.producer, now_us)
             elif packet_type == packets.RTCP_PSFB and fmt == packets.PSFB_AFB:
                 counters[rtp.C_REMB_IN] += 1
             elif packet_type == packets.RTCP_RTPFB and fmt == packets.RTPFB_NACK:
                 counters[rtp.C_NACK_IN] += 1
                 if length < 12:
                     return rtp.DROP_BAD_RTCP
-                ssrc = struct.unpack_from("!I", plain, offset + 8)[0]
-                cons = self._consumer_by_ssrc.get(_key(endpoint_id, ssrc))
+                cons = _consumer_on(ep, struct.unpack_from("!I", plain, offset + 8)[0])
                 if cons is not None:
                     self._answer_nack(cons, plain[offset + 12 : offset + length], now_us)
             elif packet_type == packets.RTCP_RR:
@@ -608,141 +574,134 @@ class Forwarder:
                 if 8 + 24 * fmt > length:
                     return rtp.DROP_BAD_RTCP
                 for block in range(offset + 8, offset + 8 + 24 * fmt, 24):
-                    self._take_report_block(endpoint_id, plain, block, now_us)
+                    self._take_report_block(ep, plain, block, now_us)
             elif packet_type == packets.RTCP_SR:
                 counters[rtp.C_SR_IN] += 1
                 if length < packets.SR_SIZE:
                     return rtp.DROP_BAD_RTCP
-                self._forward_sr(endpoint_id, plain[offset : offset + length], now_us)
+                self._forward_sr(ep, plain[offset : offset + length], now_us)
         return rtp.OK
 
-    def _take_report_block(self, endpoint_id: int, plain: bytes, block: int,
+    def _forward_sr(self, ep: _Endpoint, report: bytes, now_us: int) -> None:
+        """A publisher's SR to every started consumer of that stream, translated."""
+        prod = _producer_on(ep, struct.unpack_from("!I", report, 4)[0])
+        if prod is None:
+            return
+        # For the LSR/DLSR of our receiver reports (RFC 3550 §6.4.1).
+        prod.stats.on_sender_report(struct.unpack_from("!I", report, 10)[0], now_us)
+        for cons in prod.consumers:
+            if cons.endpoint is None or not cons.started:
+                continue
+            self._send_rtcp(cons.endpoint, cons.sr.translate(
+                report, cons.ssrc, cons.ts_offset, cons.packets_sent, cons.octets_sent,
+                now_us))
+            self._counters[rtp.C_SR_SENT] += 1
+
+    def _take_report_block(self, ep: _Endpoint, plain: bytes, block: int,
                            now_us: int) -> None:
-        """A subscriber's report on one consumer (RFC 3550 §6.4.1); RTT when its LSR is
-        the last SR we sent it: arrival - sending - DLSR."""
+        """A subscriber's report on one consumer (RFC 3550 §6.4.1)."""
         ssrc, lost_word, _, jitter, lsr, dlsr = struct.unpack_from("!IIIIII", plain, block)
-        cons = self._consumer_by_ssrc.get(_key(endpoint_id, ssrc))
+        cons = _consumer_on(ep, ssrc)
         if cons is None:
             return
         lost = lost_word & 0xFFFFFF
         if lost & 0x800000:
             lost -= 0x1000000
-        rtt = cons.report[3] if cons.report is not None else -1
-        ntp_mid, sent_us = cons.sr_sent
-        if lsr and lsr == ntp_mid:
-            sample = now_us - sent_us - dlsr * 1_000_000 // 65536
-            if sample >= 0:
-                rtt = sample
-        cons.report = [lost_word >> 24, lost, jitter, rtt]
+        cons.sr.on_report_block(lost_word >> 24, lost, jitter, lsr, dlsr, now_us)
 
     def _answer_nack(self, cons: _Consumer, fci: bytes, now_us: int) -> None:
         """Resend what a subscriber reports lost (RFC 4585 §6.2.1: each FCI entry is a
-        packet id and a bitmask of the 16 after it), within the rules in sfu.rtp
-        (RETRANSMIT_*): the history window, the consumer's budget, one resend per
+        packet id and a bitmask of the 16 after it), within the rules in
+        sfu.rtcp.retransmit: the history window, the consumer's budget, one resend per
         interval."""
         counters = self._counters
         entries = struct.iter_unpack("!HH", fci[: len(fci) & ~3])
-        if cons.history is None or cons.start_ext_seq is None:  # nothing kept
+        if cons.history is None or not cons.started:  # nothing kept
             counters[rtp.C_NACK_OUT_OF_HISTORY] += sum(
                 (1 | blp << 1).bit_count() for _, blp in entries)
             return
-        self._refill(cons, now_us)
-        report = cons.report
-        interval = rtp.retransmit_interval(report[3] if report is not None else -1)
+        cons.budget.refill(now_us, cons.packets_sent, cons.bytes_sent)
+        interval = retransmit_interval(cons.sr.rtt())
         highest = (cons.highest_ext_seq - cons.start_ext_seq + cons.seq_base) & 0xFFFF
-        endpoint = self._endpoints.get(cons.endpoint)
         for pid, blp in entries:
             asked = 1 | blp << 1  # bit k: pid + k
             inside = asked & rtp.history_window(highest, pid)
             counters[rtp.C_NACK_OUT_OF_HISTORY] += (asked ^ inside).bit_count()
-            if cons.tokens_packets < rtp.RETRANSMIT_TOKEN:  # spent: no lookups
+            if not cons.budget.has_token():  # spent: no lookups
                 counters[rtp.C_NACK_BUDGET_EXCEEDED] += inside.bit_count()
                 continue
             for k in range(17):
                 if inside >> k & 1:
-                    self._retransmit(cons, endpoint, (pid + k) & 0xFFFF, interval, now_us)
+                    self._retransmit(cons, (pid + k) & 0xFFFF, interval, now_us)
 
-    def _refill(self, cons: _Consumer, now_us: int) -> None:
-        """Bring a consumer's retransmission budget up to ``now_us`` (sfu.rtp,
-        RETRANSMIT_*)."""
-        mark_us, mark_packets, mark_bytes = cons.rate_mark
-        if now_us - mark_us >= rtp.RETRANSMIT_RATE_WINDOW_US:
-            elapsed_ms = (now_us - mark_us) // 1000
-            cons.rate_packets = (cons.packets_sent - mark_packets) * 1000 // elapsed_ms
-            cons.rate_bytes = (cons.bytes_sent - mark_bytes) * 1000 // elapsed_ms
-            cons.rate_mark = (now_us, cons.packets_sent, cons.bytes_sent)
-        packets_per_s = rtp.retransmit_budget(cons.rate_packets, rtp.RETRANSMIT_MIN_PACKETS_PER_S)
-        bytes_per_s = rtp.retransmit_budget(cons.rate_bytes, rtp.RETRANSMIT_MIN_BYTES_PER_S)
-        if cons.bucket_us is None:  # the first NACK: a full bucket
-            cons.bucket_us = now_us
-            cons.tokens_packets = packets_per_s * rtp.RETRANSMIT_BURST_US
-            cons.tokens_bytes = bytes_per_s * rtp.RETRANSMIT_BURST_US
-            return
-        elapsed = 0
-        if now_us > cons.bucket_us:
-            elapsed = min(now_us - cons.bucket_us, rtp.RETRANSMIT_BURST_US)
-            cons.bucket_us = now_us
-        cons.tokens_packets = min(packets_per_s * rtp.RETRANSMIT_BURST_US,
-                                  cons.tokens_packets + elapsed * packets_per_s)
-        cons.tokens_bytes = min(bytes_per_s * rtp.RETRANSMIT_BURST_US,
-                                cons.tokens_bytes + elapsed * bytes_per_s)
-
-    def _retransmit(self, cons: _Consumer, endpoint: _Endpoint | None, seq: int,
-                    interval: int, now_us: int) -> None:
+    def _retransmit(self, cons: _Consumer, seq: int, interval: int, now_us: int) -> None:
         """Send again one packet a subscriber reports lost, from its history: the same
         packet, sequence number and all, re-protected (libsrtp allows the repeat)."""
         counters = self._counters
-        if cons.tokens_packets < rtp.RETRANSMIT_TOKEN:
+        if not cons.budget.has_token():
             counters[rtp.C_NACK_BUDGET_EXCEEDED] += 1
             return
         slot = seq % rtp.HISTORY_SIZE
         kept = cons.history[slot] if cons.history else None
-        if endpoint is None or kept is None or (kept[2] << 8 | kept[3]) != seq:
+        ep = cons.endpoint
+        if ep is None or kept is None or (kept[2] << 8 | kept[3]) != seq:
             counters[rtp.C_RETRANSMIT_MISSED] += 1
             return
         resent = cons.resent_us[slot]
         if resent != rtp.RESENT_NEVER and now_us - resent < interval:
             counters[rtp.C_NACK_TOO_SOON] += 1
             return
-        cost = len(kept) * rtp.RETRANSMIT_TOKEN
-        if cons.tokens_bytes < cost:
+        if not cons.budget.spend(len(kept)):
             counters[rtp.C_NACK_BUDGET_EXCEEDED] += 1
             return
-        cons.tokens_packets -= rtp.RETRANSMIT_TOKEN
-        cons.tokens_bytes -= cost
         cons.resent_us[slot] = now_us
         try:
-            endpoint.sendto(endpoint.tx.protect(kept), endpoint.addr)
-        except OSError:
-            counters[rtp.C_SEND_ERROR] += 1
-            return
+            protected = ep.tx.protect(kept)
         except Exception:
             counters[rtp.C_PROTECT_ERROR] += 1
             return
-        counters[rtp.C_RETRANSMITTED] += 1
+        if self._send(ep, protected) != 0:
+            counters[rtp.C_SEND_ERROR] += 1
+        else:
+            counters[rtp.C_RETRANSMITTED] += 1
 
-    def _forward_sr(self, endpoint_id: int, report: bytes, now_us: int) -> None:
-        """A publisher's SR to every started consumer of that stream, translated."""
-        ssrc = struct.unpack_from("!I", report, 4)[0]
-        prod = self._producer_by_ssrc.get(_key(endpoint_id, ssrc))
-        if prod is None:
-            return
-        # For the LSR/DLSR of our receiver reports (RFC 3550 §6.4.1).
-        prod.sr_ntp_mid = struct.unpack_from("!I", report, 10)[0]
-        prod.sr_arrival_us = now_us
-        for cons in prod.consumers:
-            endpoint = self._endpoints.get(cons.endpoint)
-            if endpoint is None or cons.start_ext_seq is None:
-                continue
-            self._send_rtcp(endpoint, packets.translate_sr(
-                report, cons.ssrc, cons.ts_offset, cons.packets_sent, cons.octets_sent))
-            cons.sr_sent = (prod.sr_ntp_mid, now_us)
-            self._counters[rtp.C_SR_SENT] += 1
+    def _request_keyframe(self, prod: _Producer, now_us: int) -> bool:
+        if not prod.keyframe.ready(now_us, self.keyframe_request_interval_us):
+            self._counters[rtp.C_KEYFRAME_REQUESTS_THROTTLED] += 1
+            return False
+        ep = prod.endpoint
+        if ep is None:
+            return False
+        prod.keyframe.on_request(now_us)
+        self._counters[rtp.C_KEYFRAME_REQUESTS_SENT] += 1
+        self._send_rtcp(ep, packets.build_pli(packets.SFU_RTCP_SSRC, prod.ssrc))
+        return True
 
-    def _send_rtcp(self, endpoint: _Endpoint, packet: bytes) -> None:
+    def _send_rtcp(self, ep: _Endpoint, packet: bytes) -> None:
+        """Protect and send RTCP the SFU originates; failures are counted."""
         try:
-            endpoint.sendto(endpoint.tx.protect_rtcp(packet), endpoint.addr)
-        except OSError:
-            self._counters[rtp.C_SEND_ERROR] += 1
+            protected = ep.tx.protect_rtcp(packet)
         except Exception:
             self._counters[rtp.C_PROTECT_ERROR] += 1
+            return
+        if self._send(ep, protected) != 0:
+            self._counters[rtp.C_SEND_ERROR] += 1
+
+    def _send(self, ep: _Endpoint, data: bytes) -> int:
+        """0 when sent; -1 when the socket refused it (full buffer: dropped, as UDP may)."""
+        try:
+            ep.sendto(data, ep.addr)
+        except OSError:
+            return -1
+        return 0
+
+    def _notify_loss(self) -> None:
+        """Tell the loss listener of the new gap the last packet showed."""
+        self._loss_pending = False
+        listener = self._loss_listener
+        if listener is None:
+            return
+        try:
+            listener(self._loss_producer)
+        except Exception:  # the packet path must go on, whatever the listener does
+            self._counters[rtp.C_LOSS_LISTENER_ERRORS] += 1

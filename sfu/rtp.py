@@ -82,6 +82,7 @@ C_KEYFRAME_WAIT_US = C_SENT + 25
 C_NACK_OUT_OF_HISTORY = C_SENT + 26
 C_NACK_TOO_SOON = C_SENT + 27
 C_NACK_BUDGET_EXCEEDED = C_SENT + 28
+C_LOSS_LISTENER_ERRORS = C_SENT + 29
 COUNTER_NAMES = (
     *(f"drop_{name}" if name != "ok" else "accepted" for name in DROP_REASONS),
     "sent",
@@ -110,40 +111,16 @@ COUNTER_NAMES = (
     "nack_gave_up",
     "keyframe_waits",  # consumers that waited for a keyframe to (re)start video
     "keyframe_wait_us",  # and how long, in all
-    # Sequence numbers subscribers NACKed and were not resent (see RETRANSMIT_* below):
+    # Sequence numbers subscribers NACKed and were not resent (sfu.rtcp.retransmit):
     "nack_out_of_history",  # not among the last HISTORY_SIZE sent to them
     "nack_too_soon",  # resent less than an interval ago
     "nack_budget_exceeded",  # beyond the consumer's retransmission budget
+    "loss_listener_errors",  # exceptions the loss listener raised (set_loss_listener)
 )
 # Packets a video consumer keeps for retransmission (RFC 4585 NACK): at ~170 packets/s
 # of 1.7 Mbit/s video, about three seconds.
 HISTORY_SIZE = 512
 
-# Answering subscribers' NACKs. A generic NACK asks for up to 17 packets per 4-byte entry,
-# so one SRTCP datagram can ask for 5,695; a subscriber must not turn that into traffic
-# (and CPU) that hurts the rest of the room. Three rules, checked in this order per
-# sequence number asked for, cheapest first, the same in both forwarders:
-# 1. Only the last HISTORY_SIZE sequence numbers sent to the consumer are looked at; the
-#    rest are counted (nack_out_of_history) from the entry alone, without a lookup.
-# 2. A token bucket per consumer, in packets and in bytes (nack_budget_exceeded). It
-#    refills at a share of what is forwarded to that consumer, measured between NACKs at
-#    least RETRANSMIT_RATE_WINDOW_US apart, with a floor (the first second, slow streams,
-#    a lost keyframe); it holds RETRANSMIT_BURST_US of that rate and starts full.
-#    (libwebrtc caps retransmissions at the send rate in the same way.)
-# 3. A packet is resent at most once per interval: the subscriber's round trip, from its
-#    receiver reports, else RETRANSMIT_DEFAULT_RTT_US; at least RETRANSMIT_MIN_INTERVAL_US
-#    (nack_too_soon). mediasoup's RtpRetransmissionBuffer and libwebrtc's packet history
-#    do the same: a second NACK within one round trip is for the copy already on its way.
-# Tokens are kept in millionths (a packet costs RETRANSMIT_TOKEN, a byte as much), so
-# refilling `elapsed µs × rate per s` stays in integers.
-RETRANSMIT_SHARE_PERCENT = 50  # of the consumer's forward rate, in packets and in bytes
-RETRANSMIT_MIN_PACKETS_PER_S = 50
-RETRANSMIT_MIN_BYTES_PER_S = 50 * 1200  # fifty full-size packets
-RETRANSMIT_BURST_US = 1_000_000
-RETRANSMIT_RATE_WINDOW_US = 1_000_000
-RETRANSMIT_DEFAULT_RTT_US = 100_000
-RETRANSMIT_MIN_INTERVAL_US = 20_000
-RETRANSMIT_TOKEN = 1_000_000
 # "Never resent", in a history slot's resend time.
 RESENT_NEVER = -(1 << 62)
 
@@ -377,27 +354,6 @@ def history_window(highest: int, pid: int) -> int:
     low = max(0, behind - HISTORY_SIZE + 1)
     high = min(16, behind)
     return ((1 << (high + 1)) - 1) & ~((1 << low) - 1)
-
-
-def retransmit_budget(rate: int, floor: int) -> int:
-    """Tokens a second a consumer may spend on retransmissions: a share of its forward
-    ``rate`` (per second), at least ``floor``."""
-    return max(floor, rate * RETRANSMIT_SHARE_PERCENT // 100)
-
-
-def retransmit_interval(rtt_us: int) -> int:
-    """How long a resent packet is not resent again: the subscriber's round trip (-1:
-    not known yet)."""
-    return max(RETRANSMIT_MIN_INTERVAL_US, rtt_us if rtt_us >= 0 else RETRANSMIT_DEFAULT_RTT_US)
-
-
-# Asking publishers for lost packets (RFC 4585 generic NACK).
-NACK_MAX_MISSING = 256  # a larger gap is left to a keyframe request
-NACK_FIRST_DELAY_US = 5_000  # let reordered packets arrive before asking
-NACK_MIN_RETRY_US = 20_000
-NACK_DEFAULT_RTT_US = 100_000  # until a retransmission has been timed
-NACK_MAX_RETRIES = 8
-NACK_MAX_AGE_US = 1_000_000
 
 
 def nacks_for_video(codec: int) -> bool:

@@ -15,7 +15,7 @@ import pytest
 from pylibsrtp import Session
 
 from sfu import rtp
-from sfu.rtcp import packets
+from sfu.rtcp import packets, retransmit
 from tests.srtp_helpers import PROFILES, Capture, implementations, rtp_packet, session_pair
 
 PUB, SUB = 1, 2
@@ -528,8 +528,8 @@ def test_a_hostile_nack_gets_no_more_than_the_budget(impl: Any) -> None:
 
     assert len(hostile(1000)) == 1366  # as in the issue
     assert len(packets.nack_sequences(big_nack(SUB_SSRC, [(0, 0xFFFF)] * 335)[12:])) == 5695
-    budget = 200 * rtp.RETRANSMIT_SHARE_PERCENT // 100
-    assert budget > rtp.RETRANSMIT_MIN_PACKETS_PER_S
+    budget = 200 * retransmit.RETRANSMIT_SHARE_PERCENT // 100
+    assert budget > retransmit.RETRANSMIT_MIN_PACKETS_PER_S
     rig.fwd.handle_packet(SUB, hostile(stream_until(3_000_000)), 3_000_000)
     sequences = resent(rig)
     assert len(sequences) == budget and len(set(sequences)) == budget
@@ -555,8 +555,8 @@ def test_the_byte_budget_holds_for_large_packets(impl: Any) -> None:
     kept = 12 + 6 + 1300
     rig.fwd.handle_packet(SUB, rig.sub_protect.protect_rtcp(
         big_nack(SUB_SSRC, [(1000 + 17 * k, 0xFFFF) for k in range(6)])), 4_000_000)
-    allowed = rtp.RETRANSMIT_MIN_BYTES_PER_S // kept
-    assert allowed < rtp.RETRANSMIT_MIN_PACKETS_PER_S
+    allowed = retransmit.RETRANSMIT_MIN_BYTES_PER_S // kept
+    assert allowed < retransmit.RETRANSMIT_MIN_PACKETS_PER_S
     assert resent(rig) == list(range(1000, 1000 + allowed))
     assert nack_outcomes(rig.fwd) == {
         "retransmitted": allowed, "retransmit_missed": 0,
@@ -579,8 +579,8 @@ def test_a_packet_is_resent_once_per_round_trip(impl: Any) -> None:
     assert resent(rig) == [1003, 1002]
     assert rig.fwd.counters()["nack_too_soon"] == 1
     # No report from the subscriber yet: the interval is the default round trip.
-    assert ask(1003, 1_000_000 + rtp.RETRANSMIT_DEFAULT_RTT_US - 1) == []
-    assert ask(1003, 1_000_000 + rtp.RETRANSMIT_DEFAULT_RTT_US) == [1003]
+    assert ask(1003, 1_000_000 + retransmit.RETRANSMIT_DEFAULT_RTT_US - 1) == []
+    assert ask(1003, 1_000_000 + retransmit.RETRANSMIT_DEFAULT_RTT_US) == [1003]
     assert rig.fwd.counters()["nack_too_soon"] == 2
     # The subscriber's reports give a 300 ms round trip (see the RTT test above).
     sr = struct.pack("!BBHIIIIII", 0x80, packets.RTCP_SR, 6, PUB_SSRC, 0x00012345, 0x6789ABCD,
@@ -598,10 +598,10 @@ def test_a_packet_is_resent_once_per_round_trip(impl: Any) -> None:
     resent(rig)
     rig.fwd.handle_packet(SUB, rig.sub_protect.protect_rtcp(
         rr(9, [(SUB_SSRC, 0, 0, 0, 0x23456789, 65536 // 2 - 65536 // 1000)])), 4_501_000)
-    assert 0 <= rig.fwd.consumer_report(CONSUMER)[3] < rtp.RETRANSMIT_MIN_INTERVAL_US // 2
+    assert 0 <= rig.fwd.consumer_report(CONSUMER)[3] < retransmit.RETRANSMIT_MIN_INTERVAL_US // 2
     assert ask(1006, 5_000_000) == [1006]
-    assert ask(1006, 5_000_000 + rtp.RETRANSMIT_MIN_INTERVAL_US - 1) == []
-    assert ask(1006, 5_000_000 + rtp.RETRANSMIT_MIN_INTERVAL_US) == [1006]
+    assert ask(1006, 5_000_000 + retransmit.RETRANSMIT_MIN_INTERVAL_US - 1) == []
+    assert ask(1006, 5_000_000 + retransmit.RETRANSMIT_MIN_INTERVAL_US) == [1006]
     # A slot that takes a new packet forgets when the old one was resent.
     assert ask(1007, 6_000_000) == [1007]
     for i in range(rtp.HISTORY_SIZE):

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 from sfu import _fastpath_fallback, rtp
 from sfu.fastpath import cython_unavailable_reason
-from sfu.rtcp import packets
+from sfu.rtcp import packets, retransmit
 from tests.srtp_helpers import PROFILES, Capture, rtp_packet, session_pair
 
 REASON = cython_unavailable_reason()
@@ -364,7 +364,8 @@ def test_a_nack_flood_is_answered_alike() -> None:
     assert all(counters[name] for name in ("retransmitted", "nack_too_soon",
                                            "nack_budget_exceeded", "nack_out_of_history"))
     # 3 s of flood: at most a full bucket plus three seconds' refill.
-    budget = max(rtp.RETRANSMIT_MIN_PACKETS_PER_S, 200 * rtp.RETRANSMIT_SHARE_PERCENT // 100)
+    budget = max(retransmit.RETRANSMIT_MIN_PACKETS_PER_S,
+                 200 * retransmit.RETRANSMIT_SHARE_PERCENT // 100)
     assert counters["retransmitted"] <= budget * (1 + 3)
 
 

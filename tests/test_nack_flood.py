@@ -4,7 +4,7 @@ Mallory is an ordinary subscriber with her own SRTCP keys. Each NACK she sends i
 largest generic NACK (RFC 4585 §6.2.1) an SRTCP datagram holds: 335 entries of (a recent
 sequence number, bitmask 0xFFFF), 5,695 packets asked for, 1,366 bytes protected; 100 of
 them a second. The forwarder answers within her retransmission budget (a share of what
-it forwards to her, sfu.rtp.RETRANSMIT_*) and counts the rest, so Bob, who watches the
+it forwards to her, sfu.rtcp.retransmit) and counts the rest, so Bob, who watches the
 same publisher, keeps his frame rate, and /healthz answers promptly.
 
 Mallory's own aiortc never sees the media sent to her: a hook counts it and drops it
@@ -24,7 +24,7 @@ from aiortc import VideoStreamTrack
 
 from sfu import rtp
 from sfu.client import Client
-from sfu.rtcp import packets
+from sfu.rtcp import packets, retransmit
 from sfu.server import Server
 from sfu.transport import internals
 from tests.bystander import FrameCounter, healthz_latencies
@@ -159,11 +159,12 @@ async def test_nack_flood_leaves_the_bystander_alone(server: Server) -> None:
         # floor, per second, plus one bucket's worth (it starts full); in packets, and in
         # bytes (what reached her beyond her forwarded media).
         seconds = flooded["seconds"]
-        burst = rtp.RETRANSMIT_BURST_US / 1_000_000
-        packets_per_s = max(rtp.RETRANSMIT_MIN_PACKETS_PER_S,
-                            flooded["forwarded_per_s"] * rtp.RETRANSMIT_SHARE_PERCENT / 100)
-        bytes_per_s = max(rtp.RETRANSMIT_MIN_BYTES_PER_S,
-                          flooded["forwarded_bytes_per_s"] * rtp.RETRANSMIT_SHARE_PERCENT / 100)
+        burst = retransmit.RETRANSMIT_BURST_US / 1_000_000
+        packets_per_s = max(retransmit.RETRANSMIT_MIN_PACKETS_PER_S,
+                            flooded["forwarded_per_s"] * retransmit.RETRANSMIT_SHARE_PERCENT / 100)
+        share = retransmit.RETRANSMIT_SHARE_PERCENT / 100
+        bytes_per_s = max(retransmit.RETRANSMIT_MIN_BYTES_PER_S,
+                          flooded["forwarded_bytes_per_s"] * share)
         assert flooded["retransmitted_per_s"] * seconds <= packets_per_s * (seconds + burst) * 1.2
         resent_bytes_per_s = flooded["mallory_octets_per_s"] - flooded["forwarded_bytes_per_s"]
         assert resent_bytes_per_s * seconds <= bytes_per_s * (seconds + burst) * 1.2
