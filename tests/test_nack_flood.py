@@ -112,7 +112,8 @@ async def test_nack_flood_leaves_the_bystander_alone(server: Server) -> None:
         async with asyncio.timeout(10):  # media reaches Mallory: her consumer started
             while inbox.packets < 30:
                 await asyncio.sleep(0.05)
-        (subscription,) = server.participants[mallory.participant_id or ""].participant.subscriptions.values()
+        mallory_link = server.participants[mallory.participant_id or ""]
+        (subscription,) = mallory_link.participant.subscriptions.values()
         fwd = server.forwarder
         assert server.port is not None
         port = server.port

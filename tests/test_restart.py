@@ -96,8 +96,8 @@ def unexpected_events(client: Client) -> list[str]:
 async def test_publisher_restart_keeps_its_track_and_subscribers(room: Room) -> None:
     server = room.server
     (track_id,) = server.tracks
-    before = server.forwarder.consumer_stats(
-        next(iter(server.participants[room.bob.participant_id or ""].participant.subscriptions.values())).consumer)
+    (first,) = server.participants[room.bob.participant_id or ""].participant.subscriptions.values()
+    before = server.forwarder.consumer_stats(first.consumer)
     unexpected_events(room.bob)  # what came before: alice's track_published
     reply = await room.alice.restart(relay_only=True)
     assert reply["type"] == "restarted" and reply["relay_only"] is True

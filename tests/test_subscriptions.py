@@ -103,7 +103,8 @@ async def test_track_published_while_an_offer_is_outstanding_arrives_next(
             await asyncio.wait_for(track.recv(), 10)
             got.add(info.participant)
         assert got == {alice.participant_id, carol.participant_id}
-        subscriptions = server.participants[bob.participant_id or ""].participant.subscriptions.values()
+        bob_link = server.participants[bob.participant_id or ""]
+        subscriptions = bob_link.participant.subscriptions.values()
         assert all(s.active and not s.failed for s in subscriptions)
     finally:
         for client in (bob, alice, carol):
