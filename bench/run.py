@@ -112,7 +112,7 @@ class Progress:
 
 async def run_all(args: argparse.Namespace) -> dict[str, Any]:
     scenarios, sweep = load_scenarios()
-    systems = all_systems()
+    systems = all_systems(args.baseline)
     chosen_systems = args.systems.split(",") if args.systems else list(systems)
     chosen_scenarios = args.scenarios.split(",") if args.scenarios else list(scenarios)
     unknown = [s for s in chosen_systems if s not in systems] + [
@@ -265,6 +265,9 @@ def write_chart(report: dict[str, Any], path: Path) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="sfu bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--systems", help="comma-separated (default: all)")
+    parser.add_argument("--baseline", metavar="TREE",
+                        help="also run another checkout's server (its extension built in "
+                             "place) as sfu-cython-baseline, e.g. the previous main")
     parser.add_argument("--scenarios", help="comma-separated names from bench/scenarios.toml")
     parser.add_argument("--seconds", type=float, default=10.0, help="media seconds per case")
     parser.add_argument("--sweep-seconds", type=float, default=6.0)

@@ -14,6 +14,7 @@ import platform
 import socket
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import aiohttp
@@ -132,15 +133,21 @@ class ProcessSystem:
 
 
 class SfuSystem(ProcessSystem):
-    """This project's server, as `sfu serve` in its own process."""
+    """This project's server, as `sfu serve` in its own process; with ``tree``, the
+    server of another checkout (its extension built in place), e.g. the previous main,
+    to compare side by side in one run."""
 
-    def __init__(self, forwarder: str) -> None:
+    def __init__(self, forwarder: str, tree: str | None = None) -> None:
         super().__init__()
         self.forwarder = forwarder
-        self.name = f"sfu-{forwarder}"
+        self.tree = tree
+        self.name = f"sfu-{forwarder}" + ("-baseline" if tree else "")
         self._url = ""
 
     def skip_reason(self, address: str) -> str | None:
+        if self.tree is not None:
+            built = list(Path(self.tree, "sfu").glob("_fastpath*.so"))
+            return None if built else f"{self.tree}/sfu has no built _fastpath extension"
         if self.forwarder == "cython":
             from sfu.fastpath import cython_unavailable_reason
 
@@ -159,8 +166,12 @@ class SfuSystem(ProcessSystem):
             "SFU_ROOMS_MAX_PARTICIPANTS": "1000",
         }
         env.pop("SFU_PUREPYTHON", None)
+        isolated: list[str] = []
+        if self.tree is not None:  # -P: the tree's sfu, not the one beside the bench
+            env["PYTHONPATH"] = self.tree
+            isolated = ["-P"]
         self._process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "sfu", "serve", env=env,
+            sys.executable, *isolated, "-m", "sfu", "serve", env=env,
             stdout=asyncio.subprocess.DEVNULL,
         )
         host = env["SFU_SERVER_HOST"]
@@ -203,11 +214,14 @@ class Unavailable:
         return None
 
 
-def all_systems() -> dict[str, System]:
+def all_systems(baseline: str | None = None) -> dict[str, System]:
+    """Every system; with ``baseline`` (a checkout), also that tree's server."""
     systems: dict[str, System] = {
         "sfu-cython": SfuSystem("cython"),
         "sfu-python": SfuSystem("python"),
     }
+    if baseline is not None:
+        systems["sfu-cython-baseline"] = SfuSystem("cython", baseline)
     for name, target in OTHER_SYSTEMS.items():
         module_name, class_name = target.split(":")
         try:
