@@ -3,7 +3,7 @@
 aiortc terminates ICE and DTLS for us, but its RTP path decodes and re-encodes, so
 SRTP is diverted before it reaches aiortc (docs/architecture.md, "Ingress"). That needs private
 attributes; they are named here only, pinned by pyproject.toml (aiortc 1.16.x,
-aioice 0.13.x), and ``check_internals`` (run by tests/test_internals.py against
+aioice 0.13.x), and ``check_internals`` (run by tests/test_wire.py against
 live objects) fails loudly if they move.
 """
 
