@@ -37,9 +37,7 @@ cdef extern from "<sys/socket.h>" nogil:
                                const sockaddr *addr, unsigned int addrlen)
     int MSG_DONTWAIT
 
-HAS_FORWARDER = True
-
-# -- constants shared with sfu/rtp.py and sfu/rtcp/ (one source of truth, read at import) -------------
+# -- constants shared with sfu/rtp.py and sfu/rtcp/ (one source of truth, read at import)
 
 cdef int OK = _rtp.OK
 cdef int DROP_TOO_SHORT = _rtp.DROP_TOO_SHORT
@@ -571,7 +569,7 @@ cdef class _Consumer:
 
 
 cdef class Forwarder:
-    """Routes diverted SRTP between endpoints. Same interface as ``sfu._fastpath_fallback.Forwarder``."""
+    """Routes diverted SRTP between endpoints, as ``sfu._fastpath_fallback.Forwarder``."""
 
     implementation = "cython"
 
@@ -777,10 +775,6 @@ cdef class Forwarder:
     def consumer_started(self, int64_t consumer):
         cdef _Consumer cons = self._consumers.get(consumer)
         return cons is not None and cons.started
-
-    def buffer_pool(self):
-        """The forwarder's buffers: allocated once, never grown per packet."""
-        return {"buffers": 3, "bytes": 3 * BUFFER_SIZE}
 
     # -- the packet path --------------------------------------------------------------
 

@@ -325,10 +325,6 @@ class Forwarder:
         cons = self._consumers.get(consumer)
         return cons is not None and cons.started
 
-    def buffer_pool(self) -> dict[str, int]:
-        """Buffers held for reuse: none, this implementation allocates per packet."""
-        return {"buffers": 0, "bytes": 0}
-
     # -- the packet path ----------------------------------------------------------------
 
     def handle_packet(self, endpoint: int, data: bytes, now_us: int) -> int:
