@@ -13,36 +13,19 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from aiortc import MediaStreamTrack, RTCRtpSender, RTCRtpTransceiver, RTCSessionDescription
 from aiortc.exceptions import InvalidStateError
 from aiortc.sdp import candidate_from_sdp
 from av.frame import Frame
 
+from sfu.fastpath import Forwarder
 from sfu.media import CodecInfo, DownTrack, PublishedMedia
 from sfu.transport import internals
 from sfu.transport.internals import HostGathering
 
 logger = logging.getLogger(__name__)
-
-
-class ForwarderTables(Protocol):
-    """What the transport needs of a forwarder (either implementation)."""
-
-    def add_endpoint(
-        self,
-        endpoint: int,
-        rx: Any,
-        tx: Any,
-        sendto: Callable[[bytes, tuple[Any, ...]], None],
-        fd: int,
-        addr: tuple[Any, ...],
-    ) -> None: ...
-
-    def remove_endpoint(self, endpoint: int) -> None: ...
-
-    def handle_packet(self, endpoint: int, data: bytes, now_us: int) -> int: ...
 
 
 def now_us() -> int:
@@ -57,7 +40,7 @@ class PeerTransport:
     def __init__(
         self,
         endpoint: int,
-        forwarder: ForwarderTables,
+        forwarder: Forwarder,
         gathering: HostGathering,
         on_connection_state: Callable[[PeerTransport, str], None],
         drops: Counter[str] | None = None,
