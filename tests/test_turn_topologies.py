@@ -356,7 +356,10 @@ async def test_no_connection_at_first_restarts_relay_only(
     waited = time.monotonic() - started
     for rule in block_turn():
         topology[0].iptables("-D", *rule[1:])
-    assert await call.frames_flow(RECOVERY_BOUND_S)
+    assert await call.frames_flow(RECOVERY_BOUND_S), (
+        f"no frames both ways {RECOVERY_BOUND_S} s after TURN came back, "
+        f"{waited:.1f} s after the restart; client {await call.state(call.client)}, "
+        f"host {await call.state(call.host)}; server {call.server.room_info('turn')}")
     print(f"restarted relay-only {waited:.1f} s after the page joined")
     state = await call.state(call.client)
     print("client:", state)
