@@ -13,6 +13,7 @@ import asyncio
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from aiortc import VideoStreamTrack
@@ -171,3 +172,23 @@ async def test_publications_not_published_again_are_unpublished(room: Room) -> N
     assert seen["track_published"]["track"]["kind"] == "audio"  # type: ignore[index]
     assert [t.kind for t in room.server.tracks.values()] == ["audio"]
     assert room.server.participants[room.alice.participant_id or ""].detached == []
+
+
+async def test_a_track_unpublished_during_a_restart_is_not_carried_on(room: Room) -> None:
+    """alice restarts; before her publish offer comes, her publish grant is revoked (her
+    track goes) and given back: the offer publishes a new track rather than carrying on
+    the one that is gone."""
+    server, alice = room.server, room.alice
+    (old_id,) = server.tracks
+    publish = alice.publish
+
+    async def publish_after_a_revoke(tracks: list[Any]) -> dict[str, Any]:
+        server.update_permissions("restart", alice.participant_id or "", can_publish=False)
+        server.update_permissions("restart", alice.participant_id or "", can_publish=True)
+        return await publish(tracks)
+
+    alice.publish = publish_after_a_revoke  # type: ignore[method-assign]
+    await alice.restart()
+    (new_id,) = server.tracks
+    assert new_id != old_id
+    assert await frames_within(room, 10, 10)  # bob is subscribed to it (auto-subscribe)

@@ -204,6 +204,8 @@ class Router:
             raise ProtocolError("negotiation_failed", f"cannot apply the offer: {exc}") from None
         room_changes: list[changes.Change] = []
         tracks = []
+        # Tracks unpublished since the restart (a revoked grant) are not carried on.
+        link.detached = [t for t in link.detached if t.id in self.room.tracks]
         for item in media:
             moved = self._reattach(link, link.publish.endpoint, item)
             if moved is not None:
