@@ -1,7 +1,7 @@
 # C-level types of the Cython forwarder (sfu/_fastpath.pyx).
 
 cimport cython
-from libc.stdint cimport int16_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 # libsrtp 2.x in-place API, as pylibsrtp's cffi binding declares it:
 # srtp_err_status_t fn(srtp_t ctx, void *packet, int *len)
@@ -124,6 +124,12 @@ cdef class _Endpoint:
     cdef unsigned int sockaddr_len
     cdef list producers         # _Producer published on this endpoint
     cdef list consumers         # _Consumer sent on this endpoint
+    # The next transport-wide sequence number (extended); what was sent under the last
+    # TWCC_HISTORY of them (number, send time, size), allocated at the first use.
+    cdef int64_t twcc_next
+    cdef int64_t *twcc_ext
+    cdef int64_t *twcc_us
+    cdef int32_t *twcc_size
 
 
 cdef class _Producer:
@@ -131,7 +137,16 @@ cdef class _Producer:
     cdef int64_t endpoint_id
     cdef uint32_t ssrc
     cdef int codec
-    cdef list consumers
+    cdef list consumers         # and those waiting for its keyframe to switch to it
+    cdef bytes rid              # RID and mid header-extension values and ids, to learn
+    cdef int rid_id             # the SSRC of a simulcast layer from its first packet
+    cdef bytes mid
+    cdef int mid_id
+    cdef bint bound             # the SSRC is known
+    cdef uint64_t packets_in
+    cdef uint64_t bytes_in
+    cdef int width              # of the last keyframe (VP8), 0 unknown
+    cdef int height
     cdef bint paused
     cdef _Endpoint endpoint     # None until that endpoint is added
     cdef int clock_rate
@@ -154,6 +169,9 @@ cdef class _Consumer:
     cdef int mid_len
     cdef int mid_id
     cdef int abs_send_time_id
+    cdef int twcc_id            # the transport-wide sequence number's id, 0: none
+    cdef _Producer target       # the layer to switch to at its keyframe, or None
+    cdef bint paused            # by the subscriber: nothing is sent
     cdef uint16_t seq_base
     cdef uint32_t ts_base
     cdef bint started
@@ -199,9 +217,17 @@ cdef class Forwarder:
     cdef object _loss_listener
     cdef bint _loss_pending
     cdef int64_t _loss_producer
+    cdef object _feedback_listener
 
     cdef int _attach_source(self, _Producer producer, int64_t endpoint, uint32_t ssrc) except -1
+    cdef void _repoint(self, _Consumer consumer, _Producer producer)
     cdef int _handle(self, _Endpoint endpoint, int length, int64_t now_us)
+    cdef int _read_elements(self, int ext_profile, int ext_offset, int ext_length)
+    cdef _Producer _bind(self, _Endpoint endpoint, uint32_t ssrc, int ext_profile,
+                         int ext_offset, int ext_length)
+    cdef bint _has_element(self, int ext_id, bytes value)
+    cdef void _switch_layer(self, _Consumer consumer, _Producer producer, int length,
+                            int payload_offset, int payload_end, int64_t now_us)
     cdef void _record_arrival(self, _Producer producer, uint16_t seq, uint32_t timestamp,
                               int64_t now_us)
     cdef int _handle_rtcp(self, _Endpoint endpoint, int length, int64_t now_us)
@@ -212,6 +238,11 @@ cdef class Forwarder:
     cdef void _answer_nack(self, _Consumer consumer, int fci, int fci_end, int64_t now_us)
     cdef void _retransmit(self, _Consumer consumer, uint16_t seq, int64_t interval,
                           int64_t now_us)
+    cdef int _resend(self, _Consumer consumer, _Endpoint endpoint, const uint8_t *kept,
+                     int length, int64_t now_us)
+    cdef int _record_sent(self, _Endpoint endpoint, int64_t twcc_seq, int size,
+                          int64_t now_us) except -1
+    cdef void _feedback(self, _Endpoint endpoint, int offset, int length)
     cdef bint _request_keyframe(self, _Producer producer, int64_t now_us)
     cdef void _send_rtcp(self, _Endpoint endpoint, uint8_t *data, int length)
     cdef int _send(self, _Endpoint endpoint, uint8_t *data, int length)

@@ -17,9 +17,11 @@ RetransmitBudget) are cdef classes here of the same names, with the same methods
 import socket
 import struct
 
-from libc.stdint cimport int16_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
+from libc.stdint cimport (
+    int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t,
+)
 from libc.stdlib cimport calloc, free
-from libc.string cimport memcpy, memset
+from libc.string cimport memcmp, memcpy, memset
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 
 from sfu import rtp as _rtp
@@ -87,6 +89,15 @@ cdef int C_NACK_OUT_OF_HISTORY = _rtp.C_NACK_OUT_OF_HISTORY
 cdef int C_NACK_TOO_SOON = _rtp.C_NACK_TOO_SOON
 cdef int C_NACK_BUDGET_EXCEEDED = _rtp.C_NACK_BUDGET_EXCEEDED
 cdef int C_LOSS_LISTENER_ERRORS = _rtp.C_LOSS_LISTENER_ERRORS
+cdef int C_SKIP_CONSUMER_PAUSED = _rtp.C_SKIP_CONSUMER_PAUSED
+cdef int C_LAYER_SWITCHES = _rtp.C_LAYER_SWITCHES
+cdef int C_SKIP_LAYER_PENDING = _rtp.C_SKIP_LAYER_PENDING
+cdef int C_RID_BOUND = _rtp.C_RID_BOUND
+cdef int C_TWCC_IN = _rtp.C_TWCC_IN
+cdef int C_FEEDBACK_LISTENER_ERRORS = _rtp.C_FEEDBACK_LISTENER_ERRORS
+cdef int C_PROBE_PACKETS = _rtp.C_PROBE_PACKETS
+cdef int C_PROBE_BYTES = _rtp.C_PROBE_BYTES
+cdef int TWCC_HISTORY = _rtp.TWCC_HISTORY
 cdef int64_t RETRANSMIT_SHARE_PERCENT = _retransmit.RETRANSMIT_SHARE_PERCENT
 cdef int64_t RETRANSMIT_MIN_PACKETS_PER_S = _retransmit.RETRANSMIT_MIN_PACKETS_PER_S
 cdef int64_t RETRANSMIT_MIN_BYTES_PER_S = _retransmit.RETRANSMIT_MIN_BYTES_PER_S
@@ -215,28 +226,46 @@ cdef inline int64_t c_retransmit_interval(int64_t rtt_us) noexcept nogil:
 
 
 cdef bint _vp8_keyframe_start(const uint8_t *p, int size) noexcept nogil:
-    # RFC 7741 §4.2 payload descriptor, then §4.3 payload header (P bit 0 = keyframe).
+    cdef int pos = _vp8_header(p, size)
+    return pos >= 0 and not (p[pos] & 0x01)
+
+
+cdef int _vp8_header(const uint8_t *p, int size) noexcept nogil:
+    # Where the RFC 7741 §4.3 payload header starts, after the §4.2 descriptor, when the
+    # packet starts partition 0 of a frame; else -1 (as sfu.rtp._vp8_header).
     if size < 1:
-        return False
+        return -1
     cdef uint8_t first = p[0]
     if not (first & 0x10) or (first & 0x07):
-        return False
+        return -1
     cdef int pos = 1
     cdef uint8_t ext
     if first & 0x80:
         if pos >= size:
-            return False
+            return -1
         ext = p[pos]
         pos += 1
         if ext & 0x80:
             if pos >= size:
-                return False
+                return -1
             pos += 2 if p[pos] & 0x80 else 1
         if ext & 0x40:
             pos += 1
         if ext & 0x30:
             pos += 1
-    return pos < size and not (p[pos] & 0x01)
+    return pos if pos < size else -1
+
+
+cdef void _vp8_keyframe_size(const uint8_t *p, int size, int *width,
+                             int *height) noexcept nogil:
+    # A keyframe's width and height (RFC 6386 §9.1), as sfu.rtp.vp8_keyframe_size.
+    cdef int pos = _vp8_header(p, size)
+    if pos < 0 or p[pos] & 0x01 or pos + 10 > size:
+        return
+    if p[pos + 3] != 0x9d or p[pos + 4] != 0x01 or p[pos + 5] != 0x2a:
+        return
+    width[0] = (p[pos + 6] | (p[pos + 7] << 8)) & 0x3FFF
+    height[0] = (p[pos + 8] | (p[pos + 9] << 8)) & 0x3FFF
 
 
 cdef bint _h264_keyframe(const uint8_t *p, int size) noexcept nogil:
@@ -273,7 +302,7 @@ cdef inline _Producer _producer_on(_Endpoint ep, uint32_t ssrc):
     endpoint. A linear scan: an endpoint carries a handful of tracks."""
     cdef _Producer candidate
     for candidate in ep.producers:
-        if candidate.ssrc == ssrc:
+        if candidate.ssrc == ssrc and candidate.bound:
             return candidate
     return None
 
@@ -554,7 +583,10 @@ cdef class RetransmitBudget:
 # -- tables -----------------------------------------------------------------------------
 
 cdef class _Endpoint:
-    pass
+    def __dealloc__(self):
+        free(self.twcc_ext)
+        free(self.twcc_us)
+        free(self.twcc_size)
 
 
 cdef class _Producer:
@@ -582,6 +614,7 @@ cdef class Forwarder:
         self._loss_listener = None
         self._loss_pending = False
         self._loss_producer = 0
+        self._feedback_listener = None
 
     def add_endpoint(self, int64_t endpoint, rx, tx, sendto, int fd, addr):
         """Register a transport: pylibsrtp sessions, and where to send.
@@ -630,15 +663,24 @@ cdef class Forwarder:
         ep.producers = []
         ep.consumers = []
 
-    def add_producer(self, int64_t producer, int64_t endpoint, uint32_t ssrc, int codec):
+    def add_producer(self, int64_t producer, int64_t endpoint, uint32_t ssrc, int codec,
+                     bytes rid=b"", int rid_id=0, bytes mid=b"", int mid_id=0):
+        """Take an endpoint's packets of one SSRC, or of one RID (see the twin's)."""
         if producer in self._producers:
             raise ValueError(f"producer {producer} exists")
+        _rtp.check_layer_ids(rid, rid_id, mid, mid_id)
         cdef _Producer prod = _Producer()
         prod.id = producer
         prod.codec = codec
         prod.consumers = []
         prod.paused = False
         prod.clock_rate = _rtp.clock_rate(codec)
+        prod.rid = rid
+        prod.rid_id = rid_id
+        prod.mid = mid
+        prod.mid_id = mid_id
+        prod.packets_in = prod.bytes_in = 0
+        prod.width = prod.height = 0
         self._attach_source(prod, endpoint, ssrc)
         self._producers[producer] = prod
 
@@ -646,6 +688,7 @@ cdef class Forwarder:
         # Where the producer's media comes from, with its receive state started anew.
         prod.endpoint_id = endpoint
         prod.ssrc = ssrc
+        prod.bound = ssrc != 0 or not prod.rid
         prod.keyframe = KeyframeThrottle()
         prod.stats = ReceiveStats(prod.clock_rate)
         prod.nack = NackGenerator()
@@ -662,18 +705,22 @@ cdef class Forwarder:
         if prod.endpoint is not None:
             prod.endpoint.producers.remove(prod)
         for cons in list(prod.consumers):
-            self.remove_consumer(cons.id)
+            if cons.producer is prod:
+                self.remove_consumer(cons.id)
+            else:  # it was to switch to this layer: it stays where it is
+                cons.target = None
 
     def add_consumer(self, int64_t consumer, int64_t producer, int64_t endpoint, uint32_t ssrc,
                      bint is_video, dict payload_types, dict ext_map, bytes mid, int mid_id,
-                     int abs_send_time_id, int seq_base, int64_t ts_base):
+                     int abs_send_time_id, int seq_base, int64_t ts_base, int twcc_id=0):
         """Forward ``producer`` to ``endpoint`` as SSRC ``ssrc`` (see the twin's docstring)."""
         if consumer in self._consumers:
             raise ValueError(f"consumer {consumer} exists")
         cdef _Producer prod = self._producers.get(producer)
         if prod is None:
             raise ValueError(f"unknown producer {producer}")
-        _rtp.check_consumer_tables(payload_types, ext_map, mid, mid_id, abs_send_time_id)
+        _rtp.check_consumer_tables(payload_types, ext_map, mid, mid_id, abs_send_time_id,
+                                   twcc_id)
         cdef _Consumer cons = _Consumer()
         cons.id = consumer
         cons.endpoint_id = endpoint
@@ -691,6 +738,9 @@ cdef class Forwarder:
         cons.mid_len = len(mid)
         cons.mid_id = mid_id
         cons.abs_send_time_id = abs_send_time_id
+        cons.twcc_id = twcc_id
+        cons.target = None
+        cons.paused = False
         cons.seq_base = seq_base & 0xFFFF
         cons.ts_base = ts_base & 0xFFFFFFFF
         cons.started = False
@@ -730,7 +780,8 @@ cdef class Forwarder:
             raise ValueError(f"unknown producer {producer}")
         if prod.paused and not paused:
             for cons in prod.consumers:
-                cons.restart = cons.started
+                if cons.producer is prod:
+                    cons.restart = cons.started
         prod.paused = paused
 
     def move_producer(self, int64_t producer, int64_t endpoint, uint32_t ssrc):
@@ -743,7 +794,49 @@ cdef class Forwarder:
             prod.endpoint.producers.remove(prod)
         self._attach_source(prod, endpoint, ssrc)
         for cons in prod.consumers:
-            cons.restart = cons.new_source = cons.started
+            if cons.producer is prod:
+                cons.restart = cons.new_source = cons.started
+
+    def set_consumer_source(self, int64_t consumer, int64_t producer):
+        """Switch a consumer to another layer at its next keyframe (see the twin's)."""
+        cdef _Consumer cons = self._consumers.get(consumer)
+        cdef _Producer prod = self._producers.get(producer)
+        if cons is None or prod is None:
+            raise ValueError(f"unknown consumer {consumer} or producer {producer}")
+        if prod.codec != cons.producer.codec:
+            raise ValueError("a consumer can only switch to a producer of the same codec")
+        if cons.target is not None and cons.target is not prod:
+            cons.target.consumers.remove(cons)
+            cons.target = None
+        if prod is cons.producer or cons.target is prod:
+            return
+        if cons.paused or not cons.started:
+            self._repoint(cons, prod)  # nothing is on screen to keep until a keyframe
+            return
+        cons.target = prod
+        prod.consumers.append(cons)
+
+    cdef void _repoint(self, _Consumer cons, _Producer prod):
+        """Make ``prod`` the consumer's source now (as the twin's)."""
+        cons.producer.consumers.remove(cons)
+        cons.producer = prod
+        if cons.target is prod:
+            cons.target = None
+        else:
+            prod.consumers.append(cons)
+        if cons.started:
+            cons.restart = cons.new_source = True
+
+    def set_consumer_paused(self, int64_t consumer, bint paused):
+        """Stop (or resume) sending to one consumer (see the twin's docstring)."""
+        cdef _Consumer cons = self._consumers.get(consumer)
+        if cons is None:
+            raise ValueError(f"unknown consumer {consumer}")
+        if paused and cons.target is not None:
+            self._repoint(cons, cons.target)
+        if cons.paused and not paused:
+            cons.restart = cons.started
+        cons.paused = paused
 
     def remove_consumer(self, int64_t consumer):
         cdef _Consumer cons = self._consumers.pop(consumer, None)
@@ -752,6 +845,8 @@ cdef class Forwarder:
         if cons.endpoint is not None:
             cons.endpoint.consumers.remove(cons)
         cons.producer.consumers.remove(cons)
+        if cons.target is not None:
+            cons.target.consumers.remove(cons)
 
     # -- observation ------------------------------------------------------------------
 
@@ -775,6 +870,21 @@ cdef class Forwarder:
     def consumer_started(self, int64_t consumer):
         cdef _Consumer cons = self._consumers.get(consumer)
         return cons is not None and cons.started
+
+    def consumer_source(self, int64_t consumer):
+        """(the producer a consumer forwards, the one it will switch to or -1)."""
+        cdef _Consumer cons = self._consumers.get(consumer)
+        if cons is None:
+            return None
+        return (cons.producer.id, cons.target.id if cons.target is not None else -1)
+
+    def producer_stats(self, int64_t producer):
+        """(SSRC or 0, packets and bytes received, last keyframe's width and height)."""
+        cdef _Producer prod = self._producers.get(producer)
+        if prod is None:
+            return None
+        return (prod.ssrc if prod.bound else 0, prod.packets_in, prod.bytes_in, prod.width,
+                prod.height)
 
     # -- the packet path --------------------------------------------------------------
 
@@ -829,10 +939,57 @@ cdef class Forwarder:
         """Hear of new gaps that bring a NACK deadline forward (see the twin's)."""
         self._loss_listener = listener
 
+    def set_feedback_listener(self, listener):
+        """Hear of subscribers' transport-wide feedback (see the twin's docstring)."""
+        self._feedback_listener = listener
+
+    def sent_packets(self, int64_t endpoint, int base_seq, int count):
+        """What was sent under transport-wide sequence numbers (see the twin's)."""
+        cdef _Endpoint ep = self._endpoints.get(endpoint)
+        cdef int n = max(0, min(count, TWCC_HISTORY)), k, slot
+        cdef int64_t latest, ext
+        cdef list result = []
+        if ep is None or ep.twcc_ext == NULL:
+            return [None] * n
+        latest = ep.twcc_next - 1
+        for k in range(n):
+            ext = latest - ((latest - base_seq - k) & 0xFFFF)
+            slot = ext % TWCC_HISTORY if ext >= 0 else 0
+            if ext >= 0 and ep.twcc_ext[slot] == ext:
+                result.append((ext, ep.twcc_us[slot], ep.twcc_size[slot]))
+            else:
+                result.append(None)
+        return result
+
+    def probe(self, int64_t consumer, int count, int64_t now_us):
+        """Send a video consumer's last packets again to probe (see the twin's)."""
+        cdef _Consumer cons = self._consumers.get(consumer)
+        cdef uint16_t highest, seq
+        cdef int back, slot, size
+        cdef int64_t sent = 0
+        if cons is None or cons.history == NULL or not cons.started or cons.endpoint is None:
+            return 0
+        highest = <uint16_t>((cons.highest_ext_seq - cons.start_ext_seq + cons.seq_base)
+                             & 0xFFFF)
+        for back in range(min(count, HISTORY_SIZE)):
+            seq = <uint16_t>(highest - back)
+            slot = seq % HISTORY_SIZE
+            if cons.history_length[slot] == 0 or _u16(
+                    cons.history + slot * MAX_PROTECT_SIZE + 2) != seq:
+                break
+            size = self._resend(cons, cons.endpoint, cons.history + slot * MAX_PROTECT_SIZE,
+                                cons.history_length[slot], now_us)
+            if size < 0:
+                break
+            sent += size
+            self._counters[C_PROBE_PACKETS] += 1
+        self._counters[C_PROBE_BYTES] += sent
+        return sent
+
     def receive_report(self, int64_t producer, int64_t now_us):
         """A report block for a producer's stream (see the twin's docstring)."""
         cdef _Producer prod = self._producers.get(producer)
-        if prod is None:
+        if prod is None or not prod.bound:
             return None
         return prod.stats.report_block(prod.ssrc, now_us)
 
@@ -890,14 +1047,34 @@ cdef class Forwarder:
             end = n - padding
         cdef _Producer prod = _producer_on(ep, _u32(p + 8))
         if prod is None:
-            return DROP_UNKNOWN_SSRC
+            prod = self._bind(ep, _u32(p + 8), ext_profile, ext_offset, ext_length)
+            if prod is None:
+                return DROP_UNKNOWN_SSRC
         self._record_arrival(prod, _u16(p + 2), _u32(p + 4), now_us)
+        prod.packets_in += 1
+        prod.bytes_in += n
+        if prod.codec == CODEC_VP8:
+            _vp8_keyframe_size(p + offset, end - offset, &prod.width, &prod.height)
         if prod.paused:
             self._counters[C_SKIP_PAUSED] += 1
             return OK
-        # Extension elements (RFC 8285), as sfu.rtp.read_extensions.
+        if self._read_elements(ext_profile, ext_offset, ext_length) < 0:
+            return DROP_BAD_HEADER
+        cdef _Consumer cons
+        for cons in prod.consumers:
+            if cons.producer is prod:
+                self._forward(cons, n, offset, end, now_us)
+            else:
+                self._switch_layer(cons, prod, n, offset, end, now_us)
+        return OK
+
+    cdef int _read_elements(self, int ext_profile, int ext_offset, int ext_length):
+        """Extension elements (RFC 8285) into _el_*, as sfu.rtp.read_extensions; -1 when
+        the block is malformed."""
+        cdef const uint8_t *p = self._rx
         cdef int pos = ext_offset, ext_end = ext_offset + ext_length, count = 0
         cdef int ext_id, el_length
+        self._el_count = 0
         if ext_profile == 0xBEDE:
             while pos < ext_end:
                 if p[pos] == 0:
@@ -908,7 +1085,7 @@ cdef class Forwarder:
                     break
                 el_length = (p[pos] & 0x0F) + 1
                 if pos + 1 + el_length > ext_end:
-                    return DROP_BAD_HEADER
+                    return -1
                 self._el_id[count] = ext_id
                 self._el_offset[count] = pos + 1
                 self._el_length[count] = el_length
@@ -921,20 +1098,46 @@ cdef class Forwarder:
                     pos += 1
                     continue
                 if pos + 2 > ext_end:
-                    return DROP_BAD_HEADER
+                    return -1
                 el_length = p[pos + 1]
                 if pos + 2 + el_length > ext_end:
-                    return DROP_BAD_HEADER
+                    return -1
                 self._el_id[count] = ext_id
                 self._el_offset[count] = pos + 2
                 self._el_length[count] = el_length
                 count += 1
                 pos += 2 + el_length
         self._el_count = count
-        cdef _Consumer cons
-        for cons in prod.consumers:
-            self._forward(cons, n, offset, end, now_us)
-        return OK
+        return 0
+
+    cdef _Producer _bind(self, _Endpoint ep, uint32_t ssrc, int ext_profile, int ext_offset,
+                         int ext_length):
+        """A packet of an unknown SSRC: the simulcast layer its RID names, now bound to
+        that SSRC (as the twin's)."""
+        cdef _Producer candidate
+        cdef bint waiting = False
+        for candidate in ep.producers:
+            waiting = waiting or not candidate.bound
+        if not ext_profile or not waiting:
+            return None
+        if self._read_elements(ext_profile, ext_offset, ext_length) < 0 or not self._el_count:
+            return None
+        for candidate in ep.producers:
+            if not candidate.bound and self._has_element(candidate.rid_id, candidate.rid) and (
+                    candidate.mid_id == 0 or self._has_element(candidate.mid_id, candidate.mid)):
+                candidate.ssrc = ssrc
+                candidate.bound = True
+                self._counters[C_RID_BOUND] += 1
+                return candidate
+        return None
+
+    cdef bint _has_element(self, int ext_id, bytes value):
+        cdef int i, size = PyBytes_GET_SIZE(value)
+        for i in range(self._el_count):
+            if self._el_id[i] == ext_id and self._el_length[i] == size and memcmp(
+                    self._rx + self._el_offset[i], PyBytes_AS_STRING(value), size) == 0:
+                return True
+        return False
 
     cdef void _record_arrival(self, _Producer prod, uint16_t seq, uint32_t timestamp,
                               int64_t now_us):
@@ -952,9 +1155,27 @@ cdef class Forwarder:
                 self._loss_pending = True
                 self._loss_producer = prod.id
 
+    cdef void _switch_layer(self, _Consumer cons, _Producer prod, int length,
+                            int payload_offset, int payload_end, int64_t now_us):
+        """A packet of the layer a consumer is to switch to: switch at a keyframe."""
+        if not _is_keyframe_start(prod.codec, self._rx + payload_offset,
+                                  payload_end - payload_offset):
+            self._counters[C_SKIP_LAYER_PENDING] += 1
+            self._request_keyframe(prod, now_us)
+            return
+        cons.producer.consumers.remove(cons)
+        cons.producer = prod
+        cons.target = None
+        cons.restart = cons.new_source = True  # a target is only set once started
+        self._counters[C_LAYER_SWITCHES] += 1
+        self._forward(cons, length, payload_offset, payload_end, now_us)
+
     cdef void _forward(self, _Consumer cons, int length, int payload_offset, int payload_end,
                        int64_t now_us):
         cdef uint64_t *counters = self._counters
+        if cons.paused:
+            counters[C_SKIP_CONSUMER_PAUSED] += 1
+            return
         cdef _Endpoint ep = cons.endpoint
         if ep is None:  # the subscriber's DTLS has not completed yet
             counters[C_SKIP_NOT_CONNECTED] += 1
@@ -1010,6 +1231,10 @@ cdef class Forwarder:
         cdef int count = self._el_count
         cdef int body = 0, elements = 0
         cdef bint one_byte = True
+        if cons.twcc_id:  # first, where _resend finds it
+            elements = 1
+            body = 2
+            one_byte = cons.twcc_id <= 14
         for i in range(count):
             out_id = cons.ext_map[self._el_id[i]]
             if out_id == 0:
@@ -1046,10 +1271,23 @@ cdef class Forwarder:
         _put32(out + 8, cons.ssrc)
         cdef int pos = header_end
         cdef uint32_t send_time
+        cdef int64_t twcc_seq = -1
         if elements:
             _put16(out + pos, 0xBEDE if one_byte else 0x1000)
             _put16(out + pos + 2, body // 4)
             pos += 4
+            if cons.twcc_id:
+                twcc_seq = ep.twcc_next
+                ep.twcc_next += 1
+                if one_byte:
+                    out[pos] = (cons.twcc_id << 4) | 1
+                    pos += 1
+                else:
+                    out[pos] = cons.twcc_id
+                    out[pos + 1] = 2
+                    pos += 2
+                _put16(out + pos, <uint16_t>(twcc_seq & 0xFFFF))
+                pos += 2
             for i in range(count):
                 out_id = cons.ext_map[self._el_id[i]]
                 if out_id == 0:
@@ -1091,6 +1329,8 @@ cdef class Forwarder:
         if c_protect(ep.tx_ctx, out, &n) != 0:
             counters[C_PROTECT_ERROR] += 1
             return
+        if twcc_seq >= 0:
+            self._record_sent(ep, twcc_seq, n, now_us)
         if self._send(ep, out, n) != 0:
             counters[C_SEND_ERROR] += 1
             return
@@ -1130,6 +1370,9 @@ cdef class Forwarder:
                     self._request_keyframe(cons.producer, now_us)
             elif packet_type == 206 and fmt == 15:
                 self._counters[C_REMB_IN] += 1
+            elif packet_type == 205 and fmt == 15:
+                self._counters[C_TWCC_IN] += 1
+                self._feedback(ep, pos, packet_length)
             elif packet_type == 205 and fmt == 1:
                 self._counters[C_NACK_IN] += 1
                 if packet_length < 12:
@@ -1240,13 +1483,58 @@ cdef class Forwarder:
             self._counters[C_NACK_BUDGET_EXCEEDED] += 1
             return
         cons.resent_us[slot] = now_us
-        memcpy(self._tx, kept, n)
-        if c_protect(cons.endpoint.tx_ctx, self._tx, &n) != 0:
-            self._counters[C_PROTECT_ERROR] += 1
-        elif self._send(cons.endpoint, self._tx, n) != 0:
-            self._counters[C_SEND_ERROR] += 1
-        else:
+        if self._resend(cons, cons.endpoint, kept, n, now_us) >= 0:
             self._counters[C_RETRANSMITTED] += 1
+
+    cdef int _resend(self, _Consumer cons, _Endpoint ep, const uint8_t *kept, int length,
+                     int64_t now_us):
+        """Protect and send a kept packet again, under a new transport-wide sequence
+        number (as the twin's); the bytes sent, or -1 (counted)."""
+        cdef int n = length
+        cdef int64_t twcc_seq = -1
+        cdef int header_end
+        memcpy(self._tx, kept, n)
+        if cons.twcc_id:
+            twcc_seq = ep.twcc_next
+            ep.twcc_next += 1
+            header_end = 12 + 4 * (self._tx[0] & 0x0F)
+            _put16(self._tx + header_end + 4 + (1 if _u16(self._tx + header_end) == 0xBEDE
+                                                else 2), <uint16_t>(twcc_seq & 0xFFFF))
+        if c_protect(ep.tx_ctx, self._tx, &n) != 0:
+            self._counters[C_PROTECT_ERROR] += 1
+            return -1
+        if twcc_seq >= 0:
+            self._record_sent(ep, twcc_seq, n, now_us)
+        if self._send(ep, self._tx, n) != 0:
+            self._counters[C_SEND_ERROR] += 1
+            return -1
+        return n
+
+    cdef int _record_sent(self, _Endpoint ep, int64_t twcc_seq, int size,
+                          int64_t now_us) except -1:
+        cdef int slot = twcc_seq % TWCC_HISTORY, i
+        if ep.twcc_ext == NULL:
+            ep.twcc_ext = <int64_t *>calloc(TWCC_HISTORY, sizeof(int64_t))
+            ep.twcc_us = <int64_t *>calloc(TWCC_HISTORY, sizeof(int64_t))
+            ep.twcc_size = <int32_t *>calloc(TWCC_HISTORY, sizeof(int32_t))
+            if ep.twcc_ext == NULL or ep.twcc_us == NULL or ep.twcc_size == NULL:
+                raise MemoryError()
+            for i in range(TWCC_HISTORY):
+                ep.twcc_ext[i] = -1
+        ep.twcc_ext[slot] = twcc_seq
+        ep.twcc_us[slot] = now_us
+        ep.twcc_size[slot] = size
+        return 0
+
+    cdef void _feedback(self, _Endpoint ep, int offset, int length):
+        """Hand a subscriber's transport-wide feedback to the feedback listener."""
+        listener = self._feedback_listener
+        if listener is None:
+            return
+        try:
+            listener(ep.id, PyBytes_FromStringAndSize(<char *>self._rx + offset, length))
+        except Exception:  # the packet path must go on, whatever the listener does
+            self._counters[C_FEEDBACK_LISTENER_ERRORS] += 1
 
     cdef bint _request_keyframe(self, _Producer prod, int64_t now_us):
         if not prod.keyframe.ready(now_us, self.keyframe_request_interval_us):

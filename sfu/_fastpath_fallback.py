@@ -13,7 +13,8 @@ It is the twin of sfu/_fastpath.pyx in structure, to be read side by side: the s
 classes, methods in the same order, the same state (per-endpoint producer and consumer
 lists, flags rather than None), and the RTCP machines of sfu.rtcp, which the Cython
 file mirrors as cdef classes of the same names. Its tables (what sfu/_fastpath.pxd
-declares for the Cython file) are in sfu/_fastpath_state.py.
+declares for the Cython file) are in sfu/_fastpath_state.py; its RTCP path, the pyx
+Forwarder's second half, in sfu/_fastpath_feedback.py.
 """
 
 from __future__ import annotations
@@ -23,23 +24,23 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from sfu import rtp
+from sfu._fastpath_feedback import _FeedbackPath
 from sfu._fastpath_state import (
     Address,
     SendTo,
     _Consumer,
-    _consumer_on,
     _Endpoint,
     _Producer,
     _producer_on,
+    _unbound_on,
 )
 from sfu.rtcp import packets
 from sfu.rtcp.keyframe import KeyframeThrottle
 from sfu.rtcp.nack import NACK_EARLIER, NACK_RECOVERED, NackGenerator
-from sfu.rtcp.retransmit import retransmit_interval
 from sfu.rtcp.stats import ReceiveStats
 
 
-class Forwarder:
+class Forwarder(_FeedbackPath):
     """Routes diverted SRTP between endpoints. Same interface as ``sfu._fastpath.Forwarder``."""
 
     implementation: ClassVar[str] = "python"
@@ -55,6 +56,7 @@ class Forwarder:
         self._loss_listener: Callable[[int], None] | None = None
         self._loss_pending = False
         self._loss_producer = 0
+        self._feedback_listener: Callable[[int, bytes], None] | None = None
 
     # -- tables, pushed by the control plane -------------------------------------------
 
@@ -86,10 +88,19 @@ class Forwarder:
         ep.producers = []
         ep.consumers = []
 
-    def add_producer(self, producer: int, endpoint: int, ssrc: int, codec: int) -> None:
+    def add_producer(self, producer: int, endpoint: int, ssrc: int, codec: int,
+                     rid: bytes = b"", rid_id: int = 0, mid: bytes = b"",
+                     mid_id: int = 0) -> None:
+        """Take ``endpoint``'s packets of SSRC ``ssrc`` as a producer.
+
+        A simulcast layer named by RID (RFC 8852) may come with ``ssrc`` 0: the first
+        packet of an unknown SSRC whose header extension ``rid_id`` is ``rid`` (and
+        ``mid_id``, if not 0, is ``mid``) tells its SSRC.
+        """
         if producer in self._producers:
             raise ValueError(f"producer {producer} exists")
-        prod = _Producer(producer, codec)
+        rtp.check_layer_ids(rid, rid_id, mid, mid_id)
+        prod = _Producer(producer, codec, rid, rid_id, mid, mid_id)
         self._attach_source(prod, endpoint, ssrc)
         self._producers[producer] = prod
 
@@ -97,6 +108,7 @@ class Forwarder:
         # Where the producer's media comes from, with its receive state started anew.
         prod.endpoint_id = endpoint
         prod.ssrc = ssrc
+        prod.bound = ssrc != 0 or not prod.rid
         prod.keyframe = KeyframeThrottle()
         prod.stats = ReceiveStats(prod.clock_rate)
         prod.nack = NackGenerator()
@@ -111,7 +123,10 @@ class Forwarder:
         if prod.endpoint is not None:
             prod.endpoint.producers.remove(prod)
         for cons in list(prod.consumers):
-            self.remove_consumer(cons.id)
+            if cons.producer is prod:
+                self.remove_consumer(cons.id)
+            else:  # it was to switch to this layer: it stays where it is
+                cons.target = None
 
     def add_consumer(
         self,
@@ -127,6 +142,7 @@ class Forwarder:
         abs_send_time_id: int,
         seq_base: int,
         ts_base: int,
+        twcc_id: int = 0,
     ) -> None:
         """Forward ``producer`` to ``endpoint`` as SSRC ``ssrc``.
 
@@ -135,17 +151,20 @@ class Forwarder:
         missing from it are dropped). The element whose output id is ``mid_id`` gets
         ``mid`` as its value, the one whose output id is ``abs_send_time_id`` the send
         time (0 disables either). The first packet forwarded gets sequence number
-        ``seq_base`` and timestamp ``ts_base``.
+        ``seq_base`` and timestamp ``ts_base``. With ``twcc_id`` every packet sent
+        carries, first among its extension elements, the endpoint's next
+        transport-wide sequence number under that id.
         """
         if consumer in self._consumers:
             raise ValueError(f"consumer {consumer} exists")
         prod = self._producers.get(producer)
         if prod is None:
             raise ValueError(f"unknown producer {producer}")
-        rtp.check_consumer_tables(payload_types, ext_map, mid, mid_id, abs_send_time_id)
+        rtp.check_consumer_tables(payload_types, ext_map, mid, mid_id, abs_send_time_id,
+                                  twcc_id)
         cons = _Consumer(
             consumer, prod, endpoint, ssrc, is_video, dict(payload_types), dict(ext_map),
-            mid, mid_id, abs_send_time_id, seq_base & 0xFFFF, ts_base & 0xFFFFFFFF,
+            mid, mid_id, abs_send_time_id, seq_base & 0xFFFF, ts_base & 0xFFFFFFFF, twcc_id,
         )
         cons.endpoint = self._endpoints.get(endpoint)
         if cons.endpoint is not None:
@@ -165,7 +184,8 @@ class Forwarder:
             raise ValueError(f"unknown producer {producer}")
         if prod.paused and not paused:
             for cons in prod.consumers:
-                cons.restart = cons.started
+                if cons.producer is prod:
+                    cons.restart = cons.started
         prod.paused = paused
 
     def move_producer(self, producer: int, endpoint: int, ssrc: int) -> None:
@@ -181,7 +201,56 @@ class Forwarder:
             prod.endpoint.producers.remove(prod)
         self._attach_source(prod, endpoint, ssrc)
         for cons in prod.consumers:
-            cons.restart = cons.new_source = cons.started
+            if cons.producer is prod:
+                cons.restart = cons.new_source = cons.started
+
+    def set_consumer_source(self, consumer: int, producer: int) -> None:
+        """Switch a consumer to another producer of the same codec (a simulcast layer)
+        at that producer's next keyframe, asking it for one; until then the current
+        one is forwarded. Sequence numbers continue from the last packet sent and
+        timestamps move on by the time that passed, so the subscriber's decoder sees
+        neither a gap nor a jump. A paused or not yet started consumer switches at once.
+        """
+        cons = self._consumers.get(consumer)
+        prod = self._producers.get(producer)
+        if cons is None or prod is None:
+            raise ValueError(f"unknown consumer {consumer} or producer {producer}")
+        if prod.codec != cons.producer.codec:
+            raise ValueError("a consumer can only switch to a producer of the same codec")
+        if cons.target is not None and cons.target is not prod:
+            cons.target.consumers.remove(cons)
+            cons.target = None
+        if prod is cons.producer or cons.target is prod:
+            return
+        if cons.paused or not cons.started:
+            self._repoint(cons, prod)  # nothing is on screen to keep until a keyframe
+            return
+        cons.target = prod
+        prod.consumers.append(cons)
+
+    def _repoint(self, cons: _Consumer, prod: _Producer) -> None:
+        """Make ``prod`` the consumer's source now: numbering continues, and it starts
+        again at a keyframe, timestamps moving on from the last sent."""
+        cons.producer.consumers.remove(cons)
+        cons.producer = prod
+        if cons.target is prod:
+            cons.target = None
+        else:
+            prod.consumers.append(cons)
+        if cons.started:
+            cons.restart = cons.new_source = True
+
+    def set_consumer_paused(self, consumer: int, paused: bool) -> None:
+        """Stop (or resume) sending to one consumer (the subscriber hid the track). On
+        resume it starts again at a keyframe, numbering on from its last packet."""
+        cons = self._consumers.get(consumer)
+        if cons is None:
+            raise ValueError(f"unknown consumer {consumer}")
+        if paused and cons.target is not None:
+            self._repoint(cons, cons.target)
+        if cons.paused and not paused:
+            cons.restart = cons.started
+        cons.paused = paused
 
     def remove_consumer(self, consumer: int) -> None:
         cons = self._consumers.pop(consumer, None)
@@ -190,6 +259,8 @@ class Forwarder:
         if cons.endpoint is not None:
             cons.endpoint.consumers.remove(cons)
         cons.producer.consumers.remove(cons)
+        if cons.target is not None:
+            cons.target.consumers.remove(cons)
 
     # -- observation --------------------------------------------------------------------
 
@@ -211,6 +282,22 @@ class Forwarder:
         """Whether media flows to the consumer (for video: a keyframe has been sent)."""
         cons = self._consumers.get(consumer)
         return cons is not None and cons.started
+
+    def consumer_source(self, consumer: int) -> tuple[int, int] | None:
+        """(the producer a consumer forwards, the one it will switch to or -1)."""
+        cons = self._consumers.get(consumer)
+        if cons is None:
+            return None
+        return (cons.producer.id, cons.target.id if cons.target is not None else -1)
+
+    def producer_stats(self, producer: int) -> tuple[int, int, int, int, int] | None:
+        """(SSRC or 0 while unknown, packets and bytes received, width and height of
+        its last VP8 keyframe or 0)."""
+        prod = self._producers.get(producer)
+        if prod is None:
+            return None
+        return (prod.ssrc if prod.bound else 0, prod.packets_in, prod.bytes_in, prod.width,
+                prod.height)
 
     # -- the packet path ----------------------------------------------------------------
 
@@ -263,7 +350,7 @@ class Forwarder:
         lost, cumulative lost, extended highest sequence, jitter, LSR, DLSR); None before
         its first packet. Starts the next reporting interval."""
         prod = self._producers.get(producer)
-        if prod is None:
+        if prod is None or not prod.bound:
             return None
         return prod.stats.report_block(prod.ssrc, now_us)
 
@@ -298,11 +385,19 @@ class Forwarder:
         layout = rtp.parse_header(plain)
         if isinstance(layout, int):
             return layout
-        prod = _producer_on(ep, struct.unpack_from("!I", plain, 8)[0])
+        ssrc = struct.unpack_from("!I", plain, 8)[0]
+        prod = _producer_on(ep, ssrc)
         if prod is None:
-            return rtp.DROP_UNKNOWN_SSRC
+            prod = self._bind(ep, ssrc, plain, layout)
+            if prod is None:
+                return rtp.DROP_UNKNOWN_SSRC
         self._record_arrival(prod, (plain[2] << 8) | plain[3],
                              struct.unpack_from("!I", plain, 4)[0], now_us)
+        prod.packets_in += 1
+        prod.bytes_in += len(plain)
+        payload = plain[layout.payload_offset : layout.payload_end]
+        if prod.codec == rtp.CODEC_VP8 and (size := rtp.vp8_keyframe_size(payload)):
+            prod.width, prod.height = size
         if prod.paused:
             self._counters[rtp.C_SKIP_PAUSED] += 1
             return rtp.OK
@@ -310,8 +405,25 @@ class Forwarder:
         if elements is None:
             return rtp.DROP_BAD_HEADER
         for cons in prod.consumers:
-            self._forward(cons, plain, layout, elements, now_us)
+            if cons.producer is prod:
+                self._forward(cons, plain, layout, elements, now_us)
+            else:
+                self._switch_layer(cons, prod, plain, layout, elements, now_us)
         return rtp.OK
+
+    def _bind(self, ep: _Endpoint, ssrc: int, plain: bytes,
+              layout: rtp.HeaderLayout) -> _Producer | None:
+        """A packet of an unknown SSRC: the simulcast layer its RID names, now bound to
+        that SSRC; None if it names none waiting for one."""
+        if not layout.ext_profile or all(p.bound for p in ep.producers):
+            return None
+        elements = rtp.read_extensions(plain, layout)
+        prod = _unbound_on(ep, elements) if elements else None
+        if prod is not None:
+            prod.ssrc = ssrc
+            prod.bound = True
+            self._counters[rtp.C_RID_BOUND] += 1
+        return prod
 
     def _record_arrival(self, prod: _Producer, seq: int, timestamp: int, now_us: int) -> None:
         """Receive statistics, and gaps to ask for (video)."""
@@ -327,6 +439,22 @@ class Forwarder:
                 self._loss_pending = True
                 self._loss_producer = prod.id
 
+    def _switch_layer(self, cons: _Consumer, prod: _Producer, plain: bytes,
+                      layout: rtp.HeaderLayout, elements: list[tuple[int, bytes]],
+                      now_us: int) -> None:
+        """A packet of the layer a consumer is to switch to: switch at a keyframe."""
+        if not rtp.is_keyframe_start(prod.codec,
+                                     plain[layout.payload_offset : layout.payload_end]):
+            self._counters[rtp.C_SKIP_LAYER_PENDING] += 1
+            self._request_keyframe(prod, now_us)
+            return
+        cons.producer.consumers.remove(cons)
+        cons.producer = prod
+        cons.target = None
+        cons.restart = cons.new_source = True  # a target is only set once started
+        self._counters[rtp.C_LAYER_SWITCHES] += 1
+        self._forward(cons, plain, layout, elements, now_us)
+
     def _forward(
         self,
         cons: _Consumer,
@@ -336,6 +464,9 @@ class Forwarder:
         now_us: int,
     ) -> None:
         counters = self._counters
+        if cons.paused:
+            counters[rtp.C_SKIP_CONSUMER_PAUSED] += 1
+            return
         ep = cons.endpoint
         if ep is None:  # the subscriber's DTLS has not completed yet
             counters[rtp.C_SKIP_NOT_CONNECTED] += 1
@@ -388,6 +519,10 @@ class Forwarder:
             cons.last_out_ts, cons.last_out_us = out_ts, now_us
 
         out_elements = []
+        twcc_seq = -1
+        if cons.twcc_id:
+            twcc_seq = ep.twcc_next  # taken once the packet is sure to go out
+            out_elements.append((cons.twcc_id, (twcc_seq & 0xFFFF).to_bytes(2, "big")))
         for ext_id, value in elements:
             out_id = cons.ext_map.get(ext_id)
             if out_id is None:
@@ -410,6 +545,8 @@ class Forwarder:
         if len(packet) > rtp.MAX_PROTECT_SIZE:
             counters[rtp.C_SKIP_TOO_LONG] += 1
             return
+        if twcc_seq >= 0:
+            ep.twcc_next += 1
 
         plain_out = bytes(packet)
         if cons.history is not None:
@@ -420,6 +557,8 @@ class Forwarder:
         except Exception:
             counters[rtp.C_PROTECT_ERROR] += 1
             return
+        if twcc_seq >= 0:
+            self._record_sent(ep, twcc_seq, len(protected), now_us)
         if self._send(ep, protected) != 0:
             counters[rtp.C_SEND_ERROR] += 1
             return
@@ -428,155 +567,6 @@ class Forwarder:
         cons.octets_sent += layout.payload_end - layout.payload_offset
         counters[rtp.C_SENT] += 1
         counters[rtp.C_SENT_BYTES] += len(protected)
-
-    def _handle_rtcp(self, ep: _Endpoint, plain: bytes, now_us: int) -> int:
-        compound = packets.iter_rtcp(plain)  # the whole compound is validated first
-        if compound is None:
-            return rtp.DROP_BAD_RTCP
-        counters = self._counters
-        for packet_type, fmt, offset, length in compound:
-            if packet_type == packets.RTCP_PSFB and fmt in (packets.PSFB_PLI, packets.PSFB_FIR):
-                # PLI names the media SSRC at +8; FIR names it in each FCI entry (+12).
-                ssrc_offset = offset + (8 if fmt == packets.PSFB_PLI else 12)
-                if ssrc_offset + 4 > offset + length:
-                    return rtp.DROP_BAD_RTCP
-                cons = _consumer_on(ep, struct.unpack_from("!I", plain, ssrc_offset)[0])
-                if cons is not None:
-                    self._request_keyframe(cons.producer, now_us)
-            elif packet_type == packets.RTCP_PSFB and fmt == packets.PSFB_AFB:
-                counters[rtp.C_REMB_IN] += 1
-            elif packet_type == packets.RTCP_RTPFB and fmt == packets.RTPFB_NACK:
-                counters[rtp.C_NACK_IN] += 1
-                if length < 12:
-                    return rtp.DROP_BAD_RTCP
-                cons = _consumer_on(ep, struct.unpack_from("!I", plain, offset + 8)[0])
-                if cons is not None:
-                    self._answer_nack(cons, plain[offset + 12 : offset + length], now_us)
-            elif packet_type == packets.RTCP_RR:
-                counters[rtp.C_RR_IN] += 1
-                if 8 + 24 * fmt > length:
-                    return rtp.DROP_BAD_RTCP
-                for block in range(offset + 8, offset + 8 + 24 * fmt, 24):
-                    self._take_report_block(ep, plain, block, now_us)
-            elif packet_type == packets.RTCP_SR:
-                counters[rtp.C_SR_IN] += 1
-                if length < packets.SR_SIZE:
-                    return rtp.DROP_BAD_RTCP
-                self._forward_sr(ep, plain[offset : offset + length], now_us)
-        return rtp.OK
-
-    def _forward_sr(self, ep: _Endpoint, report: bytes, now_us: int) -> None:
-        """A publisher's SR to every started consumer of that stream, translated."""
-        prod = _producer_on(ep, struct.unpack_from("!I", report, 4)[0])
-        if prod is None:
-            return
-        # For the LSR/DLSR of our receiver reports (RFC 3550 §6.4.1).
-        prod.stats.on_sender_report(struct.unpack_from("!I", report, 10)[0], now_us)
-        for cons in prod.consumers:
-            if cons.endpoint is None or not cons.started:
-                continue
-            self._send_rtcp(cons.endpoint, cons.sr.translate(
-                report, cons.ssrc, cons.ts_offset, cons.packets_sent, cons.octets_sent,
-                now_us))
-            self._counters[rtp.C_SR_SENT] += 1
-
-    def _take_report_block(self, ep: _Endpoint, plain: bytes, block: int,
-                           now_us: int) -> None:
-        """A subscriber's report on one consumer (RFC 3550 §6.4.1)."""
-        ssrc, lost_word, _, jitter, lsr, dlsr = struct.unpack_from("!IIIIII", plain, block)
-        cons = _consumer_on(ep, ssrc)
-        if cons is None:
-            return
-        lost = lost_word & 0xFFFFFF
-        if lost & 0x800000:
-            lost -= 0x1000000
-        cons.sr.on_report_block(lost_word >> 24, lost, jitter, lsr, dlsr, now_us)
-
-    def _answer_nack(self, cons: _Consumer, fci: bytes, now_us: int) -> None:
-        """Resend what a subscriber reports lost (RFC 4585 §6.2.1: each FCI entry is a
-        packet id and a bitmask of the 16 after it), within the rules in
-        sfu.rtcp.retransmit: the history window, the consumer's budget, one resend per
-        interval."""
-        counters = self._counters
-        entries = struct.iter_unpack("!HH", fci[: len(fci) & ~3])
-        if cons.history is None or not cons.started:  # nothing kept
-            counters[rtp.C_NACK_OUT_OF_HISTORY] += sum(
-                (1 | blp << 1).bit_count() for _, blp in entries)
-            return
-        cons.budget.refill(now_us, cons.packets_sent, cons.bytes_sent)
-        interval = retransmit_interval(cons.sr.rtt())
-        highest = (cons.highest_ext_seq - cons.start_ext_seq + cons.seq_base) & 0xFFFF
-        for pid, blp in entries:
-            asked = 1 | blp << 1  # bit k: pid + k
-            inside = asked & rtp.history_window(highest, pid)
-            counters[rtp.C_NACK_OUT_OF_HISTORY] += (asked ^ inside).bit_count()
-            if not cons.budget.has_token():  # spent: no lookups
-                counters[rtp.C_NACK_BUDGET_EXCEEDED] += inside.bit_count()
-                continue
-            for k in range(17):
-                if inside >> k & 1:
-                    self._retransmit(cons, (pid + k) & 0xFFFF, interval, now_us)
-
-    def _retransmit(self, cons: _Consumer, seq: int, interval: int, now_us: int) -> None:
-        """Send again one packet a subscriber reports lost, from its history: the same
-        packet, sequence number and all, re-protected (libsrtp allows the repeat)."""
-        counters = self._counters
-        if not cons.budget.has_token():
-            counters[rtp.C_NACK_BUDGET_EXCEEDED] += 1
-            return
-        slot = seq % rtp.HISTORY_SIZE
-        kept = cons.history[slot] if cons.history else None
-        ep = cons.endpoint
-        if ep is None or kept is None or (kept[2] << 8 | kept[3]) != seq:
-            counters[rtp.C_RETRANSMIT_MISSED] += 1
-            return
-        resent = cons.resent_us[slot]
-        if resent != rtp.RESENT_NEVER and now_us - resent < interval:
-            counters[rtp.C_NACK_TOO_SOON] += 1
-            return
-        if not cons.budget.spend(len(kept)):
-            counters[rtp.C_NACK_BUDGET_EXCEEDED] += 1
-            return
-        cons.resent_us[slot] = now_us
-        try:
-            protected = ep.tx.protect(kept)
-        except Exception:
-            counters[rtp.C_PROTECT_ERROR] += 1
-            return
-        if self._send(ep, protected) != 0:
-            counters[rtp.C_SEND_ERROR] += 1
-        else:
-            counters[rtp.C_RETRANSMITTED] += 1
-
-    def _request_keyframe(self, prod: _Producer, now_us: int) -> bool:
-        if not prod.keyframe.ready(now_us, self.keyframe_request_interval_us):
-            self._counters[rtp.C_KEYFRAME_REQUESTS_THROTTLED] += 1
-            return False
-        ep = prod.endpoint
-        if ep is None:
-            return False
-        prod.keyframe.on_request(now_us)
-        self._counters[rtp.C_KEYFRAME_REQUESTS_SENT] += 1
-        self._send_rtcp(ep, packets.build_pli(packets.SFU_RTCP_SSRC, prod.ssrc))
-        return True
-
-    def _send_rtcp(self, ep: _Endpoint, packet: bytes) -> None:
-        """Protect and send RTCP the SFU originates; failures are counted."""
-        try:
-            protected = ep.tx.protect_rtcp(packet)
-        except Exception:
-            self._counters[rtp.C_PROTECT_ERROR] += 1
-            return
-        if self._send(ep, protected) != 0:
-            self._counters[rtp.C_SEND_ERROR] += 1
-
-    def _send(self, ep: _Endpoint, data: bytes) -> int:
-        """0 when sent; -1 when the socket refused it (full buffer: dropped, as UDP may)."""
-        try:
-            ep.sendto(data, ep.addr)
-        except OSError:
-            return -1
-        return 0
 
     def _notify_loss(self) -> None:
         """Tell the loss listener of the new gap the last packet showed."""

@@ -22,7 +22,19 @@ def _producer_on(ep: _Endpoint, ssrc: int) -> _Producer | None:
     """The producer an endpoint publishes under ``ssrc``: an SSRC only counts on its own
     endpoint. A linear scan: an endpoint carries a handful of tracks."""
     for candidate in ep.producers:
-        if candidate.ssrc == ssrc:
+        if candidate.ssrc == ssrc and candidate.bound:
+            return candidate
+    return None
+
+
+def _unbound_on(ep: _Endpoint, elements: list[tuple[int, bytes]]) -> _Producer | None:
+    """The simulcast layer an unknown SSRC's packet names by its RID (and mid) header
+    extensions, among the endpoint's layers whose SSRC is not known yet."""
+    for candidate in ep.producers:
+        if candidate.bound:
+            continue
+        if (candidate.rid_id, candidate.rid) in elements and (
+                candidate.mid_id == 0 or (candidate.mid_id, candidate.mid) in elements):
             return candidate
     return None
 
@@ -40,7 +52,8 @@ def _consumer_on(ep: _Endpoint, ssrc: int) -> _Consumer | None:
 class _Endpoint:
     """One DTLS-SRTP transport (one peer connection) and where to send to it."""
 
-    __slots__ = ("addr", "consumers", "id", "producers", "rx", "sendto", "tx")
+    __slots__ = ("addr", "consumers", "id", "producers", "rx", "sendto", "twcc_next",
+                 "twcc_sent", "tx")
 
     def __init__(self, endpoint_id: int, rx: Any, tx: Any, sendto: SendTo,
                  addr: Address) -> None:
@@ -51,18 +64,35 @@ class _Endpoint:
         self.addr = addr
         self.producers: list[_Producer] = []  # published on this endpoint
         self.consumers: list[_Consumer] = []  # sent on this endpoint
+        # The next transport-wide sequence number (extended), and what was sent under
+        # the last TWCC_HISTORY of them: (number, send time, size), for feedback.
+        self.twcc_next = 0
+        self.twcc_sent: list[tuple[int, int, int] | None] = []  # made at the first use
 
 
 class _Producer:
-    """An incoming track: one publisher SSRC on one endpoint."""
+    """An incoming track (or one simulcast layer of it): one publisher SSRC on one
+    endpoint, or, for a layer named by RID, the SSRC its first packet brings."""
 
-    __slots__ = ("clock_rate", "codec", "consumers", "endpoint", "endpoint_id", "id",
-                 "keyframe", "nack", "paused", "ssrc", "stats")
+    __slots__ = ("bound", "bytes_in", "clock_rate", "codec", "consumers", "endpoint",
+                 "endpoint_id", "height", "id", "keyframe", "mid", "mid_id", "nack",
+                 "packets_in", "paused", "rid", "rid_id", "ssrc", "stats", "width")
 
-    def __init__(self, producer_id: int, codec: int) -> None:
+    def __init__(self, producer_id: int, codec: int, rid: bytes, rid_id: int, mid: bytes,
+                 mid_id: int) -> None:
         self.id = producer_id
         self.codec = codec
+        # Its consumers, and those waiting for its keyframe to switch to it (target).
         self.consumers: list[_Consumer] = []
+        self.rid = rid  # RID and mid header-extension values and ids, to learn the SSRC
+        self.rid_id = rid_id
+        self.mid = mid
+        self.mid_id = mid_id
+        self.bound = True  # the SSRC is known
+        self.packets_in = 0
+        self.bytes_in = 0
+        self.width = 0  # of the last keyframe (VP8), 0 unknown
+        self.height = 0
         self.paused = False
         self.clock_rate = rtp.clock_rate(codec)
         # Where the media comes from, and its receive state: set by _attach_source.
@@ -80,9 +110,9 @@ class _Consumer:
     __slots__ = (
         "abs_send_time_id", "budget", "bytes_sent", "endpoint", "endpoint_id", "ext_map",
         "highest_ext_seq", "history", "id", "is_video", "last_out_ts", "last_out_us", "mid",
-        "mid_id", "new_source", "octets_sent", "packets_sent", "payload_types", "producer",
-        "resent_us", "restart", "seq_base", "sr", "ssrc", "start_ext_seq", "started",
-        "ts_base", "ts_offset", "wait_started_us", "waiting",
+        "mid_id", "new_source", "octets_sent", "packets_sent", "paused", "payload_types",
+        "producer", "resent_us", "restart", "seq_base", "sr", "ssrc", "start_ext_seq",
+        "started", "target", "ts_base", "ts_offset", "twcc_id", "wait_started_us", "waiting",
     )
 
     def __init__(
@@ -99,6 +129,7 @@ class _Consumer:
         abs_send_time_id: int,
         seq_base: int,
         ts_base: int,
+        twcc_id: int,
     ) -> None:
         self.id = consumer_id
         self.endpoint_id = endpoint
@@ -113,6 +144,9 @@ class _Consumer:
         self.abs_send_time_id = abs_send_time_id
         self.seq_base = seq_base
         self.ts_base = ts_base
+        self.twcc_id = twcc_id  # the transport-wide sequence number's id, 0: none
+        self.target: _Producer | None = None  # the layer to switch to at its keyframe
+        self.paused = False  # by the subscriber: nothing is sent
         self.started = False  # by the first packet forwarded (the first keyframe, video)
         self.restart = False  # its producer resumed: start again at a keyframe
         # ... from another source: timestamps move on from the last one sent, advanced

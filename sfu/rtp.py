@@ -22,6 +22,10 @@ MAX_PROTECT_SIZE = 1500 - 144
 # Header extensions the forwarder treats specially (RFC 8285 URIs).
 URI_MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
 URI_ABS_SEND_TIME = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
+# RID-based simulcast (RFC 8852): which encoding of an m-line a packet belongs to.
+URI_RID = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
+# Transport-wide sequence number (draft-holmer-rmcat-transport-wide-cc-extensions-01).
+URI_TWCC = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
 
 # Codecs, as small ints the fast path can switch on.
 CODEC_OTHER = 0
@@ -83,6 +87,14 @@ C_NACK_OUT_OF_HISTORY = C_SENT + 26
 C_NACK_TOO_SOON = C_SENT + 27
 C_NACK_BUDGET_EXCEEDED = C_SENT + 28
 C_LOSS_LISTENER_ERRORS = C_SENT + 29
+C_SKIP_CONSUMER_PAUSED = C_SENT + 30
+C_LAYER_SWITCHES = C_SENT + 31
+C_SKIP_LAYER_PENDING = C_SENT + 32
+C_RID_BOUND = C_SENT + 33
+C_TWCC_IN = C_SENT + 34
+C_FEEDBACK_LISTENER_ERRORS = C_SENT + 35
+C_PROBE_PACKETS = C_SENT + 36
+C_PROBE_BYTES = C_SENT + 37
 COUNTER_NAMES = (
     *(f"drop_{name}" if name != "ok" else "accepted" for name in DROP_REASONS),
     "sent",
@@ -116,7 +128,18 @@ COUNTER_NAMES = (
     "nack_too_soon",  # resent less than an interval ago
     "nack_budget_exceeded",  # beyond the consumer's retransmission budget
     "loss_listener_errors",  # exceptions the loss listener raised (set_loss_listener)
+    "skip_consumer_paused",  # not sent: the subscriber paused the subscription
+    "layer_switches",  # consumers moved to another simulcast layer, at its keyframe
+    "skip_layer_pending",  # a target layer's packets before its keyframe came
+    "rid_bound",  # simulcast layers whose SSRC was learned from their RID
+    "twcc_in",  # transport-wide feedback packets from subscribers
+    "feedback_listener_errors",  # exceptions the feedback listener raised
+    "probe_packets",  # packets resent to probe a subscriber's bandwidth (Forwarder.probe)
+    "probe_bytes",
 )
+# Sent packets an endpoint remembers (transport-wide sequence number, send time, size)
+# for its transport-wide feedback: a second of 4 Mbit/s video, and more.
+TWCC_HISTORY = 4096
 # Packets a video consumer keeps for retransmission (RFC 4585 NACK): at ~170 packets/s
 # of 1.7 Mbit/s video, about three seconds.
 HISTORY_SIZE = 512
@@ -267,28 +290,48 @@ def is_keyframe_start(codec: int, payload: bytes) -> bool:
 
 
 def _vp8_keyframe_start(payload: bytes) -> bool:
-    # RFC 7741 §4.2 payload descriptor, then §4.3 payload header (P bit 0 = keyframe).
+    pos = _vp8_header(payload)
+    return pos >= 0 and not payload[pos] & 0x01
+
+
+def _vp8_header(payload: bytes) -> int:
+    """Where the VP8 payload header (RFC 7741 §4.3) starts when this packet starts a
+    frame's first partition, else -1: after the §4.2 payload descriptor."""
     size = len(payload)
     if size < 1:
-        return False
+        return -1
     first = payload[0]
     if not first & 0x10 or first & 0x07:  # S bit set, partition index 0
-        return False
+        return -1
     pos = 1
     if first & 0x80:  # X: extension byte
         if pos >= size:
-            return False
+            return -1
         ext = payload[pos]
         pos += 1
         if ext & 0x80:  # I: picture id, one or two bytes
             if pos >= size:
-                return False
+                return -1
             pos += 2 if payload[pos] & 0x80 else 1
         if ext & 0x40:  # L: TL0PICIDX
             pos += 1
         if ext & 0x30:  # T or K: one byte
             pos += 1
-    return pos < size and not payload[pos] & 0x01
+    return pos if pos < size else -1
+
+
+def vp8_keyframe_size(payload: bytes) -> tuple[int, int] | None:
+    """(width, height) when the payload starts a VP8 keyframe: its frame header (RFC
+    6386 §9.1) follows the 3-byte frame tag: start code 9d 01 2a, then 14-bit width and
+    height, little-endian. None otherwise."""
+    pos = _vp8_header(payload)
+    if pos < 0 or payload[pos] & 0x01 or pos + 10 > len(payload):
+        return None
+    if payload[pos + 3 : pos + 6] != b"\x9d\x01\x2a":
+        return None
+    width = (payload[pos + 6] | payload[pos + 7] << 8) & 0x3FFF
+    height = (payload[pos + 8] | payload[pos + 9] << 8) & 0x3FFF
+    return width, height
 
 
 def _h264_keyframe(payload: bytes) -> bool:
@@ -311,9 +354,25 @@ def _h264_keyframe(payload: bytes) -> bool:
     return False
 
 
+def twcc_value_offset(packet: bytes | bytearray) -> int:
+    """Where the transport-wide sequence number sits in a packet the forwarder wrote:
+    its extension block starts with that element (one-byte or two-byte form)."""
+    header_end = RTP_HEADER_SIZE + 4 * (packet[0] & 0x0F)
+    profile = packet[header_end] << 8 | packet[header_end + 1]
+    return header_end + 4 + (1 if profile == 0xBEDE else 2)
+
+
+def check_layer_ids(rid: bytes, rid_id: int, mid: bytes, mid_id: int) -> None:
+    """Raise ValueError for a simulcast layer no packet could name."""
+    if len(rid) > 16 or len(mid) > 16:
+        raise ValueError("rid and mid must be at most 16 bytes")
+    if not (0 <= rid_id <= 255 and 0 <= mid_id <= 255) or bool(rid) != bool(rid_id):
+        raise ValueError("a rid needs its extension id (1..255), and only then")
+
+
 def check_consumer_tables(
     payload_types: dict[int, int], ext_map: dict[int, int], mid: bytes, mid_id: int,
-    abs_send_time_id: int,
+    abs_send_time_id: int, twcc_id: int = 0,
 ) -> None:
     """Raise ValueError for tables no RTP packet could use (both forwarders call this)."""
     if not all(0 <= k <= 127 and 0 <= v <= 127 for k, v in payload_types.items()):
@@ -322,8 +381,10 @@ def check_consumer_tables(
         raise ValueError("header extension ids must be 1..255")
     if not 1 <= len(mid) <= 16:
         raise ValueError("mid must be 1 to 16 bytes")
-    if not (0 <= mid_id <= 255 and 0 <= abs_send_time_id <= 255):
+    if not (0 <= mid_id <= 255 and 0 <= abs_send_time_id <= 255 and 0 <= twcc_id <= 255):
         raise ValueError("extension ids must be 0..255")
+    if twcc_id and twcc_id in ext_map.values():
+        raise ValueError("the transport-wide sequence number's id is the forwarder's own")
 
 
 def clock_rate(codec: int) -> int:

@@ -18,6 +18,7 @@ RTCP_SDES = 202
 RTCP_RTPFB = 205
 RTCP_PSFB = 206
 RTPFB_NACK = 1
+RTPFB_TWCC = 15  # transport-wide congestion control feedback
 PSFB_PLI = 1
 PSFB_FIR = 4
 PSFB_AFB = 15  # REMB lives here (draft-alvestrand-rmcat-remb)
