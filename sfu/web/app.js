@@ -10,15 +10,33 @@ const leaveButton = $('leave');
 const preview = $('preview');
 const grid = $('grid');
 const STATS_INTERVAL_MS = 1000;
+const RESIZE_DEBOUNCE_MS = 250; // a window drag resizes every frame: tell the server once it settles
+const MAX_SIZE_PX = 16384; // the largest max_width / max_height the server takes
+const LAYERS = ['q', 'h', 'f']; // simulcast layers, low to high
 const DASH = '–';
 
 roomInput.value = params.get('room') || 'demo';
 nameInput.value = params.get('name') || `guest-${Math.floor(1000 + Math.random() * 9000)}`;
 preview.muted = true; // the attribute alone only sets defaultMuted; never echo ourselves
 
+// ?max_width=N / ?max_height=N: ask at most that (device px) for every remote video
+// instead of what its tile covers; tests use it to pick a layer. Null without them.
+function forcedSizeParams() {
+  const out = {};
+  for (const [param, key] of [['max_width', 'maxWidth'], ['max_height', 'maxHeight']]) {
+    const value = Number(params.get(param) || NaN);
+    if (Number.isInteger(value) && value >= 0 && value <= MAX_SIZE_PX) out[key] = value;
+    else if (params.has(param)) console.warn(`sfu: ignoring ?${param}: not an integer 0..${MAX_SIZE_PX}`);
+  }
+  return Object.keys(out).length ? out : null;
+}
+const forcedSize = forcedSizeParams();
+
 let client = null;
 let localStream = null;
-const tiles = new Map(); // participant id -> {figure, video, stream, byMid: mid -> track, stats}
+// participant id -> {figure, video, stream, byMid: mid -> track, stats, and what
+// watchTile() keeps: videoIds: mid -> server track id (video only), wanted, sent, visible}
+const tiles = new Map();
 let statsTimer = null;
 const lastSample = new Map(); // participant id -> {t, bytes, received, lost}
 
@@ -59,8 +77,11 @@ function tileFor(participant) {
   const stats = statsStrip(figure, {
     bitrate: 'Received bitrate, video + audio', loss: 'Packet loss over the last second',
     resolution: 'Received video resolution', fps: 'Received frames per second',
+    layer: 'Simulcast layer the server forwards us (q, h, f: low to high)',
+    estimate: "The server's estimate of the bandwidth it can send us",
   });
   tile = { figure, video, stream: new MediaStream(), byMid: new Map(), stats };
+  watchTile(tile);
   showRemote(tile, {});
   tiles.set(participant, tile);
   return tile;
@@ -69,11 +90,73 @@ function tileFor(participant) {
 function removeTile(participant) {
   const tile = tiles.get(participant);
   if (!tile) return;
+  unwatchTile(tile);
   tile.video.srcObject = null;
   tile.figure.remove();
   tiles.delete(participant);
   lastSample.delete(participant);
 }
+
+// --- subscription preferences: each remote tile asks for no more than it shows ---
+// The server forwards the highest simulcast layer that fits these (docs/protocol.md).
+
+// Watch the tile's <video>: its size, and whether any of it is on screen.
+function watchTile(tile) {
+  Object.assign(tile, { videoIds: new Map(), wanted: {}, sent: new Map(), visible: true });
+  tile.resizing = new ResizeObserver(() => {
+    clearTimeout(tile.resizeTimer);
+    tile.resizeTimer = setTimeout(() => {
+      measure(tile);
+      syncSubscription(tile);
+    }, RESIZE_DEBOUNCE_MS);
+  });
+  tile.resizing.observe(tile.video);
+  tile.showing = new IntersectionObserver((entries) => {
+    tile.visible = entries.at(-1).isIntersecting;
+    syncSubscription(tile);
+  });
+  tile.showing.observe(tile.video);
+}
+
+function unwatchTile(tile) {
+  tile.resizing.disconnect();
+  tile.showing.disconnect();
+  clearTimeout(tile.resizeTimer);
+}
+
+// The size to ask for, in device pixels: what the <video> covers on screen.
+function measure(tile) {
+  if (forcedSize) {
+    Object.assign(tile.wanted, forcedSize);
+    return;
+  }
+  const { clientWidth, clientHeight } = tile.video;
+  if (!clientWidth || !clientHeight) return; // not laid out: it is paused, keep the last size
+  const px = (css) => Math.min(MAX_SIZE_PX, Math.round(css * (window.devicePixelRatio || 1)));
+  Object.assign(tile.wanted, { maxWidth: px(clientWidth), maxHeight: px(clientHeight) });
+}
+
+// Tell the server, per video track of the tile, only what changed since we last did.
+// Audio is never paused: people scrolled out of view are still heard.
+function syncSubscription(tile) {
+  if (!client) return;
+  const wanted = { ...tile.wanted, paused: !tile.visible || document.hidden };
+  for (const trackId of tile.videoIds.values()) {
+    const sent = tile.sent.get(trackId) ?? {};
+    const changed = Object.fromEntries(Object.entries(wanted).filter(([k, v]) => sent[k] !== v));
+    if (!Object.keys(changed).length) continue;
+    try {
+      client.setSubscription(trackId, changed);
+      tile.sent.set(trackId, { ...sent, ...changed });
+    } catch (err) {
+      console.warn('sfu: set_subscription not sent:', err); // socket closing: nothing to tell
+    }
+  }
+}
+
+document.addEventListener('visibilitychange', () => {
+  for (const tile of tiles.values()) syncSubscription(tile);
+});
 
 // --- live stats: a strip at the top of each tile, refreshed once a second ---
 
@@ -94,15 +177,20 @@ const localStats = statsStrip($('local'), {
   rtt: 'Round-trip time to the server (subscribe connection)',
   pub: 'Publish connection: type of our selected ICE candidate',
   sub: 'Subscribe connection: type of our selected ICE candidate',
+  layers: 'Simulcast layers we send (q, h, f: low to high): frame size of each',
 });
 
 const show = (value, format) => (value == null || !Number.isFinite(value) ? DASH : format(value));
 
-// The selected candidate pair of `pc`: {candidateType, rtt (s)}, null fields if unknown.
-async function selectedPair(pc) {
+// getStats() of `pc`, or null when there is no open pc.
+async function statsOf(pc) {
+  if (!pc || pc.signalingState === 'closed') return null;
+  return pc.getStats().catch(() => null);
+}
+
+// The selected candidate pair in `stats`: {candidateType, rtt (s)}, null fields if unknown.
+function selectedPair(stats) {
   const none = { candidateType: null, rtt: null };
-  if (!pc || pc.signalingState === 'closed') return none;
-  const stats = await pc.getStats().catch(() => null);
   if (!stats) return none;
   let pair = null;
   stats.forEach((s) => {
@@ -119,6 +207,15 @@ async function selectedPair(pc) {
   };
 }
 
+// The simulcast layers we send (outbound-rtp with a rid), low to high; [] without simulcast.
+function outboundLayers(stats) {
+  const layers = [];
+  stats?.forEach((s) => {
+    if (s.type === 'outbound-rtp' && (s.kind ?? s.mediaType) === 'video' && s.rid) layers.push(s);
+  });
+  return layers.sort((a, b) => LAYERS.indexOf(a.rid) - LAYERS.indexOf(b.rid));
+}
+
 function showRemote(tile, now, prev) {
   const dt = prev && (now.t - prev.t) / 1000;
   const bytes = now.bytes - prev?.bytes;
@@ -133,11 +230,22 @@ function showRemote(tile, now, prev) {
   tile.stats.loss.classList.toggle('bad', loss > 5);
   tile.stats.resolution.textContent = now.width ? `${now.width}×${now.height}` : DASH;
   tile.stats.fps.textContent = `${show(now.fps, Math.round)} fps`;
+  showLayer(tile);
+}
+
+// The server's latest `layer` message for the tile's video; hidden until there is one
+// (a server without simulcast sends none).
+function showLayer(tile) {
+  const layer = [...tile.videoIds.values()].map((id) => client?.layers[id]).find(Boolean);
+  tile.stats.layer.hidden = tile.stats.estimate.hidden = !layer;
+  if (!layer) return;
+  tile.stats.layer.textContent = layer.paused ? 'paused' : `layer ${layer.rid ?? DASH}`;
+  tile.stats.estimate.textContent = `est ${show(layer.estimate_bps, (v) => Math.round(v / 1000))} kbit/s`;
 }
 
 async function updateStats(c) {
-  const [byParticipant, pub, sub] = await Promise.all([
-    c.statsByParticipant().catch(() => ({})), selectedPair(c.pubPc), selectedPair(c.subPc),
+  const [byParticipant, pubStats, subStats] = await Promise.all([
+    c.statsByParticipant().catch(() => ({})), statsOf(c.pubPc), statsOf(c.subPc),
   ]);
   if (client !== c) return; // left while waiting
   const t = performance.now();
@@ -150,13 +258,17 @@ async function updateStats(c) {
     showRemote(tile, now, lastSample.get(id));
     lastSample.set(id, now);
   }
-  showLocal(pub, sub);
+  showLocal(selectedPair(pubStats), selectedPair(subStats), outboundLayers(pubStats));
 }
 
-function showLocal(pub, sub) {
+function showLocal(pub, sub, layers = []) {
   localStats.rtt.textContent = `RTT ${show(sub.rtt, (v) => Math.round(v * 1000))} ms`;
   localStats.pub.textContent = `pub ${pub.candidateType ?? DASH}`;
   localStats.sub.textContent = `sub ${sub.candidateType ?? DASH}`;
+  // A browser may leave a layer out (Chromium sends no `f` below 960×540): it shows as –.
+  localStats.layers.hidden = !layers.length;
+  localStats.layers.textContent = `up ${layers.map((l) => `${l.rid} ${
+    l.frameWidth ? `${l.frameWidth}×${l.frameHeight}` : DASH}`).join(' ')}`;
 }
 
 function startStats(c) {
@@ -229,9 +341,17 @@ async function join() {
     tile.stream.addTrack(detail.track);
     tile.video.srcObject = tile.stream; // re-assigning reloads, so a late video track shows too
     play(tile.video);
+    if (detail.kind !== 'video') return;
+    // A new track, or the same one after a restart: tell the server everything again.
+    tile.videoIds.set(detail.mid, detail.trackId);
+    tile.sent.delete(detail.trackId);
+    measure(tile);
+    syncSubscription(tile);
   });
   c.addEventListener('trackended', ({ detail }) => {
     const tile = tiles.get(detail.participant);
+    tile?.videoIds.delete(detail.mid);
+    tile?.sent.delete(detail.trackId);
     const track = tile?.byMid.get(detail.mid);
     if (!track) return;
     tile.byMid.delete(detail.mid);
@@ -242,7 +362,17 @@ async function join() {
     const who = c.participants[detail.participant]?.name ?? detail.participant;
     setStatus(`Cannot show ${who}'s ${detail.kind}: this browser cannot decode ${detail.codec}.`, true);
   });
-  c.addEventListener('error', ({ detail }) => setStatus(`Error: ${detail.message}`, true));
+  c.addEventListener('layer', ({ detail }) => {
+    for (const tile of tiles.values()) {
+      if ([...tile.videoIds.values()].includes(detail.track)) showLayer(tile);
+    }
+  });
+  c.addEventListener('error', ({ detail }) => {
+    // A refused preference (a server without simulcast, a track that just left) changes
+    // nothing on screen: not worth the status line.
+    if (detail.ref === 'set_subscription') console.warn('sfu: set_subscription refused:', detail.message);
+    else setStatus(`Error: ${detail.message}`, true);
+  });
   c.addEventListener('close', () => {
     if (client !== c) return; // a deliberate leave already cleaned up
     cleanup();
@@ -259,7 +389,10 @@ async function join() {
     const joined = await c.join();
     startStats(c);
     setStatus('Publishing…');
-    await c.publish(localStream, { videoCodec: params.get('codec') || undefined });
+    await c.publish(localStream, {
+      videoCodec: params.get('codec') || undefined,
+      simulcast: params.get('simulcast') === '0' ? false : undefined, // ?simulcast=0: one layer
+    });
     setStatus(`In room ${room} as ${joined.participant.name}.`);
     settle.resolve(c);
   } catch (err) {

@@ -11,6 +11,15 @@ const CONNECT_TIMEOUT_MS = 10000;
 const DISCONNECTED_TIMEOUT_MS = 3000;
 const MAX_RESTARTS_UNCONNECTED = 3; // then give up restarting until something connects
 const REPLY_TYPES = new Set(['joined', 'answer', 'error', 'pong', 'left', 'restarted']);
+// Simulcast (docs/protocol.md, "Simulcast"): three RID layers, low to high. The server
+// forwards each subscriber the highest one its bandwidth and requested size allow.
+const SIMULCAST_ENCODINGS = [
+  { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150_000 },
+  { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500_000 },
+  { rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 1_500_000 },
+];
+const QUALITIES = new Set(['low', 'medium', 'high']);
+const MAX_SIZE_PX = 16384; // the server refuses larger max_width / max_height
 
 // The protocol is non-trickle: the SDP we send must already hold every candidate.
 function gatheringComplete(pc, timeoutMs = GATHER_TIMEOUT_MS) {
@@ -64,6 +73,7 @@ export class SfuClient extends EventTarget {
     this.self = null;          // {id, name} from `joined`
     this.participants = {};    // the others: id -> {id, name}
     this.iceServers = [];
+    this.layers = {};          // subscribed track id -> its latest `layer` message
     this._nextId = 1;
     this._pending = new Map(); // request id -> {resolve, reject}
     this._mids = new Map();    // subscribe mid -> {mid, track, participant, kind}
@@ -106,17 +116,27 @@ export class SfuClient extends EventTarget {
 
   // `videoCodec` (e.g. 'H264' or 'VP8') puts that codec first in the offer; the SFU
   // answers with the first codec it supports, and subscribers receive that codec.
-  async publish(mediaStream, { videoCodec } = {}) {
+  // Video goes out as three simulcast layers when the server takes them (`joined.simulcast`)
+  // unless `simulcast: false`; audio is always one stream.
+  async publish(mediaStream, { videoCodec, simulcast } = {}) {
     if (!this.joined) throw new Error('publish() before join()');
     if (this.pubPc) throw new Error('already published');
-    this._published = { mediaStream, options: { videoCodec } };
-    return this._publish(mediaStream, { videoCodec });
+    const options = { videoCodec, simulcast };
+    this._published = { mediaStream, options }; // a restart publishes the same way
+    return this._publish(mediaStream, options);
   }
 
-  async _publish(mediaStream, { videoCodec } = {}) {
+  async _publish(mediaStream, { videoCodec, simulcast } = {}) {
     const pc = (this.pubPc = this._newPc());
+    const layered = simulcast !== false && this.joined?.simulcast === true;
     for (const track of mediaStream.getTracks()) {
-      const transceiver = pc.addTransceiver(track, { direction: 'sendonly', streams: [mediaStream] });
+      const init = { direction: 'sendonly', streams: [mediaStream] };
+      // Chromium and Firefox both take sendEncodings here, in this (low to high) order.
+      // Should the answer refuse simulcast, the browser sends the first encoding alone.
+      if (layered && track.kind === 'video') {
+        init.sendEncodings = SIMULCAST_ENCODINGS.map((e) => ({ ...e })); // copies: one set per pc
+      }
+      const transceiver = pc.addTransceiver(track, init);
       if (videoCodec && track.kind === 'video') preferCodec(transceiver, videoCodec);
     }
     await pc.setLocalDescription(await pc.createOffer());
@@ -129,6 +149,28 @@ export class SfuClient extends EventTarget {
   // Subscription changes come back as a new server `offer`, so there is nothing to await.
   subscribe(trackIds) { this._send({ type: 'subscribe', tracks: trackIds }); }
   unsubscribe(trackIds) { this._send({ type: 'unsubscribe', tracks: trackIds }); }
+
+  // What this client needs of a subscribed track: `maxWidth`/`maxHeight` (device px,
+  // 0 = no limit), `quality` ('low' | 'medium' | 'high'), `paused`. Only the fields given
+  // are sent; the server keeps the others. Nothing comes back but `layer` events when
+  // the forwarded layer changes (an `error` if the server refuses it).
+  setSubscription(trackId, { maxWidth, maxHeight, quality, paused } = {}) {
+    const fields = {};
+    for (const [key, value] of [['max_width', maxWidth], ['max_height', maxHeight]]) {
+      if (value == null) continue;
+      if (!Number.isInteger(value) || value < 0 || value > MAX_SIZE_PX) {
+        throw new RangeError(`${key} must be an integer 0..${MAX_SIZE_PX}`);
+      }
+      fields[key] = value;
+    }
+    if (quality != null) {
+      if (!QUALITIES.has(quality)) throw new RangeError('quality must be low, medium or high');
+      fields.quality = quality;
+    }
+    if (paused != null) fields.paused = Boolean(paused);
+    if (!Object.keys(fields).length) throw new Error('setSubscription() needs at least one field');
+    this._send({ type: 'set_subscription', track: trackId, ...fields });
+  }
 
   ping() { return this._request('ping'); }
 
@@ -336,7 +378,15 @@ export class SfuClient extends EventTarget {
       case 'participant_left':
         delete this.participants[msg.participant];
         break;
-      case 'track_published': case 'track_unpublished': case 'error': case 'subscription_failed':
+      case 'layer':
+        this.layers[msg.track] = msg;
+        break;
+      case 'track_unpublished':
+        delete this.layers[msg.track];
+        break;
+      // An `error` here answers nothing we wait for, e.g. a refused `set_subscription`
+      // (`ref` says which): an event, not a failure.
+      case 'track_published': case 'error': case 'subscription_failed':
         break;
       default:
         return; // replies nobody waits for (e.g. a late `pong`) and unknown types
@@ -360,6 +410,7 @@ export class SfuClient extends EventTarget {
     await pc.setRemoteDescription({ type: 'offer', sdp: msg.sdp });
     await pc.setLocalDescription(await pc.createAnswer());
     for (const t of ended) {
+      delete this.layers[t.track]; // no longer forwarded to us; a restart's tracks keep theirs
       this._emit('trackended', { participant: t.participant, trackId: t.track, mid: t.mid });
     }
     await gatheringComplete(pc);
