@@ -64,6 +64,12 @@ class RtcConfig:
     max_video_bitrate_bps: int = 2_500_000
     max_audio_bitrate_bps: int = 64_000
     feedback_interval_ms: int = 1000
+    # Take publishers' simulcast (three layers of camera video) and forward each
+    # subscriber the layer its bandwidth and its tile size call for.
+    simulcast: bool = True
+    # Offer subscribers transport-wide congestion control and estimate each one's
+    # bandwidth from its feedback (layer choice, REMB to publishers).
+    bandwidth_estimation: bool = True
 
 
 @dataclass

@@ -24,6 +24,15 @@ class PublishedMedia:
     ssrc: int
     codec: CodecInfo
     extensions: dict[str, int]  # URI → the publisher's id
+    # Simulcast, low to high: the layers' RIDs (their SSRCs come with their first
+    # packets), or their SSRCs (an SSRC group). Both empty: one stream, ``ssrc``.
+    rids: tuple[str, ...] = ()
+    layer_ssrcs: tuple[int, ...] = ()
+
+    @property
+    def layers(self) -> int:
+        """How many simulcast layers: 1 for a plain stream."""
+        return max(1, len(self.rids), len(self.layer_ssrcs))
 
 
 @dataclass(frozen=True)
@@ -33,4 +42,4 @@ class DownTrack:
     mid: str
     ssrc: int
     payload_type: int
-    extensions: dict[str, int]  # URI → the subscriber's id
+    extensions: dict[str, int]  # URI → the subscriber's id (transport-cc among them)

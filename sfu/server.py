@@ -50,6 +50,7 @@ class Server:
         forwarder = make_forwarder(rtc.forwarder, rtc.keyframe_request_interval_ms * 1000)
         self.ctx = RouterContext(self.config, forwarder, self.events)
         forwarder.set_loss_listener(self.ctx.on_loss)
+        forwarder.set_feedback_listener(self.ctx.on_feedback)
         self.routers: dict[str, Router] = {}
         # Rooms created through the API stay (empty) until closed through it.
         self._kept_rooms: set[str] = set()
@@ -141,7 +142,7 @@ class Server:
                 await router.leave(link, "server_stopped")
                 if control is not None:
                     await control.close()
-            router.feedback.stop()
+            router.stop()
         await self.webhooks.stop()
         await self.events.close()
         self.ctx.cancel_tasks()
@@ -279,7 +280,7 @@ class Server:
     def _finish_room(self, name: str) -> None:
         router = self.routers.pop(name, None)
         if router is not None:
-            router.feedback.stop()
+            router.stop()
             self.events.publish(events.RoomFinished(name))
 
     # -- the embedding API (also behind the admin HTTP API) ------------------------------

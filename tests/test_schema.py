@@ -36,6 +36,7 @@ MINIMAL: dict[str, dict[str, Any]] = {
     "restart": {"type": "restart"},
     "ping": {"type": "ping"},
     "leave": {"type": "leave"},
+    "set_subscription": {"type": "set_subscription", "track": "t"},
 }
 
 REQUIRED: dict[str, list[str]] = {
@@ -48,6 +49,7 @@ REQUIRED: dict[str, list[str]] = {
     "restart": [],
     "ping": [],
     "leave": [],
+    "set_subscription": ["track"],
 }
 
 CANDIDATE = {
@@ -58,6 +60,8 @@ CANDIDATE = {
 
 # Valid messages using the optional fields and forms.
 WITH_OPTIONS: list[dict[str, Any]] = [
+    {"type": "set_subscription", "track": "t", "max_width": 16384, "max_height": 0,
+     "quality": "medium", "paused": True},
     {"type": "join", "room": "Room_1.a-b", "name": "Zoë 🎥", "token": "a.b.c"},
     {"type": "join", "room": "r", "name": "n", "token": None},
     {"type": "join", "room": "r" * 64, "name": "n" * 64, "token": "t" * 4096},
@@ -92,6 +96,11 @@ def cases(msg_types: tuple[str, ...], name: str, values: list[Any]) -> list[tupl
 
 # (type, field, a wrong value for it)
 BAD_VALUES: list[tuple[str, str, Any]] = [
+    ("set_subscription", "max_width", 16385),
+    ("set_subscription", "max_height", -1),
+    ("set_subscription", "max_width", True),
+    ("set_subscription", "quality", "ultra"),
+    ("set_subscription", "paused", "yes"),
     *cases(("join",), "room", [
         None, 1, True, ["r"], {"r": 1}, "", "r" * 65, "a b", "a/b", "ä", "r\n", "\nr", "r:1",
         "r\x00",
@@ -147,7 +156,7 @@ def documented_client_types() -> list[str]:
 
 def test_schema_has_exactly_the_documented_client_messages() -> None:
     documented = documented_client_types()
-    assert len(documented) == 9
+    assert len(documented) == 10
     assert set(documented) == set(SCHEMA) == set(MINIMAL) == set(REQUIRED)
 
 

@@ -54,6 +54,16 @@ def _pc_name(value: Any) -> str | None:
     return None if value in ("publish", "subscribe") else '"publish" or "subscribe"'
 
 
+def _size(value: Any) -> str | None:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 16384:
+        return None
+    return "an integer 0..16384"
+
+
+def _quality(value: Any) -> str | None:
+    return None if value in ("low", "medium", "high") else '"low", "medium" or "high"'
+
+
 def _boolean(value: Any) -> str | None:
     return None if isinstance(value, bool) else "true or false"
 
@@ -90,6 +100,8 @@ SCHEMA: dict[str, tuple[dict[str, Check], dict[str, Check]]] = {
     "candidate": ({"pc": _pc_name, "candidate": _candidate}, {}),
     "subscribe": ({"tracks": _track_list}, {}),
     "unsubscribe": ({"tracks": _track_list}, {}),
+    "set_subscription": ({"track": _string(64)}, {"max_width": _size, "max_height": _size,
+                                                  "quality": _quality, "paused": _boolean}),
     "restart": ({}, {"relay_only": _boolean}),
     "ping": ({}, {}),
     "leave": ({}, {}),

@@ -31,6 +31,8 @@ class RouterContext:
         self.ids = itertools.count(1)
         # Producer → what to wake when the forwarder finds a gap in its packets.
         self.loss_listeners: dict[int, Callable[[], None]] = {}
+        # Subscribe endpoint → who hears its transport-wide feedback.
+        self.feedback_listeners: dict[int, Callable[[bytes], None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -44,6 +46,12 @@ class RouterContext:
         wake = self.loss_listeners.get(producer)
         if wake is not None:
             wake()
+
+    def on_feedback(self, endpoint: int, packet: bytes) -> None:
+        """The forwarder's feedback listener: to the endpoint's downlink."""
+        listener = self.feedback_listeners.get(endpoint)
+        if listener is not None:
+            listener(packet)
 
     def cancel_tasks(self) -> None:
         for task in list(self._tasks):

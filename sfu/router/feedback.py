@@ -6,7 +6,7 @@ nothing due wakes nobody."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from sfu.router.context import RouterContext
 from sfu.router.participants import ParticipantLink
@@ -21,8 +21,12 @@ NOTHING_DUE = -1
 
 class FeedbackTimer:
     def __init__(self, ctx: RouterContext, room: Room,
-                 links: Mapping[str, ParticipantLink]) -> None:
+                 links: Mapping[str, ParticipantLink],
+                 remb_bps: Callable[[Track, int], int] = lambda track, maximum: maximum,
+                 ) -> None:
+        """``remb_bps(track, maximum)``: the bitrate to ask a track's publisher for."""
         self._ctx = ctx
+        self._remb_bps = remb_bps
         self._room = room
         self._links = links
         rtc = ctx.config.rtc
@@ -39,7 +43,8 @@ class FeedbackTimer:
         if self._ctx.config.rtc.nack:
             forwarder = self._ctx.forwarder
             deadlines += [d for t in self._room.tracks.values() if t.kind == "video"
-                          if (d := forwarder.nack_deadline(t.producer)) != NOTHING_DUE]
+                          for p in t.producers
+                          if (d := forwarder.nack_deadline(p)) != NOTHING_DUE]
         return min(deadlines, default=NOTHING_DUE)
 
     def wake(self) -> None:
@@ -78,42 +83,47 @@ class FeedbackTimer:
         if self._ctx.config.rtc.nack:
             for track in list(self._room.tracks.values()):
                 if track.kind == "video":
-                    self._send_nacks(track, now)
+                    for producer in track.producers:
+                        self._send_nacks(track, producer, now)
         self.wake()
 
     def _send_reports(self, now: int) -> None:
         """Each publisher gets one compound RTCP packet: a receiver report for its
-        streams (loss, jitter, LSR/DLSR; RFC 3550 §6.4.2), then REMB at its tracks'
-        configured maximum bitrates. Browsers that negotiated goog-remb (and not
-        transport-cc, which aiortc does not offer) take REMB as their send target, so
-        video ramps up instead of staying blurry."""
+        streams (loss, jitter, LSR/DLSR; RFC 3550 §6.4.2), then REMB for its tracks:
+        their configured maximum bitrates, less where every subscriber's downlink is
+        estimated and none can take that much (``remb_bps``). Browsers that negotiated
+        goog-remb (the SFU does not offer publishers transport-cc) take REMB as their
+        send target, so video ramps up instead of staying blurry, and a simulcast
+        publisher drops the layers nobody can receive."""
         forwarder, remb = self._ctx.forwarder, self._ctx.config.rtc.remb
         for link in list(self._links.values()):
             if link.publish is None or not link.publish.connected.is_set():
                 continue
             tracks = [self._room.tracks[t] for t in link.participant.tracks]
-            reports = [forwarder.receive_report(t.producer, now) for t in tracks]
+            reports = [forwarder.receive_report(p, now) for t in tracks for p in t.producers]
             blocks = [ReportBlock(*report) for report in reports if report is not None]
             if not blocks:
                 continue
             packet = build_rr(SFU_RTCP_SSRC, blocks)
             if remb:
                 packet += build_remb(SFU_RTCP_SSRC,
-                                     sum(self._maximum[t.kind] for t in tracks),
-                                     [t.media.ssrc for t in tracks])
+                                     sum(self._remb_bps(t, self._maximum[t.kind])
+                                         for t in tracks),
+                                     [block.ssrc for block in blocks])
             if forwarder.send_rtcp(link.publish.endpoint, packet):
                 self._ctx.stats.rtcp_sent["rr"] += 1
                 self._ctx.stats.rtcp_sent["remb"] += remb
 
-    def _send_nacks(self, track: Track, now: int) -> None:
+    def _send_nacks(self, track: Track, producer: int, now: int) -> None:
         """Ask the publisher for the video packets that went missing (the forwarder
         tracks gaps and retry timing; this only sends what is due)."""
         link = self._links.get(track.participant)
         if link is None or link.publish is None:
             return
         forwarder = self._ctx.forwarder
-        lost = forwarder.nack_due(track.producer, now)
-        if lost and forwarder.send_rtcp(link.publish.endpoint,
-                                        build_nack(SFU_RTCP_SSRC, track.media.ssrc, lost)):
+        lost = forwarder.nack_due(producer, now)
+        stats = forwarder.producer_stats(producer)
+        if lost and stats and forwarder.send_rtcp(link.publish.endpoint,
+                                                  build_nack(SFU_RTCP_SSRC, stats[0], lost)):
             self._ctx.stats.rtcp_sent["nack"] += 1
 

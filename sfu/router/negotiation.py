@@ -120,7 +120,7 @@ class SubscribeNegotiation:
             return
         media = track.media
         ext_map = {pub_id: down.extensions[uri] for uri, pub_id in media.extensions.items()
-                   if uri in down.extensions}
+                   if uri in down.extensions and uri != rtp.URI_TWCC}
         self._ctx.forwarder.add_consumer(
             subscription.consumer,
             track.producer,
@@ -135,6 +135,7 @@ class SubscribeNegotiation:
             # RFC 3550 §5.1: initial sequence number and timestamp are random.
             random.getrandbits(16),
             random.getrandbits(32),
+            down.extensions.get(rtp.URI_TWCC, 0),
         )
         subscription.active = True
         if track.kind == "video":

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from sfu.media import PublishedMedia
+from sfu.router.layers import Preferences
 
 
 class RoomError(ValueError):
@@ -30,9 +31,15 @@ class Track:
     id: str
     participant: str
     kind: str  # "audio" | "video"
-    producer: int
+    producer: int  # the first (lowest) layer's, for simulcast
     media: PublishedMedia
     muted: bool = False  # server-side: forwarding paused
+    layers: tuple[int, ...] = ()  # simulcast: a producer per layer, low to high
+
+    @property
+    def producers(self) -> tuple[int, ...]:
+        """Every forwarder producer of the track: its layers, or its one stream."""
+        return self.layers or (self.producer,)
 
     def describe(self) -> dict[str, str]:
         return {"id": self.id, "participant": self.participant, "kind": self.kind}
@@ -50,6 +57,9 @@ class Subscription:
     slot: int | None = None
     active: bool = False  # negotiated: the Consumer forwards
     failed: bool = False  # the subscriber's answer took none of the publisher's codecs
+    preferences: Preferences = field(default_factory=Preferences)  # set_subscription
+    layer: int | None = None  # simulcast: the layer chosen for it (None: paused)
+    reported: tuple[int | None, bool] | None = None  # (layer, paused) last told
 
 
 @dataclass
@@ -140,7 +150,7 @@ class Room:
         return changes
 
     def publish(self, participant_id: str, track_id: str, producer: int,
-                media: PublishedMedia) -> list[Change]:
+                media: PublishedMedia, layers: tuple[int, ...] = ()) -> list[Change]:
         participant = self.participant(participant_id)
         if not participant.can_publish:
             raise RoomError("forbidden", "the token does not allow publishing")
@@ -148,7 +158,7 @@ class Room:
             raise RoomError("bad_field", f"kind {media.kind!r} is not audio or video")
         if track_id in self.tracks:
             raise RoomError("bad_field", f"track {track_id} exists")
-        track = Track(track_id, participant_id, media.kind, producer, media)
+        track = Track(track_id, participant_id, media.kind, producer, media, layers=layers)
         self.tracks[track_id] = track
         participant.tracks.append(track_id)
         changes: list[Change] = [TrackAdded(track)]

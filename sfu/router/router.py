@@ -18,6 +18,7 @@ from sfu.control.schema import ProtocolError
 from sfu.control.websocket import ControlConnection
 from sfu.media import PublishedMedia
 from sfu.router import room as changes
+from sfu.router.allocation import LayerAllocator
 from sfu.router.context import RouterContext
 from sfu.router.feedback import FeedbackTimer
 from sfu.router.negotiation import SubscribeNegotiation
@@ -42,13 +43,19 @@ class Router:
         self._on_empty = on_empty
         self._joining = False  # a join replacing the last participant keeps the room
         self.links: dict[str, ParticipantLink] = {}
-        self.feedback = FeedbackTimer(ctx, room, self.links)
+        self.layers = LayerAllocator(ctx, room, lambda: self.links)
+        self.feedback = FeedbackTimer(ctx, room, self.links, self.layers.remb_bps)
         self.negotiation = SubscribeNegotiation(
             ctx, room, lambda link: self._new_transport(link, SubscribeTransport))
 
     @property
     def name(self) -> str:
         return self.room.name
+
+    def stop(self) -> None:
+        """The room is over: its timers end."""
+        self.feedback.stop()
+        self.layers.stop()
 
     # -- joining and leaving -----------------------------------------------------------
 
@@ -94,6 +101,7 @@ class Router:
             "tracks": [t.describe() for t in self.room.tracks.values()],
             "ice_servers": turn.ice_servers(self.ctx.config.turn,
                                             participant.identity or participant.id),
+            "simulcast": self.ctx.config.rtc.simulcast,
         }
         if resumed:
             joined["resumed"] = True
@@ -212,11 +220,9 @@ class Router:
                 tracks.append(moved.describe())
                 continue
             track_id = "TR_" + secrets.token_hex(6)
-            producer = next(self.ctx.ids)
-            codec = rtp.CODECS_BY_NAME.get(
-                item.codec.mime_type.split("/")[-1].lower(), rtp.CODEC_OTHER)
-            self.ctx.forwarder.add_producer(producer, link.publish.endpoint, item.ssrc, codec)
-            room_changes += self.room.publish(link.id, track_id, producer, item)
+            layers = self._add_producers(link.publish.endpoint, item)
+            room_changes += self.room.publish(link.id, track_id, layers[0], item,
+                                              layers if len(layers) > 1 else ())
             tracks.append(self.room.tracks[track_id].describe())
         # Earlier tracks this offer did not carry on are gone (the client published
         # fewer tracks after its restart): their subscribers are told.
@@ -226,6 +232,28 @@ class Router:
         # The changes only send to other participants, so the answer may follow them.
         self.apply(room_changes)
         return {"type": "answer", "sdp": answer_sdp, "tracks": tracks}
+
+    def _add_producers(self, endpoint: int, item: PublishedMedia) -> tuple[int, ...]:
+        """A forwarder producer for the media, or one per simulcast layer (low to high):
+        a RID layer learns its SSRC from its first packet."""
+        codec = rtp.CODECS_BY_NAME.get(item.codec.mime_type.split("/")[-1].lower(),
+                                       rtp.CODEC_OTHER)
+        producers = tuple(next(self.ctx.ids) for _ in range(item.layers))
+        for index, producer in enumerate(producers):
+            ssrc, rid, rid_id, mid, mid_id = self._layer_source(item, index)
+            self.ctx.forwarder.add_producer(producer, endpoint, ssrc, codec, rid, rid_id, mid,
+                                            mid_id)
+        return producers
+
+    @staticmethod
+    def _layer_source(item: PublishedMedia, index: int) -> tuple[int, bytes, int, bytes, int]:
+        """(SSRC, RID, its extension id, mid, its extension id) of one layer."""
+        if item.rids:
+            return (0, item.rids[index].encode(), item.extensions[rtp.URI_RID],
+                    item.mid.encode(), item.extensions.get(rtp.URI_MID, 0))
+        if item.layer_ssrcs:
+            return item.layer_ssrcs[index], b"", 0, b"", 0
+        return item.ssrc, b"", 0, b"", 0
 
     def _reattach(self, link: ParticipantLink, endpoint: int,
                   item: PublishedMedia) -> Track | None:
@@ -238,13 +266,16 @@ class Router:
                 continue
             link.detached.remove(track)
             old = track.media
-            if (old.codec.mime_type, old.codec.payload_type, old.extensions) != (
-                    item.codec.mime_type, item.codec.payload_type, item.extensions):
+            if (old.codec.mime_type, old.codec.payload_type, old.extensions, old.layers) != (
+                    item.codec.mime_type, item.codec.payload_type, item.extensions,
+                    item.layers):
                 logger.info("%s: track %s changed its codec or extensions on restart; "
                             "published anew", link.id, track.id)
                 self.apply(self.room.unpublish(track.id))
                 return None
-            self.ctx.forwarder.move_producer(track.producer, endpoint, item.ssrc)
+            for index, producer in enumerate(track.producers):
+                self.ctx.forwarder.move_producer(producer, endpoint,
+                                                 self._layer_source(item, index)[0])
             track.media = item
             return track
         return None
@@ -317,6 +348,21 @@ class Router:
         else:
             self.apply(self.room.unsubscribe(link.id, track_ids))
 
+    def set_subscription(self, link: ParticipantLink, message: dict[str, Any]) -> None:
+        """A subscriber's wishes for one track (its tile's size, quality, or hidden):
+        the layer follows at once, switching at the next keyframe."""
+        subscription = link.participant.subscriptions.get(message["track"])
+        if subscription is None:
+            raise RoomError("unknown_track", f"not subscribed to {message['track']!r}")
+        given = [n for n in ("max_width", "max_height", "quality", "paused")
+                 if message.get(n) is not None]
+        if not given:
+            raise ProtocolError("bad_field", "set_subscription needs at least one of "
+                                "max_width, max_height, quality, paused", "track")
+        for name in given:
+            setattr(subscription.preferences, name, message[name])
+        self.layers.run(now_us())
+
     async def add_candidate(self, link: ParticipantLink, pc_name: str,
                             candidate: dict[str, Any] | None) -> None:
         transport = link.publish if pc_name == "publish" else link.subscribe
@@ -341,9 +387,10 @@ class Router:
         if track.muted == muted:
             return
         track.muted = muted
-        self.ctx.forwarder.set_producer_paused(track.producer, muted)
-        if not muted and track.kind == "video":
-            self.ctx.forwarder.request_keyframe(track.producer, now_us())
+        for producer in track.producers:
+            self.ctx.forwarder.set_producer_paused(producer, muted)
+            if not muted and track.kind == "video":
+                self.ctx.forwarder.request_keyframe(producer, now_us())
         self.broadcast("", {"type": "track_muted", "track": track_id, "muted": muted})
         self.ctx.events.publish(events.TrackMuted(
             self.name, participant=track.participant, track=track_id, muted=muted))
@@ -359,6 +406,7 @@ class Router:
                 packets, octets = forwarder.consumer_stats(subscription.consumer)
                 entry: dict[str, Any] = {"track": track_id, "packets": packets,
                                          "bytes": octets, "active": subscription.active}
+                entry.update(self.layers.describe(subscription))
                 heard = forwarder.consumer_report(subscription.consumer)
                 if heard is not None:  # the subscriber's own receiver report
                     fraction, lost, jitter, rtt_us = heard
@@ -411,16 +459,20 @@ class Router:
         self.broadcast(track.participant, {"type": "track_published", "track": track.describe()})
         self.ctx.events.publish(events.TrackPublished(
             self.name, participant=track.participant, track=track.id, kind=track.kind))
-        self.ctx.loss_listeners[track.producer] = self.feedback.wake
+        for producer in track.producers:
+            self.ctx.loss_listeners[producer] = self.feedback.wake
         self.feedback.wake()
+        self.layers.wake()
 
     def _track_removed(self, track: Track) -> None:
-        self.ctx.forwarder.remove_producer(track.producer)
-        self.ctx.loss_listeners.pop(track.producer, None)
+        for producer in track.producers:
+            self.ctx.forwarder.remove_producer(producer)
+            self.ctx.loss_listeners.pop(producer, None)
         self.broadcast(track.participant, {"type": "track_unpublished", "track": track.id})
         self.ctx.events.publish(events.TrackUnpublished(
             self.name, participant=track.participant, track=track.id, kind=track.kind))
         self.feedback.wake()
+        self.layers.wake()
 
     def broadcast(self, exclude: str, message: dict[str, Any]) -> None:
         for participant_id, link in self.links.items():
@@ -434,6 +486,10 @@ class Router:
         transport = kind(next(ctx.ids), ctx.forwarder, ctx.gathering,
                          lambda t, state: self._connection_state(link, t, state),
                          ctx.stats.transport_drops)
+        if isinstance(transport, PublishTransport):
+            transport.accept_simulcast = ctx.config.rtc.simulcast
+        elif isinstance(transport, SubscribeTransport):
+            transport.offer_twcc = ctx.config.rtc.bandwidth_estimation
         # By weak reference: the timer must not keep a transport that is gone (closed
         # and dropped) alive for CONNECT_TIMEOUT_S; one that is gone timed nothing out.
         ref: weakref.ref[PeerTransport] = weakref.ref(transport)

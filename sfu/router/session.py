@@ -79,6 +79,9 @@ class Session:
         if msg_type in ("subscribe", "unsubscribe"):
             router.change_subscriptions(link, message["tracks"], msg_type == "subscribe")
             return None
+        if msg_type == "set_subscription":
+            router.set_subscription(link, message)
+            return None
         if msg_type == "restart":
             return await router.restart(link, bool(message.get("relay_only")))
         if msg_type == "leave":

@@ -20,9 +20,10 @@ from aiortc.exceptions import InvalidStateError
 from aiortc.sdp import candidate_from_sdp
 from av.frame import Frame
 
+from sfu import rtp
 from sfu.fastpath import Forwarder
 from sfu.media import CodecInfo, DownTrack, PublishedMedia
-from sfu.transport import internals
+from sfu.transport import internals, sdp_extras
 from sfu.transport.internals import HostGathering
 
 logger = logging.getLogger(__name__)
@@ -155,20 +156,29 @@ class PublishTransport(PeerTransport):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._published_mids: set[str] = set()
+        self.accept_simulcast = True  # else a simulcast offer gives its first layer
 
     async def answer(self, offer_sdp: str) -> tuple[str, list[PublishedMedia]]:
-        """Apply an offer; return the answer and the media it newly publishes."""
+        """Apply an offer; return the answer and the media it newly publishes. Simulcast
+        video (RID layers, or an SSRC group) is received as layers when accepted, else
+        as its first stream."""
         await self.pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
         self._prepare()
         for transceiver in self.pc.getTransceivers():
             internals.silence_rtcp(transceiver)
             internals.decline_rtx(transceiver)
         await self.pc.setLocalDescription(await self.pc.createAnswer())
+        answer_sdp: str = self.pc.localDescription.sdp
         ssrcs = internals.remote_media_ssrcs(offer_sdp)
+        simulcast = sdp_extras.offered_simulcast(offer_sdp) if self.accept_simulcast else {}
+        if any(layers.rids for layers in simulcast.values()):
+            answer_sdp = sdp_extras.accept_simulcast(offer_sdp, answer_sdp)
         media = []
         for transceiver in self.pc.getTransceivers():
             mid = transceiver.mid
-            if mid is None or mid in self._published_mids or mid not in ssrcs:
+            layers = simulcast.get(mid or "")
+            if mid is None or mid in self._published_mids or (
+                    mid not in ssrcs and layers is None):
                 continue
             if transceiver.currentDirection not in ("recvonly", "sendrecv"):
                 continue
@@ -179,16 +189,21 @@ class PublishTransport(PeerTransport):
             if not codecs:
                 continue
             self._published_mids.add(mid)
+            extensions = internals.negotiated_extensions(transceiver)
+            if layers is not None and layers.rids:
+                extensions[rtp.URI_RID] = layers.rid_ext_id
             media.append(
                 PublishedMedia(
                     mid=mid,
                     kind=transceiver.kind,
-                    ssrc=ssrcs[mid],
+                    ssrc=layers.ssrcs[0] if layers and layers.ssrcs else ssrcs.get(mid, 0),
                     codec=codecs[0],
-                    extensions=internals.negotiated_extensions(transceiver),
+                    extensions=extensions,
+                    rids=layers.rids if layers else (),
+                    layer_ssrcs=layers.ssrcs if layers else (),
                 )
             )
-        return self.pc.localDescription.sdp, media
+        return answer_sdp, media
 
 
 class SilentTrack(MediaStreamTrack):
@@ -203,6 +218,10 @@ class SilentTrack(MediaStreamTrack):
     async def recv(self) -> Frame:
         await asyncio.Event().wait()
         raise ConnectionError("unreachable: SilentTrack never produces a frame")
+
+
+# The id subscribers are offered for the transport-wide sequence number: aiortc uses 1–3.
+TWCC_EXTENSION_ID = 5
 
 
 class SubscribeTransport(PeerTransport):
@@ -229,6 +248,9 @@ class SubscribeTransport(PeerTransport):
         # never aiortc objects.
         self._slots: dict[int, RTCRtpTransceiver] = {}
         self._next_slot = 0
+        self.offer_twcc = True  # offer transport-wide congestion control
+        self._offer_sdp = ""  # the last offer, as sent (with transport-cc)
+        self._answer_sdp = ""  # the last answer, as received
 
     def add_track(self, kind: str, codec: CodecInfo) -> int:
         """A slot for a new subscription: a send-only transceiver that offers exactly
@@ -296,19 +318,23 @@ class SubscribeTransport(PeerTransport):
     @property
     def local_sdp(self) -> str:
         """The last offer made (to send again when it may have been lost)."""
-        sdp: str = self.pc.localDescription.sdp
-        return sdp
+        return self._offer_sdp
 
     async def create_offer(self) -> str | None:
-        """A new offer; None when the connection closed meanwhile."""
+        """A new offer, offering transport-wide congestion control besides what aiortc
+        offers; None when the connection closed meanwhile."""
         try:
             await self.pc.setLocalDescription(await self.pc.createOffer())
         except InvalidStateError:
             return None
-        return self.local_sdp
+        self._offer_sdp = self.pc.localDescription.sdp
+        if self.offer_twcc:
+            self._offer_sdp = sdp_extras.offer_transport_cc(self._offer_sdp, TWCC_EXTENSION_ID)
+        return self._offer_sdp
 
     async def apply_answer(self, answer_sdp: str) -> None:
         await self.pc.setRemoteDescription(RTCSessionDescription(answer_sdp, "answer"))
+        self._answer_sdp = answer_sdp
         self._rejected_mids = internals.rejected_mids(answer_sdp)
         self._refused_mids |= self._rejected_mids
 
@@ -321,10 +347,14 @@ class SubscribeTransport(PeerTransport):
         media = [c for c in codecs if not c.mime_type.lower().endswith("/rtx")]
         if transceiver.mid is None or not media or transceiver.mid in self._rejected_mids:
             return None
+        extensions = internals.negotiated_extensions(transceiver)
+        twcc_id = sdp_extras.answered_extension(self._answer_sdp, transceiver.mid, rtp.URI_TWCC)
+        if twcc_id:  # aiortc does not know the extension: the answer's text says
+            extensions[rtp.URI_TWCC] = twcc_id
         return DownTrack(
             mid=transceiver.mid,
             ssrc=internals.sender_ssrc(transceiver),
             payload_type=media[0].payload_type,
-            extensions=internals.negotiated_extensions(transceiver),
+            extensions=extensions,
         )
 

@@ -1,0 +1,130 @@
+"""One subscriber's downlink: its bandwidth estimate from transport-wide feedback, and
+the probes that let the estimate climb to a higher layer. Sans-IO: the caller hands in
+feedback packets, the forwarder's record of what it sent, and the time.
+
+Without probing the estimate cannot grow past what the subscriber already receives
+(GCC caps an increase at 1.5 times the acknowledged rate), so a subscriber on the low
+layer would stay there. A probe sends, for PROBE_DURATION_US, recent packets again
+(duplicates the decoder drops but the feedback reports) so that the subscriber receives
+the rate of the layer it wants; the feedback then tells whether the link carried it
+(sfu.bwe.estimator judges the cluster). A failed probe waits longer before the next
+(exponential backoff), so a link that cannot take more is not probed into congestion.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+from sfu.bwe.estimator import BandwidthEstimator, PacketResult
+from sfu.bwe.twcc import parse_feedback
+
+INITIAL_BPS = 300_000
+MIN_BPS = 50_000
+PROBE_DURATION_US = 500_000
+PROBE_STEP_US = 20_000  # the probe is paced in steps this long
+PROBE_HEADROOM = 1.2  # probe for this much more than the layer needs
+PROBE_BACKOFF_MIN_US = 2_000_000
+PROBE_BACKOFF_MAX_US = 32_000_000
+PACKET_BYTES = 1_100  # about what a video packet carries, to size a probe
+
+SentPackets = Callable[[int, int], list[tuple[int, int, int] | None]]
+
+
+class Downlink:
+    def __init__(self, max_bps: int) -> None:
+        self.estimator = BandwidthEstimator(INITIAL_BPS, MIN_BPS, max_bps)
+        self.feedback_packets = 0
+        self.malformed = 0  # feedback packets that did not parse
+        self._reported_upto = -1  # the highest transport-wide number fed to the estimator
+        self._clusters = itertools.count(1)
+        self._probe: tuple[int, int, int, int] | None = None  # cluster, start, end, target
+        self._next_probe_us = 0
+        self._backoff_us = PROBE_BACKOFF_MIN_US
+        self.probes = 0
+        self.probes_succeeded = 0
+
+    @property
+    def has_estimate(self) -> bool:
+        return self.feedback_packets > 0
+
+    @property
+    def estimate_bps(self) -> int | None:
+        return self.estimator.estimate_bps if self.has_estimate else None
+
+    @property
+    def probing(self) -> bool:
+        return self._probe is not None
+
+    def on_feedback(self, packet: bytes, sent_packets: SentPackets, now_us: int) -> None:
+        """A transport-wide feedback packet from the subscriber; ``sent_packets(base, n)``
+        is what the forwarder sent under those numbers."""
+        try:
+            feedback = parse_feedback(packet)
+        except ValueError:
+            self.malformed += 1
+            return
+        records = sent_packets(feedback.base_seq, len(feedback.arrivals))
+        results = []
+        for (_, arrival_us), record in zip(feedback.arrivals, records, strict=False):
+            if record is None or record[0] <= self._reported_upto:
+                continue  # unknown, or reported before: each packet counts once
+            number, send_us, size = record
+            results.append(PacketResult(number, send_us, size, arrival_us,
+                                        self._cluster_of(send_us)))
+        if not results:
+            return
+        self._reported_upto = max(r.seq for r in results)
+        self.feedback_packets += 1
+        self.estimator.on_packets(results, now_us)
+        self.settle(now_us)
+
+    def _cluster_of(self, send_us: int) -> int:
+        if self._probe is not None and self._probe[1] <= send_us <= self._probe[2]:
+            return self._probe[0]
+        return -1
+
+    def should_probe(self, wanted_bps: int, now_us: int) -> bool:
+        """Whether to probe now: the subscriber wants more than the estimate allows, no
+        probe is under way and the backoff has passed."""
+        estimate = self.estimate_bps
+        return (estimate is not None and self._probe is None and now_us >= self._next_probe_us
+                and wanted_bps > estimate)
+
+    def start_probe(self, wanted_bps: int, now_us: int) -> int:
+        """Start a probe cluster for ``wanted_bps`` (with headroom); returns its rate."""
+        target = min(int(wanted_bps * PROBE_HEADROOM), self.estimator.max_bps)
+        cluster = next(self._clusters)
+        packets = max(5, target * PROBE_DURATION_US // 8_000_000 // PACKET_BYTES)
+        self.estimator.start_probe(cluster, target, packets)
+        self._probe = (cluster, now_us, now_us + PROBE_DURATION_US, target)
+        self.probes += 1
+        return target
+
+    def probe_packets(self, media_bps: int, now_us: int) -> int:
+        """How many packets to resend in this step of the probe under way (0 when it is
+        over, or the media alone reach its rate)."""
+        if self._probe is None or now_us > self._probe[2]:
+            return 0
+        deficit_bps = self._probe[3] - media_bps
+        return max(0, -(-deficit_bps * PROBE_STEP_US // 8_000_000 // PACKET_BYTES))
+
+    def settle(self, now_us: int) -> None:
+        """Once the estimator has judged the probe under way (or its feedback is long
+        overdue): back off after a failure."""
+        if self._probe is None:
+            return
+        result = self.estimator.last_probe
+        if result is not None and result[0] == self._probe[0]:
+            success = result[1]
+        elif now_us > self._probe[2] + 2 * PROBE_DURATION_US:
+            success = False  # no verdict: the feedback never covered it
+        else:
+            return
+        self._probe = None
+        if success:
+            self.probes_succeeded += 1
+            self._backoff_us = PROBE_BACKOFF_MIN_US
+        else:
+            self._backoff_us = min(2 * self._backoff_us, PROBE_BACKOFF_MAX_US)
+        self._next_probe_us = now_us + self._backoff_us
