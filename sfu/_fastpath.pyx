@@ -98,6 +98,8 @@ cdef int C_FEEDBACK_LISTENER_ERRORS = _rtp.C_FEEDBACK_LISTENER_ERRORS
 cdef int C_PROBE_PACKETS = _rtp.C_PROBE_PACKETS
 cdef int C_PROBE_BYTES = _rtp.C_PROBE_BYTES
 cdef int TWCC_HISTORY = _rtp.TWCC_HISTORY
+cdef int PROBE_MAX_PACKETS = _rtp.PROBE_MAX_PACKETS
+cdef int PROBE_PADDING = _rtp.PROBE_PADDING
 cdef int64_t RETRANSMIT_SHARE_PERCENT = _retransmit.RETRANSMIT_SHARE_PERCENT
 cdef int64_t RETRANSMIT_MIN_PACKETS_PER_S = _retransmit.RETRANSMIT_MIN_PACKETS_PER_S
 cdef int64_t RETRANSMIT_MIN_BYTES_PER_S = _retransmit.RETRANSMIT_MIN_BYTES_PER_S
@@ -747,6 +749,7 @@ cdef class Forwarder:
         cons.restart = False
         cons.new_source = False
         cons.last_out_ts = 0
+        cons.last_out_pt = 0
         cons.last_out_us = 0
         cons.waiting = False
         cons.wait_started_us = 0
@@ -962,27 +965,56 @@ cdef class Forwarder:
         return result
 
     def probe(self, int64_t consumer, int count, int64_t now_us):
-        """Send a video consumer's last packets again to probe (see the twin's)."""
+        """Send padding-only packets on a consumer's stream to probe (see the twin's)."""
         cdef _Consumer cons = self._consumers.get(consumer)
-        cdef uint16_t highest, seq
-        cdef int back, slot, size
-        cdef int64_t sent = 0
-        if cons is None or cons.history == NULL or not cons.started or cons.endpoint is None:
+        cdef _Endpoint ep
+        cdef uint16_t highest
+        cdef uint8_t *out = self._tx
+        cdef int k, n, packets_sent = 0
+        cdef int64_t sent = 0, twcc_seq
+        if (cons is None or cons.history == NULL or not cons.started or cons.restart
+                or cons.paused or cons.endpoint is None or not cons.twcc_id):
             return 0
+        ep = cons.endpoint
         highest = <uint16_t>((cons.highest_ext_seq - cons.start_ext_seq + cons.seq_base)
                              & 0xFFFF)
-        for back in range(min(count, HISTORY_SIZE)):
-            seq = <uint16_t>(highest - back)
-            slot = seq % HISTORY_SIZE
-            if cons.history_length[slot] == 0 or _u16(
-                    cons.history + slot * MAX_PROTECT_SIZE + 2) != seq:
+        for k in range(min(count, PROBE_MAX_PACKETS)):
+            twcc_seq = ep.twcc_next
+            ep.twcc_next += 1
+            # As sfu.rtp.padding_packet: header, the one element, the padding.
+            out[0] = 0x80 | 0x20 | 0x10
+            out[1] = cons.last_out_pt
+            _put16(out + 2, <uint16_t>(highest + 1 + k))
+            _put32(out + 4, cons.last_out_ts)
+            _put32(out + 8, cons.ssrc)
+            if cons.twcc_id <= 14:
+                _put16(out + 12, 0xBEDE)
+                _put16(out + 14, 1)
+                out[16] = (cons.twcc_id << 4) | 1
+                _put16(out + 17, <uint16_t>(twcc_seq & 0xFFFF))
+                out[19] = 0
+            else:
+                _put16(out + 12, 0x1000)
+                _put16(out + 14, 1)
+                out[16] = cons.twcc_id
+                out[17] = 2
+                _put16(out + 18, <uint16_t>(twcc_seq & 0xFFFF))
+            memset(out + 20, 0, PROBE_PADDING - 1)
+            out[20 + PROBE_PADDING - 1] = PROBE_PADDING
+            n = 20 + PROBE_PADDING
+            if c_protect(ep.tx_ctx, out, &n) != 0:
+                self._counters[C_PROTECT_ERROR] += 1
                 break
-            size = self._resend(cons, cons.endpoint, cons.history + slot * MAX_PROTECT_SIZE,
-                                cons.history_length[slot], now_us)
-            if size < 0:
+            self._record_sent(ep, twcc_seq, n, now_us)
+            packets_sent += 1  # its number is taken, sent or not
+            if self._send(ep, out, n) != 0:
+                self._counters[C_SEND_ERROR] += 1
                 break
-            sent += size
+            sent += n
             self._counters[C_PROBE_PACKETS] += 1
+        if packets_sent:
+            cons.seq_base = <uint16_t>(highest + packets_sent + 1)
+            cons.start_ext_seq = cons.highest_ext_seq + 1
         self._counters[C_PROBE_BYTES] += sent
         return sent
 
@@ -1224,6 +1256,7 @@ cdef class Forwarder:
             cons.highest_ext_seq = ext_seq
             cons.last_out_ts = timestamp + cons.ts_offset
             cons.last_out_us = now_us
+            cons.last_out_pt = out_pt
 
         # Size first, so nothing is written past the buffer: rewriting can grow a packet
         # (a longer mid, one-byte elements turned two-byte).

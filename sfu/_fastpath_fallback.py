@@ -516,7 +516,7 @@ class Forwarder(_FeedbackPath):
         out_ts = (timestamp + cons.ts_offset) & 0xFFFFFFFF
         if ext_seq > cons.highest_ext_seq or ext_seq == cons.start_ext_seq:
             cons.highest_ext_seq = ext_seq
-            cons.last_out_ts, cons.last_out_us = out_ts, now_us
+            cons.last_out_ts, cons.last_out_us, cons.last_out_pt = out_ts, now_us, out_pt
 
         out_elements = []
         twcc_seq = -1

@@ -48,24 +48,41 @@ class _FeedbackPath:
         return result
 
     def probe(self, consumer: int, count: int, now_us: int) -> int:
-        """Send a video consumer's last ``count`` packets again (at most its history), to
-        probe its subscriber's bandwidth: duplicates its decoder drops, but that its
-        transport-wide feedback reports. Returns the bytes sent."""
+        """Send ``count`` padding-only packets (RFC 3550 §5.1: the P bit, no payload) on a
+        video consumer's stream, at most PROBE_MAX_PACKETS, to probe its subscriber's
+        bandwidth: they take the next sequence numbers (the media number on after them,
+        and media older than the last sent is skipped from then on) and transport-wide
+        numbers, which its feedback reports; its decoder ignores them. Duplicates of sent
+        packets would not do: the subscriber's SRTP replay check drops them unreported.
+        Returns the bytes sent; 0 unless the consumer is started, not waiting for a
+        keyframe, not paused, and has transport-wide numbers."""
         cons = self._consumers.get(consumer)
-        if cons is None or cons.history is None or not cons.started or cons.endpoint is None:
+        if (cons is None or cons.history is None or not cons.started or cons.restart
+                or cons.paused or cons.endpoint is None or not cons.twcc_id):
             return 0
+        ep = cons.endpoint
         highest = (cons.highest_ext_seq - cons.start_ext_seq + cons.seq_base) & 0xFFFF
-        sent = 0
-        for back in range(min(count, rtp.HISTORY_SIZE)):
-            seq = (highest - back) & 0xFFFF
-            kept = cons.history[seq % rtp.HISTORY_SIZE]
-            if kept is None or (kept[2] << 8 | kept[3]) != seq:
+        sent = packets_sent = 0
+        for k in range(min(count, rtp.PROBE_MAX_PACKETS)):
+            twcc_seq = ep.twcc_next
+            ep.twcc_next += 1
+            packet = rtp.padding_packet(cons.last_out_pt, (highest + 1 + k) & 0xFFFF,
+                                        cons.last_out_ts, cons.ssrc, cons.twcc_id, twcc_seq)
+            try:
+                protected = ep.tx.protect(packet)
+            except Exception:
+                self._counters[rtp.C_PROTECT_ERROR] += 1
                 break
-            size = self._resend(cons, cons.endpoint, kept, now_us)
-            if size < 0:
+            self._record_sent(ep, twcc_seq, len(protected), now_us)
+            packets_sent += 1  # its number is taken, sent or not
+            if self._send(ep, protected) != 0:
+                self._counters[rtp.C_SEND_ERROR] += 1
                 break
-            sent += size
+            sent += len(protected)
             self._counters[rtp.C_PROBE_PACKETS] += 1
+        if packets_sent:
+            cons.seq_base = (highest + packets_sent + 1) & 0xFFFF
+            cons.start_ext_seq = cons.highest_ext_seq + 1
         self._counters[rtp.C_PROBE_BYTES] += sent
         return sent
 

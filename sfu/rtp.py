@@ -140,6 +140,10 @@ COUNTER_NAMES = (
 # Sent packets an endpoint remembers (transport-wide sequence number, send time, size)
 # for its transport-wide feedback: a second of 4 Mbit/s video, and more.
 TWCC_HISTORY = 4096
+# A probe (Forwarder.probe) sends at most PROBE_MAX_PACKETS padding-only packets a call,
+# each with PROBE_PADDING bytes of padding (the most the padding count byte can say).
+PROBE_MAX_PACKETS = 128
+PROBE_PADDING = 255
 # Packets a video consumer keeps for retransmission (RFC 4585 NACK): at ~170 packets/s
 # of 1.7 Mbit/s video, about three seconds.
 HISTORY_SIZE = 512
@@ -360,6 +364,18 @@ def twcc_value_offset(packet: bytes | bytearray) -> int:
     header_end = RTP_HEADER_SIZE + 4 * (packet[0] & 0x0F)
     profile = packet[header_end] << 8 | packet[header_end + 1]
     return header_end + 4 + (1 if profile == 0xBEDE else 2)
+
+
+def padding_packet(payload_type: int, seq: int, timestamp: int, ssrc: int, twcc_id: int,
+                   twcc_seq: int) -> bytes:
+    """A padding-only RTP packet (RFC 3550 §5.1) carrying a transport-wide sequence
+    number, as the forwarder's probes send: the receiver's decoder skips it."""
+    if twcc_id <= 14:  # one-byte form: the element, then a byte of padding
+        ext = struct.pack("!HHBHx", 0xBEDE, 1, (twcc_id << 4) | 1, twcc_seq & 0xFFFF)
+    else:
+        ext = struct.pack("!HHBBH", 0x1000, 1, twcc_id, 2, twcc_seq & 0xFFFF)
+    header = struct.pack("!BBHII", 0x80 | 0x20 | 0x10, payload_type, seq, timestamp, ssrc)
+    return header + ext + bytes(PROBE_PADDING - 1) + bytes([PROBE_PADDING])
 
 
 def check_layer_ids(rid: bytes, rid_id: int, mid: bytes, mid_id: int) -> None:

@@ -42,6 +42,8 @@ class ClientNamespace:
     host_address: str  # the test's side of the veth pair
     client_address: str
     chromium: str  # an executable that runs Chromium inside the namespace
+    host_link: str = ""  # the test's end of the veth pair (what the namespace receives
+    # leaves through it: shape its downlink there)
 
     def iptables(self, *rule: str) -> None:
         """Run an iptables command inside the namespace (e.g. "-A", "OUTPUT", ...)."""
@@ -69,7 +71,7 @@ def client_namespace(tag: str, subnet: str) -> Iterator[ClientNamespace]:
             wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {name} {CHROMIUM} "$@"\n')
             wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
             yield ClientNamespace(name, namespace.host_address, namespace.client_address,
-                                  str(wrapper))
+                                  str(wrapper), host_link)
     finally:
         subprocess.run(["ip", "netns", "del", name], capture_output=True)
         subprocess.run(["ip", "link", "del", host_link], capture_output=True)

@@ -63,14 +63,14 @@ async def open_participant(
 
 
 async def launch_demo_page(playwright: Any, executable: str, address: str, port: int | None,
-                           query: str) -> tuple[Any, Any]:
+                           query: str, args: tuple[str, ...] = ()) -> tuple[Any, Any]:
     """(browser, page): a Chromium (maybe a wrapper that runs it in another network
     namespace) on the demo page at ``address``, joined; ``query`` holds room, name,
     token and the rest. getUserMedia needs a secure context, and only localhost counts
     by default: the flag makes the test address count too."""
     origin = f"--unsafely-treat-insecure-origin-as-secure=http://{address}:{port}"
     browser = await playwright.chromium.launch(executable_path=executable,
-                                               args=[*CHROMIUM_ARGS, origin])
+                                               args=[*CHROMIUM_ARGS, origin, *args])
     page = await (await browser.new_context()).new_page()
     await page.goto(f"http://{address}:{port}/?autojoin=1&{query}")
     await page.evaluate("() => window.sfuReady.then(() => true)")

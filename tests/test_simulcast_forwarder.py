@@ -299,11 +299,23 @@ def test_transport_wide_numbers_feedback_and_probes(impl: Any) -> None:
     feedback = twcc_feedback(0xA1, 0, 13)
     side.fwd.handle_packet(SUB_A, subscriber.protect_rtcp(feedback), 210_000)
     assert side.feedback == [(SUB_A, feedback)]
+    # A probe: padding-only packets under the next sequence and transport-wide numbers,
+    # the media numbering on after them.
     assert side.fwd.probe(20, 4, 220_000) > 0
     assert side.fwd.counters()["probe_packets"] == 4
     probed = opened(side, k, SUB_A)[-4:]
     assert [struct.unpack_from("!H", p, rtp.twcc_value_offset(p))[0] for p in probed] == [
         13, 14, 15, 16]
+    assert all(p[0] & 0x20 and p[-1] == len(p) - 20 == rtp.PROBE_PADDING for p in probed)
+    before = [struct.unpack_from("!H", p, 2)[0] for p in of_consumer(packets, 0xA1)]
+    assert [struct.unpack_from("!H", p, 2)[0] for p in probed] == [
+        (before[-1] + i) & 0xFFFF for i in range(1, 5)]
+    publish_frames(side, publisher, range(3, 4), 240_000)
+    after = of_consumer(opened(side, k, SUB_A), 0xA1)[-2:]
+    assert [struct.unpack_from("!H", p, 2)[0] for p in after] == [
+        (before[-1] + i) & 0xFFFF for i in range(5, 7)]
+    # No transport-wide numbers (consumer 22): nothing to probe with.
+    assert side.fwd.probe(22, 4, 250_000) == 0
     # A listener that raises is counted, not propagated.
     side.fwd.set_feedback_listener(lambda ep, packet: 1 / 0)
     side.fwd.handle_packet(SUB_A, subscriber.protect_rtcp(feedback), 230_000)

@@ -40,6 +40,7 @@ LOSS_DECREASE_GAIN = 0.5  # estimate *= 1 - gain * loss
 PROBE_MIN_PACKETS = 5
 PROBE_MIN_REPORTED = 0.8  # of the cluster's packets, before it is judged
 PROBE_SUCCESS_RATIO = 0.9  # receive rate / send rate at or above: the link kept up
+PROBE_SATURATED_SHARE = 0.95  # of a saturated probe's receive rate, the link carries
 MAX_PENDING_PROBES = 8  # clusters whose feedback never comes are forgotten
 
 HOLD = "hold"
@@ -141,6 +142,14 @@ class BandwidthEstimator:
         while len(self._probes) > MAX_PENDING_PROBES:
             del self._probes[next(iter(self._probes))]
 
+    def end_probe(self, cluster: int) -> None:
+        """The cluster is complete with the packets reported so far (its sender tags
+        every packet sent in a time window, so it knows the cluster's size only once
+        feedback reaches past the window): judge it now."""
+        probe = self._probes.pop(cluster, None)
+        if probe is not None:
+            self._judge_probe(cluster, probe)
+
     def on_packets(self, results: list[PacketResult], now_us: int) -> None:
         """One feedback's worth of results, reported at ``now_us``."""
         if not results:
@@ -240,6 +249,12 @@ class BandwidthEstimator:
         elif self._detector.state == OVERUSING:
             # The probe filled the queue: what came out is what the link carries.
             self._delay_bps = self._clamp(min(self._delay_bps, receive_bps))
+        else:
+            # Saturated, but what came out the link did carry (libwebrtc takes 95 % of
+            # it): a probe that fell short still lifts an estimate below that.
+            rate = self._clamp(PROBE_SATURATED_SHARE * receive_bps)
+            self._delay_bps = max(self._delay_bps, rate)
+            self._loss_bps = max(self._loss_bps, rate)
         self.last_probe = (cluster, success, int(receive_bps))
 
     def _clamp(self, bps: float) -> float:

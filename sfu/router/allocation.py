@@ -93,7 +93,8 @@ class LayerAllocator:
             del self.downlinks[gone]
             self._ctx.feedback_listeners.pop(gone, None)
         for endpoint in endpoints.keys() - self.downlinks.keys():
-            self.downlinks[endpoint] = Downlink(self._ctx.config.rtc.max_video_bitrate_bps)
+            self.downlinks[endpoint] = Downlink(self._ctx.config.rtc.max_video_bitrate_bps,
+                                                now_us())
             self._ctx.feedback_listeners[endpoint] = self._feedback_of(endpoint)
 
     def _feedback_of(self, endpoint: int) -> Callable[[bytes], None]:
@@ -128,7 +129,8 @@ class LayerAllocator:
                     fixed_bps += self._layers.get(track.producer, Layer(0, 0, 0, False)
                                                   ).bitrate_bps
         estimate = downlink.estimate_bps if downlink is not None else None
-        budget = None if estimate is None else max(0, estimate - fixed_bps)
+        limit = downlink.budget_bps(now) if downlink is not None else None
+        budget = None if limit is None else max(0, limit - fixed_bps)
         chosen = allocate(requests, budget)
         for subscription in link.participant.subscriptions.values():
             if subscription.active and subscription.track.layers:
@@ -186,11 +188,12 @@ class LayerAllocator:
                         if link.subscribe is not None else None)
             if downlink is None or not downlink.probing:
                 continue
-            media_bps = downlink.estimator.acked_bps
-            count = downlink.probe_packets(media_bps, now)
+            count = downlink.probe_packets(now)
             consumer = self._video_consumer(link)
             if count and consumer is not None:
-                forwarder.probe(consumer, count, now)
+                before = forwarder.counters()["probe_packets"]
+                octets = forwarder.probe(consumer, count, now)
+                downlink.probe_sent(octets, forwarder.counters()["probe_packets"] - before)
             downlink.settle(now)
             probing = probing or downlink.probing
         if probing:
@@ -207,16 +210,18 @@ class LayerAllocator:
 
     def remb_bps(self, track: Track, maximum: int) -> int:
         """The bitrate to ask a publisher's track for: its configured maximum, unless
-        every subscriber's downlink is estimated and none can take that much."""
+        every subscriber's downlink has shown its limit (and none can take that much).
+        A subscriber still finding its bandwidth must not hold the publisher back, or
+        neither would ever climb."""
         if track.kind != "video":
             return maximum
-        best = 0
+        now, best = now_us(), 0
         for link in self._links().values():
             subscription = link.participant.subscriptions.get(track.id)
             if subscription is None or link.subscribe is None:
                 continue
             downlink = self.downlinks.get(link.subscribe.endpoint)
-            if downlink is None or downlink.estimate_bps is None:
+            if downlink is None or downlink.estimate_bps is None or not downlink.limited(now):
                 return maximum
             best = max(best, downlink.estimate_bps)
         if best == 0:
@@ -224,6 +229,12 @@ class LayerAllocator:
         if track.layers:
             best = int(best * REMB_SIMULCAST_FACTOR)
         return max(REMB_FLOOR_BPS, min(maximum, best))
+
+    def estimate_bps(self, link: ParticipantLink) -> int | None:
+        """The subscriber's downlink estimate, None until its feedback came."""
+        if link.subscribe is None or link.subscribe.endpoint not in self.downlinks:
+            return None
+        return self.downlinks[link.subscribe.endpoint].estimate_bps
 
     def describe(self, subscription: Subscription) -> dict[str, Any]:
         """For room_info: the layer a subscription receives and is headed for."""

@@ -21,6 +21,10 @@ UPSWITCH_HEADROOM = 0.85
 # layers when its own uplink estimate is low).
 LAYER_IDLE_US = 1_500_000
 RATE_SMOOTHING = 0.5  # weight of the newest sample in a layer's bitrate
+# A layer's bitrate, for choosing, is its recent peak, decaying by this share a second: a
+# publisher ramping up (or a burst of keyframes) would otherwise make it look cheaper
+# than it is about to be, and the choice would climb and fall back.
+PEAK_DECAY_PER_S = 0.05
 
 
 @dataclass
@@ -56,26 +60,28 @@ class LayerMeter:
     (packets, bytes) counters sampled now and then."""
 
     def __init__(self) -> None:
-        # producer → (packets, bytes, when sampled, when packets last grew, bitrate)
-        self._samples: dict[int, tuple[int, int, int, int, float]] = {}
+        # producer → (packets, bytes, when sampled, when packets last grew, bitrate, peak)
+        self._samples: dict[int, tuple[int, int, int, int, float, float]] = {}
 
     def sample(self, producer: int, packets: int, octets: int, width: int, height: int,
                now_us: int) -> Layer:
         before = self._samples.get(producer)
         if before is None:
-            self._samples[producer] = (packets, octets, now_us, now_us if packets else -1, 0.0)
+            self._samples[producer] = (packets, octets, now_us, now_us if packets else -1,
+                                       0.0, 0.0)
             return Layer(0, width, height, packets > 0)
-        last_packets, last_octets, last_us, grew_us, rate = before
+        last_packets, last_octets, last_us, grew_us, rate, peak = before
         elapsed = now_us - last_us
         if elapsed > 0:
             sample = (octets - last_octets) * 8e6 / elapsed
             rate = sample if rate == 0 else (
                 RATE_SMOOTHING * sample + (1 - RATE_SMOOTHING) * rate)
+            peak = max(rate, peak * (1 - PEAK_DECAY_PER_S * elapsed / 1e6))
         if packets > last_packets:
             grew_us = now_us
-        self._samples[producer] = (packets, octets, now_us, grew_us, rate)
+        self._samples[producer] = (packets, octets, now_us, grew_us, rate, peak)
         active = grew_us >= 0 and now_us - grew_us < LAYER_IDLE_US
-        return Layer(int(rate), width, height, active)
+        return Layer(int(peak), width, height, active)
 
     def forget(self, producer: int) -> None:
         self._samples.pop(producer, None)

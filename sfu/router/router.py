@@ -422,6 +422,7 @@ class Router:
                             "codec": t.media.codec.mime_type}
                            for t in map(self.room.tracks.__getitem__, participant.tracks)],
                 "subscriptions": subscriptions,
+                "estimate_bps": self.layers.estimate_bps(link),
             })
         return {"name": self.name, "max_participants": self.room.max_participants,
                 "auto_subscribe": self.room.auto_subscribe, "participants": participants}

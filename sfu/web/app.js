@@ -378,21 +378,26 @@ async function join() {
     cleanup();
     setStatus('Disconnected.', true);
   });
+  const publishing = params.get('publish') !== '0'; // ?publish=0: watch only
   try {
-    setStatus('Opening camera and microphone…');
-    localStream = await navigator.mediaDevices.getUserMedia({
-      audio: true, video: { width: 640, height: 480 },
-    });
-    preview.srcObject = localStream;
+    if (publishing) {
+      setStatus('Opening camera and microphone…');
+      localStream = await navigator.mediaDevices.getUserMedia({
+        audio: true, video: { width: 640, height: 480 },
+      });
+      preview.srcObject = localStream;
+    }
     $('local').querySelector('figcaption').textContent = `${name} (you)`;
     setStatus(`Joining ${room}…`);
     const joined = await c.join();
     startStats(c);
-    setStatus('Publishing…');
-    await c.publish(localStream, {
-      videoCodec: params.get('codec') || undefined,
-      simulcast: params.get('simulcast') === '0' ? false : undefined, // ?simulcast=0: one layer
-    });
+    if (publishing) {
+      setStatus('Publishing…');
+      await c.publish(localStream, {
+        videoCodec: params.get('codec') || undefined,
+        simulcast: params.get('simulcast') === '0' ? false : undefined, // ?simulcast=0: one layer
+      });
+    }
     setStatus(`In room ${room} as ${joined.participant.name}.`);
     settle.resolve(c);
   } catch (err) {
