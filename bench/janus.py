@@ -278,6 +278,9 @@ class JanusSignalling:
         sdp: str = jsep["sdp"]
         return sdp
 
+    async def set_quality(self, quality: str) -> None:
+        """The simulcast scenario is sfu's alone: nothing to ask for here."""
+
     async def next_offer(self) -> SubscribeOffer:
         return await self._offers.get()
 

@@ -85,11 +85,12 @@ async def run(job: dict[str, Any]) -> dict[str, Any]:
     for participant in participants:
         if participant.publishes:
             connection = MediaConnection(gathering)
-            participant.publisher = Publisher(connection)
+            participant.publisher = Publisher(connection, 3 if job.get("simulcast") else 1)
             participant.publisher.add_transceivers()
             connection.prepare()
             await connection.pc.setLocalDescription(await connection.pc.createOffer())
-            answer = await participant.signalling.publish(connection.pc.localDescription.sdp)
+            answer = await participant.signalling.publish(
+                participant.publisher.offer(connection.pc.localDescription.sdp))
             await set_remote(connection.pc, answer, "answer")
     publishers = len(job["publishers"])
     async with asyncio.timeout(job.get("setup_timeout", 60)):
@@ -101,6 +102,10 @@ async def run(job: dict[str, Any]) -> dict[str, Any]:
                 await asyncio.sleep(0.05)
             for connection in list(participant.subscriptions.values()):
                 await connection.wait_connected()
+    if job.get("simulcast"):  # listeners ask for the low, medium and high layer in turn
+        listeners = [p for p in participants if not p.publishes]
+        for index, participant in enumerate(listeners):
+            await participant.signalling.set_quality(("low", "medium", "high")[index % 3])
     in_c = [connection.receive_in_c() for participant in participants
             for connection in participant.subscriptions.values()]
     receive_path = "c" if in_c and all(in_c) else "python"
@@ -137,9 +142,12 @@ async def run(job: dict[str, Any]) -> dict[str, Any]:
                                                 kinds.get(mid, "?"), 0, 1, False, 0, 0))
                     continue
                 kind = kinds[mid]
+                # A simulcast video stream is several layers' packets in turn: counted
+                # by its sequence numbers (continuous across switches), not mapped.
+                layered = kind == "video" and publisher.layers > 1
                 streams.append(analyse_stream(publisher_name, participant.name, kind,
                                               stream, publisher.sent[kind],
-                                              position_of_payload))
+                                              {} if layered else position_of_payload))
     for task in offer_tasks:
         task.cancel()
     for participant in participants:

@@ -86,6 +86,9 @@ class MediaRelaySignalling:
         sdp: str = reply["sdp"]
         return sdp
 
+    async def set_quality(self, quality: str) -> None:
+        """The simulcast scenario is sfu's alone: nothing to ask for here."""
+
     async def next_offer(self) -> SubscribeOffer:
         while not self._pending:
             assert self._session is not None

@@ -21,6 +21,7 @@ from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
+import sdp_transform  # type: ignore[import-untyped]
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.rtcconfiguration import RTCBundlePolicy
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
@@ -194,19 +195,46 @@ class MediaConnection:
         await self.pc.close()
 
 
-class Publisher:
-    """Replays the recording on a publish connection."""
+# Simulcast layers the load generator publishes: of each video frame, the first packet,
+# the first two, all (about the share of packets of 1/4, 1/2 and full resolution).
+LAYER_PACKETS_PER_FRAME = (1, 2, 1 << 30)
 
-    def __init__(self, connection: MediaConnection) -> None:
+
+class Publisher:
+    """Replays the recording on a publish connection; with ``layers`` > 1, its video as
+    that many simulcast layers (an ``a=ssrc-group:SIM`` in the offer), each a subset of
+    every frame's packets (LAYER_PACKETS_PER_FRAME), each frame's first packet in all
+    of them, so every layer has the keyframes."""
+
+    def __init__(self, connection: MediaConnection, layers: int = 1) -> None:
         self.connection = connection
         self.sent: dict[str, SentStream] = {}
         self._plan: list[tuple[float, bytes, str]] = []
+        self.layers = layers
+        self.layer_ssrcs: list[int] = []  # after the primary SSRC, set by offer()
 
     def add_transceivers(self) -> None:
         pc = self.connection.pc
         for kind, codec in (("audio", OPUS), ("video", VP8)):
             transceiver = pc.addTransceiver(SilentTrack(kind), direction="sendonly")
             transceiver.setCodecPreferences([codec])
+
+    def offer(self, offer_sdp: str) -> str:
+        """The offer to send: with layers, the video m-line's extra SSRCs and their
+        SIM group (aiortc writes neither)."""
+        if self.layers == 1:
+            return offer_sdp
+        parsed = sdp_transform.parse(offer_sdp)
+        video = next(m for m in parsed["media"] if m["type"] == "video")
+        primary = int(video["ssrcs"][0]["id"])
+        cname = video["ssrcs"][0]["value"]
+        self.layer_ssrcs = [random.getrandbits(32) for _ in range(self.layers - 1)]
+        video["ssrcs"] += [{"id": s, "attribute": "cname", "value": cname}
+                           for s in self.layer_ssrcs]
+        video["ssrcGroups"] = [{"semantics": "SIM", "ssrcs": " ".join(
+            str(s) for s in [primary, *self.layer_ssrcs])}]
+        written: str = sdp_transform.write(parsed)
+        return written
 
     def plan(self, recording: Recording, seconds: float, rate: float) -> None:
         """Re-stamp and protect every packet of the run now, before anything is timed."""
@@ -217,9 +245,14 @@ class Publisher:
             streams[transceiver.kind] = (internals.sender_ssrc(transceiver),
                                          codecs[0].payload_type)
         clocks = {"audio": AUDIO_CLOCK, "video": VIDEO_CLOCK}
-        counts = {kind: 0 for kind in streams}
-        for kind in streams:
-            self.sent[kind] = SentStream(kind, random.getrandbits(16))
+        # Each stream sent: kind, and for video layers its index; "video" is the top.
+        layer_keys = [f"video{k}" for k in range(self.layers - 1)]
+        ssrcs = dict(zip(layer_keys, self.layer_ssrcs, strict=True))
+        counts = {key: 0 for key in [*streams, *layer_keys]}
+        for key in counts:
+            self.sent[key] = SentStream(key[:5], random.getrandbits(16))
+        limits = dict(zip(layer_keys, LAYER_PACKETS_PER_FRAME, strict=False))
+        frame_timestamp, in_frame = -1, 0
         loop_clock = {k: recording.duration_us * c // 1_000_000 for k, c in clocks.items()}
         plan = []
         total_us = seconds * 1e6 * rate  # recording time covered by the run
@@ -234,15 +267,23 @@ class Publisher:
             if packet.kind not in streams:
                 continue
             ssrc, payload_type = streams[packet.kind]
-            sent = self.sent[packet.kind]
-            seq = (sent.seq_base + counts[packet.kind]) & 0xFFFF
-            counts[packet.kind] += 1
             timestamp = (packet.timestamp + loop * loop_clock[packet.kind]) & 0xFFFFFFFF
-            header = bytes([0x80, (0x80 if packet.marker else 0) | payload_type])
-            header += seq.to_bytes(2, "big") + timestamp.to_bytes(4, "big")
-            header += ssrc.to_bytes(4, "big")
-            plan.append((offset / rate / 1e6, tx.protect(header + packet.payload), packet.kind))
-            sent.positions.append(position)
+            keys = [packet.kind]
+            if packet.kind == "video" and self.layers > 1:
+                in_frame = in_frame + 1 if timestamp == frame_timestamp else 0
+                frame_timestamp = timestamp
+                keys += [key for key, limit in limits.items() if in_frame < limit]
+            for key in keys:
+                sent = self.sent[key]
+                seq = (sent.seq_base + counts[key]) & 0xFFFF
+                counts[key] += 1
+                # A layer's frame ends at its last packet.
+                marker = packet.marker or in_frame + 1 == limits.get(key, 0)
+                header = bytes([0x80, (0x80 if marker else 0) | payload_type])
+                header += seq.to_bytes(2, "big") + timestamp.to_bytes(4, "big")
+                header += ssrcs.get(key, ssrc).to_bytes(4, "big")
+                plan.append((offset / rate / 1e6, tx.protect(header + packet.payload), key))
+                sent.positions.append(position)
         self._plan = plan
 
     async def run(self) -> None:

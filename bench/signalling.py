@@ -27,6 +27,8 @@ class Signalling(Protocol):
     async def publish(self, offer_sdp: str) -> str: ...
     async def next_offer(self) -> SubscribeOffer: ...
     async def answer(self, offer: SubscribeOffer, answer_sdp: str) -> None: ...
+    async def set_quality(self, quality: str) -> None:
+        """Ask for this simulcast quality of every video track (where the system can)."""
     async def close(self) -> None: ...
 
 
@@ -42,6 +44,7 @@ class SfuSignalling:
         self._replies: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._offers: asyncio.Queue[SubscribeOffer] = asyncio.Queue()
         self._names: dict[str, str] = {}  # participant id → name
+        self._video_tracks: list[str] = []
         self._reader: asyncio.Task[None] | None = None
 
     async def join(self, name: str) -> None:
@@ -51,6 +54,7 @@ class SfuSignalling:
         joined = await self._request({"type": "join", "room": self.room, "name": name})
         for participant in joined["participants"]:
             self._names[participant["id"]] = participant["name"]
+        self._video_tracks += [t["id"] for t in joined["tracks"] if t["kind"] == "video"]
 
     async def publish(self, offer_sdp: str) -> str:
         answer = await self._request({"type": "publish", "sdp": offer_sdp})
@@ -63,6 +67,12 @@ class SfuSignalling:
     async def answer(self, offer: SubscribeOffer, answer_sdp: str) -> None:
         assert self._ws is not None
         await self._ws.send_json({"type": "answer", "sdp": answer_sdp})
+
+    async def set_quality(self, quality: str) -> None:
+        assert self._ws is not None
+        for track in self._video_tracks:
+            await self._ws.send_json({"type": "set_subscription", "track": track,
+                                      "quality": quality})
 
     async def close(self) -> None:
         if self._reader is not None:
@@ -90,6 +100,8 @@ class SfuSignalling:
             future = self._replies.pop(message.get("id"), None)
             if future is not None:
                 future.set_result(message)
+            elif message["type"] == "track_published" and message["track"]["kind"] == "video":
+                self._video_tracks.append(message["track"]["id"])
             elif message["type"] == "participant_joined":
                 participant = message["participant"]
                 self._names[participant["id"]] = participant["name"]

@@ -26,9 +26,10 @@ from sfu.fastpath import Forwarder
 
 # Upper bounds of the time-to-connect histogram buckets, in seconds.
 CONNECT_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+ESTIMATE_BUCKETS = (150_000, 300_000, 600_000, 1_000_000, 2_000_000, 5_000_000)
 # Forwarder counters that are amounts, not event counts: each has a family of its own
 # with its unit in the name (ServerCollector.collect).
-NOT_EVENTS = frozenset({"sent_bytes", "keyframe_waits", "keyframe_wait_us"})
+NOT_EVENTS = frozenset({"sent_bytes", "keyframe_waits", "keyframe_wait_us", "probe_bytes"})
 
 
 class ConnectionStats:
@@ -86,6 +87,7 @@ class MetricsSource(Protocol):
     def webhook_outcomes(self) -> Counter[str]: ...
     def counts(self) -> tuple[int, int, int]: ...
     def forwarded_by_kind(self) -> dict[str, tuple[int, int]]: ...
+    def downlinks(self) -> tuple[list[int], dict[str, int]]: ...
 
 
 class ServerCollector(Collector):
@@ -120,6 +122,9 @@ class ServerCollector(Collector):
         yield CounterMetricFamily("sfu_forwarder_sent_bytes",
                                   "Bytes (SRTP) the forwarder sent to subscribers",
                                   value=counters["sent_bytes"])
+        yield CounterMetricFamily("sfu_forwarder_probe_bytes",
+                                  "Bytes (SRTP) of padding sent to probe subscribers' bandwidth",
+                                  value=counters["probe_bytes"])
         yield SummaryMetricFamily(
             "sfu_forwarder_keyframe_wait_seconds",
             "Time video subscriptions waited for a keyframe to (re)start",
@@ -142,6 +147,20 @@ class ServerCollector(Collector):
             bytes_by_kind.add_metric([kind], octets)
         yield packets_by_kind
         yield bytes_by_kind
+        estimates, layers = server.downlinks()
+        yield HistogramMetricFamily(
+            "sfu_subscriber_bandwidth_estimate_bits_per_second",
+            "Subscribers' downlink bandwidth estimates now (transport-wide feedback)",
+            buckets=[*((str(bound), sum(e <= bound for e in estimates))
+                       for bound in ESTIMATE_BUCKETS), ("+Inf", len(estimates))],
+            sum_value=sum(estimates),
+        )
+        by_layer = GaugeMetricFamily(
+            "sfu_simulcast_subscriptions", "Simulcast subscriptions by the layer forwarded",
+            labels=["rid"])
+        for rid, count in sorted(layers.items()):
+            by_layer.add_metric([rid], count)
+        yield by_layer
         stats = server.stats.connections
         outcomes = CounterMetricFamily(
             "sfu_ice_connections", "Peer connections by selected candidate types and outcome",

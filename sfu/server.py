@@ -353,6 +353,18 @@ class Server:
                     totals[subscription.track.kind][1] += octets
         return {kind: (p, b) for kind, (p, b) in totals.items()}
 
+    def downlinks(self) -> tuple[list[int], dict[str, int]]:
+        """Subscribers' bandwidth estimates, and simulcast subscriptions by the layer
+        (RID, or "paused") they receive: for /metrics."""
+        estimates: list[int] = []
+        layers: dict[str, int] = {}
+        for router in self.routers.values():
+            router_estimates, router_layers = router.layers.view()
+            estimates += router_estimates
+            for rid, count in router_layers.items():
+                layers[rid] = layers.get(rid, 0) + count
+        return estimates, layers
+
     def _router(self, room: str, participant: str | None = None) -> Router:
         router = self.routers.get(room)
         if router is None:

@@ -114,6 +114,13 @@ async def test_join_events_and_leave(connect: Any, server: Server) -> None:
     assert again["code"] == "already_joined"
     unknown = await alice.request({"type": "subscribe", "tracks": ["TR_nope"]})
     assert unknown["code"] == "unknown_track"
+    assert joined["simulcast"] is True  # the server takes simulcast (rtc.simulcast)
+    preference = await alice.request({"type": "set_subscription", "track": "TR_nope",
+                                      "max_width": 320})
+    assert preference["code"] == "unknown_track"
+    assert preference["ref"] == "set_subscription"
+    nothing = await alice.request({"type": "set_subscription", "track": "TR_nope"})
+    assert nothing["code"] in ("unknown_track", "bad_field")
     assert (await bob.request({"type": "leave", "id": 9}, binary=True)) == {"type": "left", "id": 9}
     assert await alice.recv() == {"type": "participant_left",
                                   "participant": bob_joined["participant"]["id"]}

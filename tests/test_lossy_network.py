@@ -12,6 +12,9 @@ to no loss to suffer. One Chromium runs inside the namespace (a two-line wrapper
 `ip netns exec`; Playwright talks to it over a pipe); another, on a clean link, watches
 its video for 30 s.
 
+Both publish one stream each (`?simulcast=0`): what this measures is NACK on a stream,
+not the layer choice, which loss also moves (tests/test_simulcast_browser.py has that).
+
 The same call runs twice on the same loss: with the SFU's NACKs to publishers
 (`rtc.nack`, the default) and without. The lossy participant's video, as the clean one
 decodes it, must be measurably better with them. Subscribers' NACKs are answered
@@ -135,7 +138,7 @@ async def call(playwright: Any, lossy: ClientNamespace, nack: bool) -> dict[str,
             token = mint_token(SECRET, room="lossy", identity=name)
             browser, pages[name] = await launch_demo_page(
                 playwright, executable, host, server.port,
-                f"room=lossy&name={name}&token={token}")
+                f"room=lossy&name={name}&token={token}&simulcast=0")
             browsers.append(browser)
         await wait_for(lambda: call_is_up(pages), 30, "video sent and decoded both ways")
         start = {name: await page.evaluate(STATS) for name, page in pages.items()}

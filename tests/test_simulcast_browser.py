@@ -19,7 +19,9 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from sfu.control.auth import mint_token
 from sfu.server import Server
@@ -196,10 +198,23 @@ async def test_a_throttled_viewer_gets_the_low_layer_and_climbs_back(
             assert resumed["keyframes"] > still["keyframes"]
             layer = await fast.evaluate(f"() => window.sfu.layers[{track!r}]")
             assert layer["rid"] == "f" and layer["paused"] is False, layer
+            # /metrics shows the layers forwarded and the viewers' estimates.
+            metrics = await scrape_metrics(server)
+            assert metrics[("sfu_simulcast_subscriptions", (("rid", "f"),))] == 2
+            assert metrics[("sfu_subscriber_bandwidth_estimate_bits_per_second_count", ())] == 2
+            assert metrics[("sfu_forwarder_events_total", (("event", "layer_switches"),))] >= 4
     finally:
         for browser in browsers:
             await browser.close()
         await server.stop()
+
+
+async def scrape_metrics(server: Server) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    async with aiohttp.ClientSession() as session, session.get(
+            f"http://127.0.0.1:{server.port}/metrics") as response:
+        text = await response.text()
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
 
 
 async def _width_is(page: Any, width: int) -> tuple[bool, Any]:

@@ -230,6 +230,22 @@ class LayerAllocator:
             best = int(best * REMB_SIMULCAST_FACTOR)
         return max(REMB_FLOOR_BPS, min(maximum, best))
 
+    def view(self) -> tuple[list[int], dict[str, int]]:
+        """The estimates of the downlinks that have one, and simulcast subscriptions by
+        the RID they get ("paused" when none)."""
+        estimates = [e for d in self.downlinks.values() if (e := d.estimate_bps) is not None]
+        layers: dict[str, int] = {}
+        for link in self._links().values():
+            for subscription in link.participant.subscriptions.values():
+                if subscription.active and subscription.reported is not None and (
+                        subscription.track.layers):
+                    index, paused = subscription.reported
+                    rids = subscription.track.media.rids
+                    name = "paused" if paused or index is None else (
+                        rids[index] if rids else str(index))
+                    layers[name] = layers.get(name, 0) + 1
+        return estimates, layers
+
     def estimate_bps(self, link: ParticipantLink) -> int | None:
         """The subscriber's downlink estimate, None until its feedback came."""
         if link.subscribe is None or link.subscribe.endpoint not in self.downlinks:
