@@ -91,8 +91,8 @@ class Sent:
 
 def feedback_for(sent: Sent, first: int, last: int, delay_us: int,
                  lost: frozenset[int] = frozenset()) -> bytes:
-    reference = 64_000 * 100
-    arrivals = [(seq, None if seq in lost else reference + sent.records[seq][1] + delay_us)
+    reference = sent.records[first][1] // 64_000 * 64_000  # the receiver's clock is ours
+    arrivals = [(seq, None if seq in lost else sent.records[seq][1] + delay_us)
                 for seq in range(first, last + 1)]
     return build_feedback(1, 2, first, reference, 0, arrivals)
 
@@ -204,3 +204,51 @@ def test_transport_cc_is_offered_and_read_back() -> None:
         assert media.get("fingerprint", {"type": "sha-256"})["type"] == "sha-256"
     assert sdp_extras.answered_extension(offer, "1", rtp.URI_TWCC) == 5
     assert sdp_extras.answered_extension(CHROME_OFFER, "1", rtp.URI_TWCC) == 0
+
+
+def test_remb_follows_subscribers_only_once_all_have_shown_their_limit() -> None:
+    from dataclasses import dataclass
+    from types import SimpleNamespace
+    from typing import Any, cast
+
+    from sfu.media import CodecInfo, PublishedMedia
+    from sfu.router.allocation import REMB_FLOOR_BPS, LayerAllocator
+    from sfu.router.room import Participant, Subscription, Track
+    from sfu.transport.peer import now_us
+
+    media = PublishedMedia("0", "video", 0, CodecInfo(96, "video/VP8", 90000, {}), {},
+                           ("q", "h", "f"))
+    track = Track("TR_v", "pub", "video", 1, media, layers=(1, 2, 3))
+
+    @dataclass
+    class Link:
+        participant: Participant
+        subscribe: Any
+
+    links = {}
+    for number, endpoint in enumerate((10, 11)):
+        participant = Participant(f"p{number}", f"p{number}", "")
+        participant.subscriptions[track.id] = Subscription(track, 100 + number)
+        links[participant.id] = Link(participant, SimpleNamespace(endpoint=endpoint))
+    allocator = LayerAllocator(cast(Any, None), cast(Any, None), lambda: cast(Any, links))
+    maximum = 2_500_000
+    assert allocator.remb_bps(track, maximum) == maximum  # no estimates yet
+    sent, base = Sent(), now_us()  # remb_bps reads the clock
+    for endpoint in (10, 11):
+        downlink = allocator.downlinks[endpoint] = Downlink(maximum, now_us=base)
+        for seq in range(50):
+            sent.send(seq, base + seq * 8_000)
+        downlink.on_feedback(feedback_for(sent, 0, 49, 20_000), sent, base + 400_000)
+    # Estimated, but neither link has shown a limit: the publisher is not held back.
+    assert allocator.remb_bps(track, maximum) == maximum
+    for downlink in allocator.downlinks.values():  # each link fails a probe
+        downlink.start_probe(2_000_000, base + 400_000)
+        for seq in range(50, 150):
+            sent.send(seq, base + 400_000 + (seq - 50) * 6_000)
+        downlink.on_feedback(feedback_for(sent, 50, 149, 200_000, frozenset(range(50, 150, 2))),
+                             sent, base + 1_200_000)
+        assert downlink.limited(now_us())
+    best = max(d.estimate_bps or 0 for d in allocator.downlinks.values())
+    assert allocator.remb_bps(track, maximum) == max(REMB_FLOOR_BPS, int(best * 1.5))
+    audio = Track("TR_a", "pub", "audio", 4, media)
+    assert allocator.remb_bps(audio, 64_000) == 64_000
