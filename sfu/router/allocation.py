@@ -144,6 +144,8 @@ class LayerAllocator:
 
     def _apply(self, subscription: Subscription, layer: int | None) -> None:
         forwarder = self._ctx.forwarder
+        if layer is None and not subscription.preferences.paused:
+            return  # no layer is being sent (yet): nothing better to switch to
         if layer is None:
             forwarder.set_consumer_paused(subscription.consumer, True)
         else:
@@ -159,8 +161,7 @@ class LayerAllocator:
         source = self._ctx.forwarder.consumer_source(subscription.consumer)
         if not subscription.active or source is None:
             return
-        paused = subscription.preferences.paused or (
-            bool(track.layers) and subscription.layer is None)
+        paused = subscription.preferences.paused
         index = track.layers.index(source[0]) if source[0] in track.layers else None
         state = (None if paused else index, paused)
         if state == subscription.reported or (not track.layers and not paused
