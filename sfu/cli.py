@@ -162,7 +162,9 @@ async def _serve(config: sfu_config.Config) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        print(f"sfu: serving http://{config.server.host}:{server.port}/", flush=True)
+        loop.add_signal_handler(signal.SIGHUP, server.reload_tls)  # a renewed certificate
+        scheme = "https" if server.tls else "http"
+        print(f"sfu: serving {scheme}://{config.server.host}:{server.port}/", flush=True)
         await stop.wait()
         await server.stop()
     finally:

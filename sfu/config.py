@@ -31,6 +31,15 @@ class ServerConfig:
     log_format: str = "plain"  # or "json": one JSON object per line
     # Largest control message accepted, in bytes.
     max_message_bytes: int = 262_144
+    # HTTPS (the page, the WebSocket as wss://, /metrics, the admin API): PEM files of
+    # the certificate (with its chain) and key; SIGHUP reloads them. Or, for
+    # development, a self-signed certificate made at start for host and listen_ips.
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_self_signed: bool = False
+    # Reverse proxies (addresses) whose X-Forwarded-For names the client: connection
+    # limits per address then count the client, not the proxy.
+    trusted_proxies: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -169,6 +178,13 @@ class Config:
             "server.max_message_bytes",
             ">= 1024",
         )
+        _check("<tls>", bool(self.server.tls_cert) == bool(self.server.tls_key),
+               "server.tls_cert", "set together with server.tls_key")
+        _check(self.server.tls_self_signed, not (self.server.tls_self_signed
+                                                 and self.server.tls_cert),
+               "server.tls_self_signed", "false when server.tls_cert is set")
+        for proxy in self.server.trusted_proxies:
+            _check(proxy, _is_ip(proxy), "server.trusted_proxies", "IP addresses")
         _check(
             self.auth.mode, self.auth.mode in {"development", "jwt"}, "auth.mode",
             "development or jwt",

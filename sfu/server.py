@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,17 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sfu import events
 from sfu.config import Config
 from sfu.control import admin
-from sfu.control.admission import REFUSALS, ConnectionLimiter, connection_budget, http_limiter
+from sfu.control.admission import (
+    REFUSALS,
+    ConnectionLimiter,
+    client_address,
+    connection_budget,
+    http_limiter,
+)
 from sfu.control.auth import AuthError, Grants, mint_token, verify_token
 from sfu.control.listener import GatedListener
 from sfu.control.schema import ProtocolError
+from sfu.control.tls import Tls, make_tls
 from sfu.control.websocket import ConnectionLimits, ControlConnection
 from sfu.fastpath import Forwarder, make_forwarder
 from sfu.metrics import Statistics, registry
@@ -66,6 +74,7 @@ class Server:
         self.http_connections = http_limiter(self.control_connections)
         self._listener: GatedListener | None = None
         self._runner: web.AppRunner | None = None
+        self.tls: Tls | None = None  # HTTPS, once started (reload_tls() on SIGHUP)
         self.port: int | None = None
         self._registry = registry(self)
         self.app = self._make_app()
@@ -126,13 +135,27 @@ class Server:
             self._runner = web.AppRunner(self.app)
             await self._runner.setup()
             assert self._runner.server is not None  # set up above
-            self._listener = GatedListener(self._runner.server, self.http_connections)
+            self.tls = make_tls(self.config)
+            self._listener = GatedListener(
+                self._runner.server, self.http_connections,
+                self.tls.context if self.tls else None,
+                frozenset(self.config.server.trusted_proxies))
             self.port = self._listener.listen(self.config.server.host, self.config.server.port)
             logger.info(
-                "sfu listening on http://%s:%s (forwarder: %s)",
+                "sfu listening on %s://%s:%s (forwarder: %s)", "https" if self.tls else "http",
                 self.config.server.host, self.port, self.forwarder.implementation,
             )
         self._ready = True
+
+    def reload_tls(self) -> None:
+        """Load the TLS certificate and key again (SIGHUP): new connections get the new
+        ones. One that does not load is logged, and the old one stays."""
+        if self.tls is None:
+            return
+        try:
+            self.tls.reload()
+        except (OSError, ssl.SSLError) as exc:
+            logger.error("TLS certificate not reloaded, keeping the old one: %s", exc)
 
     async def stop(self) -> None:
         self._ready = False
@@ -200,7 +223,8 @@ class Server:
         ws = web.WebSocketResponse(max_msg_size=max_bytes + 1, autoping=False)
         await ws.prepare(request)
         # Counted once the handshake is done: a handshake that fails is never released.
-        address = request.remote or ""
+        address = client_address(request.remote or "", request.headers.get("X-Forwarded-For"),
+                                 self.config.server.trusted_proxies)
         refusal = self.control_connections.admit(address)
         if refusal is not None:
             # Told why, then closed at once: a flood holds no descriptors.

@@ -73,12 +73,13 @@ class ConnectionLimiter:
         # Why connections were refused or closed early, for /metrics.
         self.refused: Counter[str] = Counter()
 
-    def admit(self, address: str) -> str | None:
+    def admit(self, address: str, per_address: bool = True) -> str | None:
         """Count a new connection from ``address`` and return None, or return why it
-        is refused (an error code) without counting it."""
+        is refused (an error code) without counting it. ``per_address`` False: only
+        the total cap applies (a trusted reverse proxy, carrying many clients)."""
         if self.open >= self.max_total:
             reason = "too_many_connections"
-        elif self.by_address[address] >= self.max_per_address:
+        elif per_address and self.by_address[address] >= self.max_per_address:
             reason = "too_many_connections_from_address"
         else:
             self.open += 1
@@ -92,3 +93,14 @@ class ConnectionLimiter:
         self.by_address[address] -= 1
         if self.by_address[address] <= 0:
             del self.by_address[address]
+
+
+def client_address(remote: str, forwarded_for: str | None, trusted_proxies: list[str]) -> str:
+    """Whom a request comes from: its peer, or, when the peer is a trusted reverse proxy,
+    the last address its X-Forwarded-For adds (the one the proxy saw; earlier entries
+    are the client's to forge)."""
+    if remote in trusted_proxies and forwarded_for:
+        last = forwarded_for.split(",")[-1].strip()
+        if last:
+            return last
+    return remote

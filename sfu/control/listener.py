@@ -14,6 +14,7 @@ import contextlib
 import errno
 import logging
 import socket
+import ssl
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -60,9 +61,15 @@ class _Counted(asyncio.Protocol):
 class GatedListener:
     """Listening sockets on ``host``:``port`` whose connections pass ``limiter``."""
 
-    def __init__(self, protocol_factory: Callable[[], Any], limiter: ConnectionLimiter) -> None:
+    def __init__(self, protocol_factory: Callable[[], Any], limiter: ConnectionLimiter,
+                 ssl_context: ssl.SSLContext | None = None,
+                 unlimited: frozenset[str] = frozenset()) -> None:
+        """``ssl_context``: TLS on every connection; ``unlimited``: addresses (trusted
+        reverse proxies, which carry many clients) not held to the per-address cap."""
         self._factory = protocol_factory
         self.limiter = limiter
+        self._ssl = ssl_context
+        self._unlimited = unlimited
         self.sockets: list[socket.socket] = []
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -107,7 +114,7 @@ class GatedListener:
                     logger.warning("accept failed: %s", exc)
                 return
             address = str(peer[0])
-            if self.limiter.admit(address) is not None:
+            if self.limiter.admit(address, address not in self._unlimited) is not None:
                 with contextlib.suppress(OSError):
                     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
                 conn.close()
@@ -124,8 +131,8 @@ class GatedListener:
             return _Counted(self._factory(), lambda: self.limiter.release(address))
 
         try:
-            await loop.connect_accepted_socket(protocol, conn)
-        except OSError:
+            await loop.connect_accepted_socket(protocol, conn, ssl=self._ssl)
+        except (OSError, ssl.SSLError):  # a TLS handshake that fails is the peer's loss
             self.limiter.release(address)
             conn.close()
 

@@ -10,7 +10,6 @@ local use. Loopback peers are allowed only when coturn itself listens on loopbac
 
 from __future__ import annotations
 
-import datetime
 import ipaddress
 import logging
 import shutil
@@ -21,6 +20,7 @@ import time
 from pathlib import Path
 
 from sfu.config import TurnConfig
+from sfu.control.tls import write_self_signed
 
 logger = logging.getLogger(__name__)
 
@@ -32,32 +32,8 @@ class CoturnError(RuntimeError):
 
 
 def write_certificate(directory: Path, address: str) -> tuple[Path, Path]:
-    """A self-signed ECDSA certificate for ``address``, valid a year (local use only)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, address)])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=365))
-        .add_extension(x509.SubjectAlternativeName(
-            [x509.IPAddress(ipaddress.ip_address(address))]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "turn-cert.pem", directory / "turn-key.pem"
-    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
-    key_path.chmod(0o600)
-    return cert_path, key_path
+    """A self-signed certificate for ``address``, valid a year (local use only)."""
+    return write_self_signed(directory, [address], "turn")
 
 
 def config_text(turn: TurnConfig, directory: Path, cert: Path, key: Path) -> str:
