@@ -213,3 +213,24 @@ async def test_a_display_name_is_not_an_identity(connect: Any, server: Server) -
                                              "resume": first["participant"]["id"]})
     assert "resumed" not in third and third["participant"]["id"] != first["participant"]["id"]
     assert len(server.participants) == 4
+
+
+async def test_resume_while_the_old_socket_still_looks_open(connect: Any, server: Server) -> None:
+    """A phone that changes networks leaves its old WebSocket half-open: the server
+    learns it is dead only when pings go unanswered. A resume does not wait for that:
+    the old socket is closed and the participant carries on."""
+    alice, bob = await connect(), await connect()
+    await alice.request({"type": "join", "room": "h", "name": "alice"})
+    first = await bob.request({"type": "join", "room": "h", "name": "bob"})
+    await alice.recv()  # participant_joined
+    again = await connect()
+    resumed = await again.request({"type": "join", "room": "h", "name": "bob",
+                                   "resume": first["resume_token"]})
+    assert resumed["resumed"] is True
+    assert resumed["participant"]["id"] == first["participant"]["id"]
+    frame = await bob.ws.receive(timeout=5)  # the old socket is closed by the server
+    assert frame.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), frame
+    assert len(server.participants) == 2
+    assert await again.request({"type": "ping"}) == {"type": "pong"}
+    # alice saw neither a leave nor a join.
+    assert await alice.request({"type": "ping"}) == {"type": "pong"}

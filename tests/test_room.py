@@ -270,7 +270,7 @@ def test_publish_alone_is_only_track_added() -> None:
     assert room.tracks["a-video"].muted is False
     assert room.track("a-video") is room.tracks["a-video"]
     assert room.tracks["a-video"].describe() == {"id": "a-video", "participant": "a",
-                                                 "kind": "video"}
+                                                 "kind": "video", "muted": False}
     assert room.participants["a"].tracks == ["a-video"]
     assert subscriptions(room, "a") == set()
 

@@ -37,6 +37,7 @@ MINIMAL: dict[str, dict[str, Any]] = {
     "ping": {"type": "ping"},
     "leave": {"type": "leave"},
     "set_subscription": {"type": "set_subscription", "track": "t"},
+    "mute": {"type": "mute", "track": "t", "muted": True},
 }
 
 REQUIRED: dict[str, list[str]] = {
@@ -50,6 +51,7 @@ REQUIRED: dict[str, list[str]] = {
     "ping": [],
     "leave": [],
     "set_subscription": ["track"],
+    "mute": ["track", "muted"],
 }
 
 CANDIDATE = {
@@ -156,7 +158,7 @@ def documented_client_types() -> list[str]:
 
 def test_schema_has_exactly_the_documented_client_messages() -> None:
     documented = documented_client_types()
-    assert len(documented) == 10
+    assert len(documented) == 11
     assert set(documented) == set(SCHEMA) == set(MINIMAL) == set(REQUIRED)
 
 

@@ -100,6 +100,7 @@ SCHEMA: dict[str, tuple[dict[str, Check], dict[str, Check]]] = {
     "candidate": ({"pc": _pc_name, "candidate": _candidate}, {}),
     "subscribe": ({"tracks": _track_list}, {}),
     "unsubscribe": ({"tracks": _track_list}, {}),
+    "mute": ({"track": _string(64), "muted": _boolean}, {}),
     "set_subscription": ({"track": _string(64)}, {"max_width": _size, "max_height": _size,
                                                   "quality": _quality, "paused": _boolean}),
     "restart": ({}, {"relay_only": _boolean}),

@@ -41,8 +41,11 @@ class Track:
         """Every forwarder producer of the track: its layers, or its one stream."""
         return self.layers or (self.producer,)
 
-    def describe(self) -> dict[str, str]:
-        return {"id": self.id, "participant": self.participant, "kind": self.kind}
+    def describe(self) -> dict[str, str | bool]:
+        """As `joined.tracks` and `track_published` carry it: muted too, so a late
+        joiner sees a camera that is off."""
+        return {"id": self.id, "participant": self.participant, "kind": self.kind,
+                "muted": self.muted}
 
 
 @dataclass

@@ -114,12 +114,14 @@ class Router:
                      if link.participant.identity == identity and not link.leaving), None)
 
     def _resumable(self, identity: str, resume_token: str | None) -> ParticipantLink | None:
-        """The disconnected participant ``resume_token`` was issued to, if the joiner
-        has the same identity (both none, for token-less development joins)."""
+        """The participant ``resume_token`` was issued to, if the joiner has the same
+        identity (both none, for token-less development joins). Its old WebSocket may
+        not have been seen to close yet: a phone that changed networks leaves a socket
+        the server learns is dead only when pings go unanswered."""
         if resume_token is None:
             return None
         for link in self.links.values():
-            if (link.control is None and not link.leaving and secrets.compare_digest(
+            if (not link.leaving and secrets.compare_digest(
                     link.resume_token.encode(), resume_token.encode())):
                 return link if link.participant.identity == identity else None
         return None
@@ -132,6 +134,8 @@ class Router:
         if link.grace is not None:
             link.grace.cancel()
             link.grace = None
+        if link.control is not None:  # the old socket, not yet seen to close: closed
+            self.ctx.spawn(link.control.close())
         link.control = control
         link.participant.name = message["name"]
         link.resume_token = secrets.token_urlsafe(24)  # each token resumes once
@@ -394,6 +398,15 @@ class Router:
         self.broadcast("", {"type": "track_muted", "track": track_id, "muted": muted})
         self.ctx.events.publish(events.TrackMuted(
             self.name, participant=track.participant, track=track_id, muted=muted))
+
+    def mute_own(self, link: ParticipantLink, track_id: str, muted: bool) -> None:
+        """A participant turns its own camera or microphone off (or on): forwarding
+        pauses, and everyone hears `track_muted`, as for a server-side mute."""
+        if track_id not in self.room.tracks:
+            raise RoomError("unknown_track", f"no track {track_id!r} in this room")
+        if track_id not in link.participant.tracks:
+            raise RoomError("forbidden", "only your own tracks can be muted")
+        self.mute(track_id, muted)
 
     def info(self) -> dict[str, Any]:
         """The room's participants, tracks and per-subscription forwarding stats."""

@@ -82,6 +82,9 @@ class Session:
         if msg_type == "set_subscription":
             router.set_subscription(link, message)
             return None
+        if msg_type == "mute":
+            router.mute_own(link, message["track"], message["muted"])
+            return None
         if msg_type == "restart":
             return await router.restart(link, bool(message.get("relay_only")))
         if msg_type == "leave":
