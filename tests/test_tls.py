@@ -64,7 +64,7 @@ async def test_self_signed_https_serves_the_page_and_the_websocket(
     async with running(config) as server:
         assert server.port is not None
         assert await asyncio.to_thread(peer_certificate, server.port) == first
-    assert list(self_signed_home.rglob("https-key.pem"))[0].stat().st_mode & 0o077 == 0
+    assert next(self_signed_home.rglob("https-key.pem")).stat().st_mode & 0o077 == 0
 
 
 async def test_a_renewed_certificate_is_served_after_reload(tmp_path: Path) -> None:

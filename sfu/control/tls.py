@@ -77,7 +77,7 @@ def self_signed_names(host: str, listen_ips: list[str]) -> list[str]:
     """What a development certificate names: the bound host (unless a wildcard), the
     ICE addresses, and localhost."""
     names = [h for h in (host, *listen_ips) if h not in ("", "0.0.0.0", "::")]
-    return [*names, "localhost", "127.0.0.1"]
+    return list(dict.fromkeys([*names, "localhost", "127.0.0.1"]))
 
 
 def make_tls(config: Config) -> Tls | None:

@@ -7,9 +7,15 @@ const roomInput = $('room');
 const nameInput = $('name');
 const joinButton = $('join');
 const leaveButton = $('leave');
+const micButton = $('mic');
+const cameraButton = $('camera');
+const micSelect = $('mic-select');
+const cameraSelect = $('camera-select');
 const preview = $('preview');
 const grid = $('grid');
 const STATS_INTERVAL_MS = 1000;
+const RECONNECTED_NOTICE_MS = 3000; // "Reconnected" is news for a moment, then clutter
+const VIDEO = { width: 640, height: 480 };
 const RESIZE_DEBOUNCE_MS = 250; // a window drag resizes every frame: tell the server once it settles
 const MAX_SIZE_PX = 16384; // the largest max_width / max_height the server takes
 const LAYERS = ['q', 'h', 'f']; // simulcast layers, low to high
@@ -31,6 +37,14 @@ function forcedSizeParams() {
   return Object.keys(out).length ? out : null;
 }
 const forcedSize = forcedSizeParams();
+
+// getUserMedia exists only in a secure context (HTTPS, or localhost): elsewhere
+// navigator.mediaDevices is undefined, and the page can only watch and listen.
+const canCapture = Boolean(window.isSecureContext && navigator.mediaDevices?.getUserMedia);
+const publishWanted = params.get('publish') !== '0'; // ?publish=0: watch only
+// What the mic and camera buttons ask (true: off). Kept across joins, and settable
+// before joining, so one can come in muted.
+const muted = { audio: false, video: false };
 
 let client = null;
 let localStream = null;
@@ -54,6 +68,224 @@ function setStatus(text, isError = false) {
   $('status').classList.toggle('error', isError);
 }
 
+// --- the notice: one banner saying what is wrong and what can be done about it ---
+// #notice[data-kind]: insecure | permission | no-camera | unreachable | reconnecting |
+// reconnected | error. A newer notice replaces an older one.
+
+let noticeTimer = null;
+
+// `actions`: [{id, label, onClick}] buttons, or [{id, label, href}] links.
+function notify(kind, text, actions = []) {
+  clearTimeout(noticeTimer);
+  const notice = $('notice');
+  notice.dataset.kind = kind;
+  $('notice-text').textContent = text;
+  $('notice-actions').replaceChildren(...actions.map(actionElement));
+  notice.hidden = false;
+}
+
+function actionElement({ id, label, href, onClick }) {
+  const el = document.createElement(href ? 'a' : 'button');
+  Object.assign(el, { id, textContent: label });
+  if (href) el.href = href;
+  else {
+    el.type = 'button';
+    el.addEventListener('click', onClick);
+  }
+  return el;
+}
+
+// Back to the standing notice, if the page has one: the insecure one never goes away.
+function resetNotice() {
+  clearTimeout(noticeTimer);
+  if (!canCapture && publishWanted) {
+    showInsecure();
+    return;
+  }
+  $('notice').hidden = true;
+  delete $('notice').dataset.kind;
+}
+
+// The https:// address of this very page (the server serves HTTPS on its own port when
+// configured with [server] tls_cert / tls_key, or tls_self_signed).
+function httpsUrl() {
+  return `https://${location.host}${location.pathname}${location.search}${location.hash}`;
+}
+
+function showInsecure() {
+  const joinedAlready = Boolean(client);
+  const viewer = joinedAlready ? 'For now you are in as a viewer.'
+    : 'Or join as a viewer: you see and hear the others, they do not see or hear you.';
+  const actions = joinedAlready ? []
+    : [{ id: 'notice-viewer', label: 'Join as a viewer', onClick: () => join({ viewer: true }) }];
+  // A secure page in a browser without getUserMedia (some in-app browsers): HTTPS won't help.
+  if (window.isSecureContext) {
+    notify('insecure', `This browser cannot use the camera and microphone here. ${viewer}`, actions);
+    return;
+  }
+  notify('insecure', 'The camera and microphone need HTTPS (or localhost), and this page came over plain '
+    + `HTTP. Open https://${location.host}/ to be seen and heard. ${viewer}`, // no token shown
+  [{ id: 'notice-https', label: 'Open the HTTPS page', href: httpsUrl() }, ...actions]);
+}
+
+function showReconnected() {
+  notify('reconnected', 'Reconnected.');
+  noticeTimer = setTimeout(resetNotice, RECONNECTED_NOTICE_MS);
+}
+
+// Why the call ended, for a close nobody here asked for.
+function endedText({ error, resumeFailed }) {
+  if (error?.code === 'replaced') return 'You joined this room from another tab or device, so this one left the call.';
+  if (error?.code === 'kicked') return 'You were removed from the room.';
+  if (error?.code === 'room_closed') return 'The room was closed.';
+  if (resumeFailed) return 'The connection to the server was lost and could not be resumed: the call has ended.';
+  return 'Disconnected from the server: the call has ended.';
+}
+
+// --- camera and microphone: never throws; whatever fails, one can still join and watch ---
+
+const denied = (err) => err?.name === 'NotAllowedError' || err?.name === 'SecurityError';
+// Errors that say "not this device" rather than "not allowed" or a bug: try with less.
+const MISSING = new Set(['NotFoundError', 'OverconstrainedError', 'NotReadableError', 'AbortError']);
+
+function cameraProblem(err) {
+  if (err.name === 'NotFoundError') return 'No camera found';
+  if (err.name === 'OverconstrainedError') return 'The chosen camera is not available';
+  return 'The camera could not be started (is another app using it?)';
+}
+
+const PERMISSION = ['permission', 'Camera and microphone access was denied, so you are in as a viewer: '
+  + 'the others cannot see or hear you. To be seen and heard, allow them in the browser\'s site '
+  + 'settings, then leave and join again.'];
+
+// {stream, problem: [kind, text] | undefined}: both if we can, else the microphone alone
+// (no camera), else nothing (a viewer).
+async function openMedia() {
+  const audio = deviceConstraint(micSelect.value, {}, 'ideal');
+  const video = deviceConstraint(cameraSelect.value, VIDEO, 'ideal');
+  let first;
+  try {
+    return { stream: await navigator.mediaDevices.getUserMedia({ audio, video }) };
+  } catch (err) {
+    first = err;
+  }
+  if (denied(first)) return { stream: null, problem: PERMISSION };
+  if (!MISSING.has(first.name)) {
+    return { stream: null, problem: ['error', `Cannot open the camera and microphone (${first.name}: `
+      + `${first.message}), so you are in as a viewer.`] };
+  }
+  try {
+    const stream = await navigator.mediaDevices.getUserMedia({ audio });
+    return { stream, problem: ['no-camera', `${cameraProblem(first)}: you are in with your microphone only.`] };
+  } catch (err) {
+    if (denied(err)) return { stream: null, problem: PERMISSION };
+    const mic = err.name === 'NotFoundError' ? 'no microphone either' : 'the microphone could not be started either';
+    return { stream: null, problem: ['no-camera', `${cameraProblem(first)}, and ${mic}: you are in as a viewer `
+      + '(you see and hear the others, they do not see or hear you).'] };
+  }
+}
+
+// getUserMedia constraints for a picked device ('' = the browser's choice). At join a
+// vanished device must not cost us the camera ('ideal'); a switch asks for that one ('exact').
+function deviceConstraint(deviceId, base, how) {
+  return deviceId ? { ...base, deviceId: { [how]: deviceId } } : { ...base };
+}
+
+const localTrack = (kind) => localStream?.getTracks().find((t) => t.kind === kind);
+
+// --- the controls: mute buttons, device pickers, the participant count ---
+
+// Buttons and pickers work before joining (what to join with) and, once in, for what we
+// publish; without a camera or microphone (or on an insecure page) there is nothing to set.
+function showControls() {
+  for (const [kind, button, select] of [['audio', micButton, micSelect], ['video', cameraButton, cameraSelect]]) {
+    const has = Boolean(localTrack(kind));
+    const usable = canCapture && publishWanted && (!client || has);
+    button.disabled = !usable;
+    // Nothing sent is as good as muted, for the others and so for the button.
+    button.setAttribute('aria-pressed', String(muted[kind] || (Boolean(client?.joined) && !has)));
+    select.disabled = !usable || !select.options[0]?.value;
+  }
+  // Our own tile says what the others get of us.
+  const joined = Boolean(client?.joined);
+  const cameraOff = $('local-camera-off');
+  cameraOff.hidden = !joined || (Boolean(localTrack('video')) && !muted.video);
+  if (!localStream) cameraOff.textContent = 'Watching only';
+  else cameraOff.textContent = localTrack('video') ? 'Camera off' : 'No camera';
+  $('local-mic-off').hidden = !joined || (Boolean(localTrack('audio')) && !muted.audio);
+}
+
+function toggleMute(kind) {
+  muted[kind] = !muted[kind];
+  client?.setMuted(kind, muted[kind]); // the client remembers it if not publishing yet
+  showControls();
+}
+
+function showCount() {
+  const count = $('count');
+  const joined = Boolean(client?.joined);
+  count.hidden = !joined;
+  count.textContent = joined ? `${1 + Object.keys(client.participants).length} in the room` : '';
+}
+
+// Device names come with permission (before it, a browser lists few devices, or no ids),
+// and devices come and go: fill the pickers again whenever either may have changed.
+async function fillDevicePickers() {
+  if (!navigator.mediaDevices?.enumerateDevices) return;
+  const devices = await navigator.mediaDevices.enumerateDevices().catch(() => []);
+  fillPicker(cameraSelect, devices.filter((d) => d.kind === 'videoinput'), 'Camera', 'video');
+  fillPicker(micSelect, devices.filter((d) => d.kind === 'audioinput'), 'Microphone', 'audio');
+  showControls();
+}
+
+function fillPicker(select, devices, noun, kind) {
+  const chosen = localTrack(kind)?.getSettings().deviceId || select.value;
+  const usable = devices.filter((d) => d.deviceId);
+  select.replaceChildren(...usable.map((d, i) => new Option(d.label || `${noun} ${i + 1}`, d.deviceId)));
+  if (!usable.length) select.append(new Option(`Default ${noun.toLowerCase()}`, ''));
+  if (usable.some((d) => d.deviceId === chosen)) select.value = chosen;
+}
+
+// Picked while publishing: send the new device's track in place of the old one. Picked
+// before joining: the next join opens it.
+async function switchDevice(kind, select) {
+  const old = localTrack(kind);
+  const deviceId = select.value;
+  if (!client || !old || old.getSettings().deviceId === deviceId) return;
+  const c = client;
+  const constraint = deviceConstraint(deviceId, kind === 'video' ? VIDEO : {}, 'exact');
+  let fresh;
+  try {
+    fresh = await openDevice(kind, constraint);
+    if (client !== c) { // left meanwhile
+      fresh.stop();
+      return;
+    }
+    (await c.replaceTrack(kind, fresh)).stop();
+  } catch (err) {
+    fresh?.stop();
+    const name = select.selectedOptions[0]?.textContent ?? 'that device';
+    notify('error', `Cannot switch to ${name}: ${err.message || err.name}.`);
+    select.value = localTrack(kind)?.getSettings().deviceId ?? select.value;
+    return;
+  }
+  preview.srcObject = localStream; // it holds the new track now; re-assigning reloads
+  fillDevicePickers();
+}
+
+// A track of that device. A phone may not run two cameras at once: if the new one
+// cannot start next to the old, stop the old one and try again.
+async function openDevice(kind, constraint) {
+  const open = async () => (await navigator.mediaDevices.getUserMedia({ [kind]: constraint })).getTracks()[0];
+  try {
+    return await open();
+  } catch (err) {
+    if (err.name !== 'NotReadableError' && err.name !== 'AbortError') throw err;
+    localTrack(kind)?.stop();
+    return open();
+  }
+}
+
 function setTitle(room) { document.title = `sfu · ${room}`; }
 setTitle(roomInput.value);
 
@@ -72,7 +304,14 @@ function tileFor(participant) {
   video.autoplay = video.playsInline = true; // not muted: this element also plays their audio
   caption.textContent = client?.participants[participant]?.name ?? participant;
   figure.dataset.participant = participant;
-  figure.append(video, caption);
+  // Their own mute, as the server tells it (`track_muted`): shown over the last frame.
+  const cameraOff = Object.assign(document.createElement('div'), {
+    className: 'overlay muted-video', textContent: 'Camera off', hidden: true,
+  });
+  const micOff = Object.assign(document.createElement('span'), {
+    className: 'badge muted-audio', textContent: 'Mic off', hidden: true,
+  });
+  figure.append(video, cameraOff, caption, micOff);
   grid.append(figure);
   const stats = statsStrip(figure, {
     bitrate: 'Received bitrate, video + audio', loss: 'Packet loss over the last second',
@@ -80,11 +319,23 @@ function tileFor(participant) {
     layer: 'Simulcast layer the server forwards us (q, h, f: low to high)',
     estimate: "The server's estimate of the bandwidth it can send us",
   });
-  tile = { figure, video, stream: new MediaStream(), byMid: new Map(), stats };
+  tile = { figure, video, stream: new MediaStream(), byMid: new Map(), stats, cameraOff, micOff };
   watchTile(tile);
   showRemote(tile, {});
+  showMuted(tile);
   tiles.set(participant, tile);
   return tile;
+}
+
+// A kind counts as muted when a track of that kind of theirs is.
+function showMuted(tile) {
+  const participant = tile.figure.dataset.participant;
+  const off = { audio: false, video: false };
+  for (const t of Object.values(client?.tracks ?? {})) {
+    if (t.participant === participant && client.muted[t.id]) off[t.kind] = true;
+  }
+  tile.cameraOff.hidden = !off.video;
+  tile.micOff.hidden = !off.audio;
 }
 
 function removeTile(participant) {
@@ -311,36 +562,27 @@ function cleanup() {
   preview.srcObject = null;
   client = null;
   setJoined(false);
+  showCount();
+  showControls();
 }
 
-async function join() {
-  if (client) return window.sfuReady;
-  newReady();
-  const settle = ready; // this attempt's; a later Join gets its own
-  const room = roomInput.value.trim();
-  const name = nameInput.value.trim();
-  setTitle(room);
-  setJoined(true);
-  const c = (client = window.sfu = new SfuClient({
-    room, name, token: params.get('token') || undefined,
-    // ?relay=1 uses TURN from the start; ?fallback=0 turns the automatic TURN restart off.
-    iceTransportPolicy: params.get('relay') === '1' ? 'relay' : undefined,
-    relayFallback: params.get('fallback') !== '0',
-    ...(params.get('connect_timeout_ms') ? { connectTimeoutMs: Number(params.get('connect_timeout_ms')) } : {}),
-  }));
-  c.addEventListener('connectiontrouble', ({ detail }) => {
+// Everything the page shows of a client's events.
+function listen(c, room, name) {
+  const on = (type, handler) => c.addEventListener(type, ({ detail }) => handler(detail));
+  on('connectiontrouble', (detail) => {
     setStatus(`The ${detail.pc} connection ${detail.reason === 'timeout' ? 'is slow to connect' : detail.reason}; `
       + (c.relayFallback ? 'reconnecting through TURN…' : 'no fallback.'), true);
   });
-  c.addEventListener('restarted', ({ detail }) => {
+  on('restarted', (detail) => {
     setStatus(`Reconnected${detail.relayOnly ? ' through TURN' : ''}: in room ${room} as ${name}.`);
   });
-  c.addEventListener('track', ({ detail }) => {
+  on('track', (detail) => {
     const tile = tileFor(detail.participant);
     tile.byMid.set(detail.mid, detail.track);
     tile.stream.addTrack(detail.track);
     tile.video.srcObject = tile.stream; // re-assigning reloads, so a late video track shows too
     play(tile.video);
+    showMuted(tile);
     if (detail.kind !== 'video') return;
     // A new track, or the same one after a restart: tell the server everything again.
     tile.videoIds.set(detail.mid, detail.trackId);
@@ -348,7 +590,7 @@ async function join() {
     measure(tile);
     syncSubscription(tile);
   });
-  c.addEventListener('trackended', ({ detail }) => {
+  on('trackended', (detail) => {
     const tile = tiles.get(detail.participant);
     tile?.videoIds.delete(detail.mid);
     tile?.sent.delete(detail.trackId);
@@ -357,56 +599,130 @@ async function join() {
     tile.byMid.delete(detail.mid);
     tile.stream.removeTrack(track);
   });
-  c.addEventListener('participant_left', ({ detail }) => removeTile(detail.participant));
-  c.addEventListener('subscription_failed', ({ detail }) => {
+  on('participant_joined', showCount);
+  on('participant_left', (detail) => {
+    removeTile(detail.participant);
+    showCount();
+  });
+  on('track_muted', (detail) => {
+    if (detail.participant === c.self?.id) { // ours, maybe muted by the admin: follow it
+      if (detail.kind) muted[detail.kind] = detail.muted;
+      showControls();
+      return;
+    }
+    const tile = tiles.get(detail.participant);
+    if (tile) showMuted(tile);
+  });
+  on('subscription_failed', (detail) => {
     const who = c.participants[detail.participant]?.name ?? detail.participant;
     setStatus(`Cannot show ${who}'s ${detail.kind}: this browser cannot decode ${detail.codec}.`, true);
   });
-  c.addEventListener('layer', ({ detail }) => {
+  on('layer', (detail) => {
     for (const tile of tiles.values()) {
       if ([...tile.videoIds.values()].includes(detail.track)) showLayer(tile);
     }
   });
-  c.addEventListener('error', ({ detail }) => {
+  on('error', (detail) => {
     // A refused preference (a server without simulcast, a track that just left) changes
     // nothing on screen: not worth the status line.
-    if (detail.ref === 'set_subscription') console.warn('sfu: set_subscription refused:', detail.message);
-    else setStatus(`Error: ${detail.message}`, true);
+    if (detail.ref === 'set_subscription') {
+      console.warn('sfu: set_subscription refused:', detail.message);
+      return;
+    }
+    setStatus(`Error: ${detail.message}`, true);
+    notify('error', `Error: ${detail.message}`);
   });
-  c.addEventListener('close', () => {
-    if (client !== c) return; // a deliberate leave already cleaned up
+  // The WebSocket dropped: the client rejoins by itself, media keeps flowing meanwhile.
+  on('reconnecting', () => {
+    notify('reconnecting', 'The connection to the server was lost. Reconnecting…');
+    setStatus('Reconnecting…', true);
+  });
+  on('reconnected', () => {
+    showReconnected();
+    setStatus(`In room ${room} as ${name}.`);
+    showCount();
+    // Preferences that could not be sent while the socket was down go now.
+    for (const tile of tiles.values()) {
+      syncSubscription(tile);
+      showMuted(tile);
+    }
+  });
+  on('close', (detail) => {
+    // Left on purpose (the page cleaned up already), or join() failed and reports it.
+    if (client !== c || !c.joined) return;
     cleanup();
+    if (detail.left) { // window.sfu.leave() called directly
+      resetNotice();
+      setStatus('Left the room.');
+      return;
+    }
+    notify('error', endedText(detail), [{ id: 'notice-retry', label: 'Join again', onClick: () => join() }]);
     setStatus('Disconnected.', true);
   });
-  const publishing = params.get('publish') !== '0'; // ?publish=0: watch only
+}
+
+// `viewer`: publish nothing, as ?publish=0 does (the insecure notice offers it).
+async function join({ viewer = false } = {}) {
+  if (client) return window.sfuReady;
+  newReady();
+  const settle = ready; // this attempt's; a later Join gets its own
+  const room = roomInput.value.trim();
+  const name = nameInput.value.trim();
+  setTitle(room);
+  setJoined(true);
+  resetNotice(); // an earlier attempt's problem is not this one's
+  const c = (client = window.sfu = new SfuClient({
+    room, name, token: params.get('token') || undefined,
+    // ?relay=1 uses TURN from the start; ?fallback=0 turns the automatic TURN restart off.
+    iceTransportPolicy: params.get('relay') === '1' ? 'relay' : undefined,
+    relayFallback: params.get('fallback') !== '0',
+    ...(params.get('connect_timeout_ms') ? { connectTimeoutMs: Number(params.get('connect_timeout_ms')) } : {}),
+  }));
+  listen(c, room, name);
+  showControls();
   try {
-    if (publishing) {
+    if (publishWanted && !viewer && canCapture) {
       setStatus('Opening camera and microphone…');
-      localStream = await navigator.mediaDevices.getUserMedia({
-        audio: true, video: { width: 640, height: 480 },
-      });
+      const { stream, problem } = await openMedia();
+      if (client !== c) { // left while the browser asked for permission
+        stream?.getTracks().forEach((t) => t.stop());
+        throw Object.assign(new Error('left before joining'), { code: 'left' });
+      }
+      localStream = stream;
       preview.srcObject = localStream;
+      if (problem) notify(...problem);
+      fillDevicePickers(); // names come with the permission
     }
     $('local').querySelector('figcaption').textContent = `${name} (you)`;
     setStatus(`Joining ${room}…`);
     const joined = await c.join();
     startStats(c);
-    if (publishing) {
+    showCount();
+    if (localStream) {
+      for (const kind of ['audio', 'video']) c.setMuted(kind, muted[kind]); // as the buttons say
       setStatus('Publishing…');
       await c.publish(localStream, {
         videoCodec: params.get('codec') || undefined,
         simulcast: params.get('simulcast') === '0' ? false : undefined, // ?simulcast=0: one layer
       });
     }
-    setStatus(`In room ${room} as ${joined.participant.name}.`);
+    showControls();
+    if (!canCapture && publishWanted) showInsecure(); // now without its "join as a viewer"
+    setStatus(`In room ${room} as ${joined.participant.name}${localStream ? '' : ', watching only'}.`);
     settle.resolve(c);
   } catch (err) {
-    if (client === c) {
-      c.leave().catch(() => {});
-      cleanup();
+    settle.reject(err);
+    if (client !== c) return; // left meanwhile: nothing went wrong
+    c.leave().catch(() => {});
+    cleanup();
+    const retry = { id: 'notice-retry', label: 'Retry', onClick: () => join({ viewer }) };
+    if (err.code === 'unreachable') {
+      notify('unreachable', `Cannot reach the server at ${c.url}. Check the network connection, `
+        + 'then try again.', [retry]);
+    } else {
+      notify('error', `Could not join: ${err.message || err}`, [retry]);
     }
     setStatus(`Failed: ${err.message || err}`, true);
-    settle.reject(err);
   }
   return window.sfuReady;
 }
@@ -415,6 +731,7 @@ async function leave() {
   const c = client;
   if (!c) return;
   cleanup(); // first, so the socket's close event is not reported as a disconnect
+  resetNotice();
   await c.leave();
   setStatus('Left the room.');
 }
@@ -424,5 +741,13 @@ $('controls').addEventListener('submit', (e) => {
   join();
 });
 leaveButton.addEventListener('click', () => leave());
+micButton.addEventListener('click', () => toggleMute('audio'));
+cameraButton.addEventListener('click', () => toggleMute('video'));
+micSelect.addEventListener('change', () => switchDevice('audio', micSelect));
+cameraSelect.addEventListener('change', () => switchDevice('video', cameraSelect));
+navigator.mediaDevices?.addEventListener?.('devicechange', () => fillDevicePickers());
 
-if (params.get('autojoin') === '1') join();
+resetNotice(); // on an insecure page, say so before anyone clicks Join
+fillDevicePickers();
+showControls();
+if (params.get('autojoin') === '1') join(); // on an insecure page: as a viewer, with the notice

@@ -5,6 +5,21 @@
 const GATHER_TIMEOUT_MS = 3000; // never hang on a slow or broken STUN/TURN server
 const LEAVE_TIMEOUT_MS = 2000;
 const PING_INTERVAL_MS = 20000; // keeps idle proxies from dropping the socket
+// A phone that changes networks can leave a socket that neither works nor closes: no
+// pong this long after a ping counts as a drop, so we resume instead of hanging.
+const PONG_TIMEOUT_MS = 15000;
+// Resuming (docs/protocol.md, "Identity, replacement and resuming"): after an unasked-for
+// close, rejoin with the resume token, waiting 0.5, 1, 2, 4, 5, 5… s between attempts
+// (at most 5 s, so several attempts land within the server's reconnect_grace_s, 20 s by
+// default) until RESUME_TIMEOUT_MS have passed.
+const RESUME_TIMEOUT_MS = 30000;
+const RESUME_FIRST_DELAY_MS = 500;
+const RESUME_MAX_DELAY_MS = 5000;
+const RESUME_ATTEMPT_TIMEOUT_MS = 8000; // a socket that neither opens nor fails
+const OPEN_TIMEOUT_MS = 15000; // the first socket: past this, the server is unreachable
+// Errors after which the server closes the socket and the session is over for good:
+// resuming would fight the other tab (`replaced`) or come back against the admin's will.
+const FINAL_ERRORS = new Set(['replaced', 'kicked', 'room_closed']);
 // ICE fallback (docs/protocol.md, "Restarting"): a connection not connected this long
 // after it was made, or disconnected this long, is rebuilt through TURN.
 const CONNECT_TIMEOUT_MS = 10000;
@@ -20,6 +35,7 @@ const SIMULCAST_ENCODINGS = [
 ];
 const QUALITIES = new Set(['low', 'medium', 'high']);
 const MAX_SIZE_PX = 16384; // the server refuses larger max_width / max_height
+const KINDS = new Set(['audio', 'video']);
 
 // The protocol is non-trickle: the SDP we send must already hold every candidate.
 function gatheringComplete(pc, timeoutMs = GATHER_TIMEOUT_MS) {
@@ -52,19 +68,30 @@ function serverError(msg) {
   return err;
 }
 
+// Errors of our own making carry a `code` too, so callers can tell them from the server's.
+function localError(code, message) {
+  return Object.assign(new Error(message), { code });
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, Math.max(0, ms)));
+
 export class SfuClient extends EventTarget {
   // `relayFallback` (default true): when a connection fails, does not connect within
   // `connectTimeoutMs` or stays disconnected `disconnectedTimeoutMs`, restart both
   // connections relay-only (TURN) while keeping our place in the room.
+  // `resumeTimeoutMs` (default 30 s; 0: never): how long to try to resume after the
+  // WebSocket drops, keeping both peer connections, before giving up with `close`.
   constructor({
     url, room, name, token, iceTransportPolicy, relayFallback = true,
     connectTimeoutMs = CONNECT_TIMEOUT_MS, disconnectedTimeoutMs = DISCONNECTED_TIMEOUT_MS,
+    resumeTimeoutMs = RESUME_TIMEOUT_MS,
   } = {}) {
     super();
     const scheme = globalThis.location?.protocol === 'https:' ? 'wss' : 'ws';
     this.url = url || `${scheme}://${globalThis.location?.host}/ws`;
     Object.assign(this, {
       room, name, token, iceTransportPolicy, relayFallback, connectTimeoutMs, disconnectedTimeoutMs,
+      resumeTimeoutMs,
     });
     this.ws = null;
     this.pubPc = null;
@@ -74,6 +101,9 @@ export class SfuClient extends EventTarget {
     this.participants = {};    // the others: id -> {id, name}
     this.iceServers = [];
     this.layers = {};          // subscribed track id -> its latest `layer` message
+    this.tracks = {};          // every track in the room, ours too: id -> {id, participant, kind}
+    this.muted = {};           // track id -> bool, from `track_muted` (server-side mute)
+    this.localTracks = [];     // ours, from the publish `answer`: [{id, kind}]
     this._nextId = 1;
     this._pending = new Map(); // request id -> {resolve, reject}
     this._mids = new Map();    // subscribe mid -> {mid, track, participant, kind}
@@ -85,33 +115,61 @@ export class SfuClient extends EventTarget {
     this._restartPending = false; // sent `restart`, `restarted` not yet here
     this._unconnectedRestarts = 0;
     this.restarts = 0;
+    this._started = false;     // join() called: a client joins once
+    this._closing = false;     // leave()/close() asked for the end: no resuming
+    this._finished = false;    // `close` emitted
+    this._finalError = null;   // the `error` that ended the session (FINAL_ERRORS)
+    this._resuming = false;    // a resume is under way
+    this._resumeToken = null;  // from the last `joined`: what `join.resume` presents
+    this._restartLost = null;  // relayOnly of a restart the drop interrupted: redo it
+    this._mutedKinds = {};     // kind -> what setMuted() asked last (or the server said)
+    this._replacing = Promise.resolve(); // replaceTrack() calls, one at a time
   }
 
+  // Rejects with `code: 'unreachable'` when the WebSocket cannot be opened, with the
+  // server's error (its `code`) when the join is refused.
   async join() {
-    if (this.ws) throw new Error('join() already called');
-    const ws = (this.ws = new WebSocket(this.url));
-    ws.addEventListener('message', (e) => this._onMessage(e));
-    ws.addEventListener('close', (e) => this._onClose(e));
-    await new Promise((resolve, reject) => {
-      ws.addEventListener('open', resolve, { once: true });
-      const fail = () => reject(new Error(`cannot connect to ${this.url}`));
-      ws.addEventListener('error', fail, { once: true });
-    });
-    this._pingTimer = setInterval(() => this.ping().catch(() => {}), PING_INTERVAL_MS);
+    if (this._started) throw new Error('join() already called');
+    this._started = true;
+    await this._open(OPEN_TIMEOUT_MS);
+    this._startPing();
     let joined;
     try {
-      joined = await this._request('join', {
-        room: this.room, name: this.name, ...(this.token ? { token: this.token } : {}),
-      });
+      joined = await this._request('join', this._joinFields());
     } catch (err) {
-      ws.close(); // a session that failed to join is of no further use
+      this._closing = true; // a session that failed to join is of no further use
+      this.ws?.close();
       throw err;
     }
     this.joined = joined;
     this.self = joined.participant;
+    this._resumeToken = joined.resume_token ?? null;
     this.iceServers = joined.ice_servers || [];
     for (const p of joined.participants || []) this.participants[p.id] = { id: p.id, name: p.name };
+    for (const t of joined.tracks || []) this._addTrack(t);
     return joined;
+  }
+
+  _joinFields() {
+    return { room: this.room, name: this.name, ...(this.token ? { token: this.token } : {}) };
+  }
+
+  // A new WebSocket as `this.ws`; resolves once open, rejects (code 'unreachable') if it
+  // fails or has not opened within `timeoutMs`. Events of a socket we have replaced or
+  // dropped are ignored: only `this.ws` speaks for the session.
+  _open(timeoutMs = 0) {
+    const ws = (this.ws = new WebSocket(this.url));
+    ws.addEventListener('message', (e) => { if (ws === this.ws) this._onMessage(e); });
+    ws.addEventListener('close', (e) => { if (ws === this.ws) this._onClose(e); });
+    return new Promise((resolve, reject) => {
+      const fail = () => {
+        clearTimeout(timer);
+        reject(localError('unreachable', `cannot connect to ${this.url}`));
+      };
+      const timer = timeoutMs ? setTimeout(() => { ws.close(); fail(); }, timeoutMs) : null;
+      ws.addEventListener('open', () => { clearTimeout(timer); resolve(); }, { once: true });
+      ws.addEventListener('error', fail, { once: true });
+    });
   }
 
   // `videoCodec` (e.g. 'H264' or 'VP8') puts that codec first in the offer; the SFU
@@ -123,6 +181,7 @@ export class SfuClient extends EventTarget {
     if (this.pubPc) throw new Error('already published');
     const options = { videoCodec, simulcast };
     this._published = { mediaStream, options }; // a restart publishes the same way
+    for (const track of mediaStream.getTracks()) this._applyEnabled(track); // muted before publishing
     return this._publish(mediaStream, options);
   }
 
@@ -143,7 +202,65 @@ export class SfuClient extends EventTarget {
     await gatheringComplete(pc);
     const reply = await this._request('publish', { sdp: pc.localDescription.sdp });
     await pc.setRemoteDescription({ type: 'answer', sdp: reply.sdp });
+    // A restart's publish gets the same ids back; keep them either way.
+    this.localTracks = (reply.tracks || []).map(({ id, kind }) => ({ id, kind }));
+    for (const t of reply.tracks || []) this._addTrack(t);
+    this._syncMutes();
     return reply;
+  }
+
+  // Mute or unmute what we publish of `kind` ('audio' | 'video'), for everyone: the
+  // server stops forwarding it (no packets reach anyone) and tells the room with
+  // `track_muted`; the local track is disabled too. Remembered, so a mute asked before
+  // publishing or while the socket is down is sent once it can be.
+  setMuted(kind, muted) {
+    if (!KINDS.has(kind)) throw new TypeError("kind must be 'audio' or 'video'");
+    this._mutedKinds[kind] = Boolean(muted);
+    for (const track of this._published?.mediaStream.getTracks() ?? []) this._applyEnabled(track);
+    if (!this._canSend()) return; // _syncMutes() sends it after the publish or the resume
+    for (const t of this.localTracks) {
+      if (t.kind === kind) this._send({ type: 'mute', track: t.id, muted: Boolean(muted) });
+    }
+  }
+
+  // Send `track` instead of our published track of its kind, e.g. another camera: the
+  // sender's track is swapped in place (RTCRtpSender.replaceTrack), so there is no
+  // renegotiation, the server sees the same track id and subscribers the same stream.
+  // The published stream gets `track` in place of the old one (a restart publishes it);
+  // the old track is returned, still live, for the caller to stop.
+  replaceTrack(kind, track) {
+    const run = this._replacing.then(() => this._replaceTrack(kind, track));
+    this._replacing = run.catch(() => {});
+    return run;
+  }
+
+  async _replaceTrack(kind, track) {
+    if (track?.kind !== kind) throw new TypeError(`replaceTrack() needs a ${kind} track`);
+    const stream = this._published?.mediaStream;
+    const old = stream?.getTracks().find((t) => t.kind === kind);
+    if (!old) throw new Error(`no published ${kind} track to replace`);
+    this._applyEnabled(track);
+    for (const transceiver of this.pubPc?.getTransceivers() ?? []) {
+      if (transceiver.sender.track === old) await transceiver.sender.replaceTrack(track);
+    }
+    stream.removeTrack(old);
+    stream.addTrack(track);
+    return old;
+  }
+
+  _applyEnabled(track) {
+    if (this._mutedKinds[track.kind] != null) track.enabled = !this._mutedKinds[track.kind];
+  }
+
+  // Tell the server what was asked for each of our tracks that it may not know: after
+  // a publish, and after a resume (a mute sent while the socket was down never left).
+  _syncMutes() {
+    if (!this._canSend()) return;
+    for (const t of this.localTracks) {
+      const want = this._mutedKinds[t.kind];
+      if (want == null || Boolean(this.muted[t.id]) === want) continue;
+      this._send({ type: 'mute', track: t.id, muted: want });
+    }
   }
 
   // Subscription changes come back as a new server `offer`, so there is nothing to await.
@@ -185,6 +302,17 @@ export class SfuClient extends EventTarget {
   }
 
   async _restart(relayOnly) {
+    try {
+      return await this._restartOnce(relayOnly);
+    } catch (err) {
+      // The socket dropped mid-restart: our connections are gone, so once resumed we
+      // must restart again (the server takes a second `restart` as it took the first).
+      if (this._resuming) this._restartLost = relayOnly;
+      throw err;
+    }
+  }
+
+  async _restartOnce(relayOnly) {
     if (relayOnly) this.iceTransportPolicy = 'relay';
     this._epoch += 1;
     const old = [this.pubPc, this.subPc];
@@ -210,11 +338,21 @@ export class SfuClient extends EventTarget {
   }
 
   async leave() {
+    this._closing = true;
     if (this.ws?.readyState === WebSocket.OPEN) {
       const timeout = new Promise((resolve) => setTimeout(resolve, LEAVE_TIMEOUT_MS));
       await Promise.race([this._request('leave').catch(() => {}), timeout]);
     }
     this._teardown();
+    // Mid-resume no socket of ours will report a close: say it here.
+    if (this._resuming) this._finish({ code: 1000, reason: 'left', wasClean: true });
+  }
+
+  // End the session at once, without `leave` (the server keeps us reconnect_grace_s).
+  close() {
+    this._closing = true;
+    this._teardown();
+    this._finish({ code: 1000, reason: 'closed', wasClean: true });
   }
 
   async inboundStats() {
@@ -316,17 +454,25 @@ export class SfuClient extends EventTarget {
     if (reason === 'timeout' && pc.connectionState === 'connected') return;
     const which = pc === this.pubPc ? 'publish' : 'subscribe';
     this._emit('connectiontrouble', { pc: which, reason });
-    if (!this.relayFallback || this.ws?.readyState !== WebSocket.OPEN) return;
+    if (!this.relayFallback || !this._canSend()) return; // resuming: _resumed() looks again
     if (this._unconnectedRestarts >= MAX_RESTARTS_UNCONNECTED) return;
     this.restart({ relayOnly: true }).catch((err) => {
+      if (this._restartLost != null) return; // the socket dropped: redone once resumed
       this._emit('error', { type: 'error', code: 'restart_failed', message: String(err), local: true });
     });
   }
 
   _emit(type, detail) { this.dispatchEvent(new CustomEvent(type, { detail })); }
 
+  _canSend() {
+    return Boolean(this.joined) && !this._resuming && this.ws?.readyState === WebSocket.OPEN;
+  }
+
   _send(msg) {
     if (this.ws?.readyState !== WebSocket.OPEN) throw new Error('socket is not open');
+    // A resume attempt's socket is not joined yet: anything but the join (and a leave)
+    // would be refused, and the caller would think it sent.
+    if (this._resuming && msg.type !== 'join' && msg.type !== 'leave') throw new Error('socket is not open');
     this.ws.send(JSON.stringify(msg));
   }
 
@@ -360,7 +506,8 @@ export class SfuClient extends EventTarget {
         if (this._restartPending) return; // for the connections the restart replaces
         const epoch = this._epoch;
         this._offers = this._offers.then(() => this._applyOffer(msg, epoch)).catch((err) => {
-          if (this.ws?.readyState !== WebSocket.OPEN) return; // torn down mid-negotiation
+          // Torn down mid-negotiation, or the socket dropped: a resume sends the offer again.
+          if (this._resuming || this.ws?.readyState !== WebSocket.OPEN) return;
           this._emit('error', {
             type: 'error', code: 'negotiation_failed', message: String(err), ref: 'offer', local: true,
           });
@@ -381,17 +528,59 @@ export class SfuClient extends EventTarget {
       case 'layer':
         this.layers[msg.track] = msg;
         break;
-      case 'track_unpublished':
-        delete this.layers[msg.track];
+      case 'track_published':
+        this._addTrack(msg.track);
         break;
+      case 'track_unpublished':
+        this._dropTrack(msg.track);
+        break;
+      case 'track_muted':
+        this._onMuted(msg);
+        return;
       // An `error` here answers nothing we wait for, e.g. a refused `set_subscription`
-      // (`ref` says which): an event, not a failure.
-      case 'track_published': case 'error': case 'subscription_failed':
+      // (`ref` says which): an event, not a failure. Some end the session: the server
+      // closes the socket next, and that close must not be resumed.
+      case 'error':
+        if (this._resuming) return; // to a resume attempt (say, too many connections): we retry
+        if (FINAL_ERRORS.has(msg.code)) {
+          this._closing = true;
+          this._finalError = msg;
+        }
+        break;
+      case 'subscription_failed':
         break;
       default:
         return; // replies nobody waits for (e.g. a late `pong`) and unknown types
     }
     this._emit(msg.type, msg);
+  }
+
+  _addTrack(t) {
+    if (!t?.id) return;
+    this.tracks[t.id] = { id: t.id, participant: t.participant ?? this.self?.id, kind: t.kind };
+    if (typeof t.muted === 'boolean') this.muted[t.id] = t.muted; // should the server say
+  }
+
+  _dropTrack(id) {
+    delete this.tracks[id];
+    delete this.layers[id];
+    delete this.muted[id];
+  }
+
+  // Anyone's track, ours included: the server echoes our own `mute` back to us too.
+  _onMuted(msg) {
+    this.muted[msg.track] = msg.muted;
+    const track = this.tracks[msg.track];
+    const own = this.localTracks.find((t) => t.id === msg.track);
+    // Muted by someone else (the admin API): our button and local track follow.
+    if (own && this._mutedKinds[own.kind] !== msg.muted) {
+      this._mutedKinds[own.kind] = msg.muted;
+      for (const t of this._published?.mediaStream.getTracks() ?? []) this._applyEnabled(t);
+    }
+    this._emit('track_muted', {
+      type: 'track_muted', track: msg.track, muted: msg.muted,
+      participant: own ? this.self?.id : track?.participant ?? null, kind: own?.kind ?? track?.kind ?? null,
+    });
   }
 
   async _applyOffer(msg, epoch) {
@@ -430,14 +619,163 @@ export class SfuClient extends EventTarget {
     });
   }
 
-  _onClose(event) {
-    this._teardown();
-    for (const { reject } of this._pending.values()) reject(new Error('socket closed'));
-    this._pending.clear();
-    this._emit('close', { code: event.code, reason: event.reason, wasClean: event.wasClean });
+  _startPing() {
+    clearInterval(this._pingTimer);
+    this._pingTimer = setInterval(() => this._pingOrDrop(), PING_INTERVAL_MS);
   }
 
-  // The server forgets the session with the socket, so the pcs are useless without it.
+  _pingOrDrop() {
+    const ws = this.ws;
+    const timer = setTimeout(() => this._drop(ws, 'no pong from the server'), PONG_TIMEOUT_MS);
+    this.ping().catch(() => {}).finally(() => clearTimeout(timer));
+  }
+
+  // Give up on a socket that stays open but silent: its own close event may take
+  // minutes (a dead TCP connection), so we stop listening to it and act on it now.
+  _drop(ws, reason) {
+    if (ws !== this.ws || ws.readyState !== WebSocket.OPEN) return;
+    this.ws = null;
+    ws.close();
+    this._onClose({ code: 4000, reason, wasClean: false });
+  }
+
+  _rejectPending() {
+    for (const { reject } of this._pending.values()) reject(localError('socket_closed', 'socket closed'));
+    this._pending.clear();
+  }
+
+  // The socket closed. Unasked for, after a join: resume (the server keeps us for
+  // reconnect_grace_s, peer connections and all), else it is over.
+  _onClose(event) {
+    clearInterval(this._pingTimer);
+    this._pingTimer = null;
+    this._rejectPending();
+    if (this._finished || this._resuming) return; // over already; or one attempt's socket
+    if (this._closing || !this.joined || !this._resumeToken || !(this.resumeTimeoutMs > 0)) {
+      this._finish(event);
+      return;
+    }
+    this._resume(event);
+  }
+
+  async _resume(event) {
+    this._resuming = true;
+    this._emit('reconnecting', { code: event.code, reason: event.reason });
+    const deadline = Date.now() + this.resumeTimeoutMs;
+    let delay = RESUME_FIRST_DELAY_MS;
+    let outcome = 'timeout';
+    while (!this._closing && Date.now() + delay < deadline) {
+      await sleep(delay);
+      delay = Math.min(delay * 2, RESUME_MAX_DELAY_MS);
+      if (this._closing) break;
+      outcome = await this._tryResume(Math.max(1, Math.min(RESUME_ATTEMPT_TIMEOUT_MS, deadline - Date.now())));
+      if (outcome !== 'retry') break;
+    }
+    this._resuming = false;
+    if (this._finished) return; // leave() or close() while we tried
+    if (outcome === 'resumed' && !this._closing) {
+      this._resumed();
+      return;
+    }
+    this._finish({
+      code: event.code, reason: event.reason, wasClean: false, resumeFailed: true, outcome,
+    });
+  }
+
+  // One attempt: 'resumed', 'retry' (no socket, or it closed), 'expired' (the server no
+  // longer knew us: grace over) or 'refused' (the join was refused, e.g. a stale token).
+  async _tryResume(timeoutMs) {
+    try {
+      await this._open(timeoutMs);
+    } catch {
+      return 'retry';
+    }
+    const ws = this.ws;
+    const timer = setTimeout(() => ws.close(), timeoutMs); // a `joined` that never comes
+    try {
+      const joined = await this._request('join', { ...this._joinFields(), resume: this._resumeToken });
+      if (this._closing) return 'closed'; // leave() or close() meanwhile
+      if (!joined.resumed) {
+        // A fresh participant: the old one is gone. Leave at once rather than haunt the
+        // room for reconnect_grace_s.
+        this._send({ type: 'leave' });
+        return 'expired';
+      }
+      this._adoptResumed(joined);
+      return 'resumed';
+    } catch (err) {
+      return err.code && err.code !== 'socket_closed' ? 'refused' : 'retry';
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  _adoptResumed(joined) {
+    this.joined = joined;
+    this.self = joined.participant;
+    this._resumeToken = joined.resume_token ?? null;
+    this.iceServers = joined.ice_servers || this.iceServers;
+    this._reconcile(joined);
+  }
+
+  // What happened while we were away reached us only as `joined`: tell our listeners
+  // the differences as the events they missed.
+  _reconcile(joined) {
+    const participants = new Map((joined.participants || []).map((p) => [p.id, p]));
+    for (const id of Object.keys(this.participants)) {
+      if (participants.has(id)) continue;
+      delete this.participants[id];
+      this._emit('participant_left', { type: 'participant_left', participant: id });
+    }
+    for (const p of participants.values()) {
+      const known = this.participants[p.id];
+      const participant = (this.participants[p.id] = { id: p.id, name: p.name });
+      if (!known) this._emit('participant_joined', { type: 'participant_joined', participant });
+    }
+    const tracks = new Map((joined.tracks || []).map((t) => [t.id, t]));
+    for (const id of Object.keys(this.tracks)) {
+      if (tracks.has(id)) continue;
+      this._dropTrack(id);
+      this._emit('track_unpublished', { type: 'track_unpublished', track: id });
+    }
+    for (const t of tracks.values()) {
+      const known = this.tracks[t.id];
+      this._addTrack(t);
+      if (!known) this._emit('track_published', { type: 'track_published', track: t });
+    }
+  }
+
+  _resumed() {
+    this._startPing();
+    this._emit('reconnected', { joined: this.joined });
+    this._syncMutes();
+    if (this._restartLost != null) {
+      const relayOnly = this._restartLost;
+      this._restartLost = null;
+      this.restart({ relayOnly }).catch((err) => {
+        this._emit('error', { type: 'error', code: 'restart_failed', message: String(err), local: true });
+      });
+      return;
+    }
+    // A connection that failed while the socket was down was not restarted: now it can be.
+    for (const pc of [this.pubPc, this.subPc]) {
+      if (pc?.connectionState === 'failed') this._trouble(pc, 'failed');
+    }
+  }
+
+  _finish(event) {
+    if (this._finished) return;
+    this._finished = true;
+    this._teardown();
+    this._emit('close', {
+      code: event.code, reason: event.reason, wasClean: event.wasClean,
+      left: this._closing && !this._finalError, // leave() or close() asked for it
+      resumeFailed: Boolean(event.resumeFailed),
+      ...(this._finalError ? { error: { code: this._finalError.code, message: this._finalError.message } } : {}),
+    });
+  }
+
+  // Without its socket the session is over (once resuming is given up), so are the pcs.
   _teardown() {
     clearInterval(this._pingTimer);
     this._pingTimer = null;
