@@ -288,3 +288,64 @@ async def _frames_beyond(page: Any, frames: int) -> tuple[bool, Any]:
 async def _notice_is(page: Any, kind: str) -> tuple[bool, Any]:
     now = await notice(page)
     return now == kind, now
+
+
+@pytest.mark.parametrize(("args", "kind", "publishes"), [
+    # The browser refuses the camera and microphone: watching only.
+    (("--deny-permission-prompts",), "permission", 0),
+    # No camera (Chromium's fake devices, none of them): the microphone alone.
+    (("--use-fake-device-for-media-stream=device-count=0",), "no-camera", 1),
+], ids=["permission-refused", "no-camera"])
+async def test_the_page_says_what_keeps_it_from_publishing(
+        args: tuple[str, ...], kind: str, publishes: int) -> None:
+    from playwright.async_api import async_playwright
+
+    from tests.conftest import make_config
+
+    config = make_config()
+    server = Server(config)
+    await server.start()
+    try:
+        async with async_playwright() as playwright:
+            browser = await playwright.chromium.launch(
+                executable_path=CHROMIUM,
+                args=[a for a in CHROMIUM_ARGS if a != "--use-fake-ui-for-media-stream"
+                      or kind != "permission"] + list(args))
+            page = await (await browser.new_context()).new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            try:
+                await page.goto(f"http://127.0.0.1:{server.port}/?autojoin=1&room=e&name=n")
+                await page.evaluate("() => window.sfuReady.then(() => true)")
+                assert await notice(page) == kind
+                print(f"{kind}:", await page.locator("#notice-text").inner_text())
+                published = await page.evaluate("() => window.sfu.localTracks.length")
+                assert published == publishes
+                assert errors == [], errors
+            finally:
+                await browser.close()
+    finally:
+        await server.stop()
+
+
+async def test_the_page_says_when_the_server_cannot_be_reached() -> None:
+    from playwright.async_api import async_playwright
+
+    from tests.conftest import make_config
+
+    server = Server(make_config())
+    await server.start()
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM,
+                                                   args=CHROMIUM_ARGS)
+        page = await (await browser.new_context()).new_page()
+        try:
+            await page.goto(f"http://127.0.0.1:{server.port}/?room=e&name=n")
+            await server.stop()  # the page is loaded; its server is gone
+            await page.click("#join")
+            await wait_for(lambda: _notice_is(page, "unreachable"), STEP_S,
+                           "the unreachable notice")
+            print("unreachable:", await page.locator("#notice-text").inner_text())
+            assert await page.locator("#notice-retry").is_visible()
+        finally:
+            await browser.close()
