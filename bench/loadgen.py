@@ -67,8 +67,8 @@ async def answer_offers(participant: Participant, gathering: internals.HostGathe
         await participant.signalling.answer(offer, connection.pc.localDescription.sdp)
 
 
-def expected_streams(participant: Participant, publishers: int) -> int:
-    return 2 * (publishers - (1 if participant.publishes else 0))
+def expected_streams(participant: Participant, publishers: int, per_publisher: int) -> int:
+    return per_publisher * (publishers - (1 if participant.publishes else 0))
 
 
 async def run(job: dict[str, Any]) -> dict[str, Any]:
@@ -85,7 +85,8 @@ async def run(job: dict[str, Any]) -> dict[str, Any]:
     for participant in participants:
         if participant.publishes:
             connection = MediaConnection(gathering)
-            participant.publisher = Publisher(connection, 3 if job.get("simulcast") else 1)
+            participant.publisher = Publisher(connection, 3 if job.get("simulcast") else 1,
+                                              job.get("audio_only", False))
             participant.publisher.add_transceivers()
             connection.prepare()
             await connection.pc.setLocalDescription(await connection.pc.createOffer())
@@ -98,7 +99,7 @@ async def run(job: dict[str, Any]) -> dict[str, Any]:
             if participant.publisher is not None:
                 await participant.publisher.connection.wait_connected()
             while sum(len(m) for m in participant.mids.values()) < expected_streams(
-                    participant, publishers):
+                    participant, publishers, 1 if job.get("audio_only") else 2):
                 await asyncio.sleep(0.05)
             for connection in list(participant.subscriptions.values()):
                 await connection.wait_connected()

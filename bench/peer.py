@@ -206,8 +206,10 @@ class Publisher:
     every frame's packets (LAYER_PACKETS_PER_FRAME), each frame's first packet in all
     of them, so every layer has the keyframes."""
 
-    def __init__(self, connection: MediaConnection, layers: int = 1) -> None:
+    def __init__(self, connection: MediaConnection, layers: int = 1,
+                 audio_only: bool = False) -> None:
         self.connection = connection
+        self.audio_only = audio_only
         self.sent: dict[str, SentStream] = {}
         self._plan: list[tuple[float, bytes, str]] = []
         self.layers = layers
@@ -216,6 +218,8 @@ class Publisher:
     def add_transceivers(self) -> None:
         pc = self.connection.pc
         for kind, codec in (("audio", OPUS), ("video", VP8)):
+            if kind == "video" and self.audio_only:
+                continue
             transceiver = pc.addTransceiver(SilentTrack(kind), direction="sendonly")
             transceiver.setCodecPreferences([codec])
 
@@ -240,10 +244,17 @@ class Publisher:
         """Re-stamp and protect every packet of the run now, before anything is timed."""
         tx = self.connection.tx_session()
         streams = {}
+        level_id = 0  # the audio level extension (RFC 6464), when the answer took it
         for transceiver in self.connection.pc.getTransceivers():
             codecs = internals.negotiated_codecs(transceiver)
             streams[transceiver.kind] = (internals.sender_ssrc(transceiver),
                                          codecs[0].payload_type)
+            if transceiver.kind == "audio":
+                level_id = internals.negotiated_extensions(transceiver).get(
+                    rtp.URI_AUDIO_LEVEL, 0)
+        # Every audio packet says "voice, -40 dBov", as a browser's do while one talks:
+        # the server's active-speaker counting runs on all of them.
+        level_block = bytes([0xBE, 0xDE, 0, 1, level_id << 4, 0x80 | 40, 0, 0])
         clocks = {"audio": AUDIO_CLOCK, "video": VIDEO_CLOCK}
         # Each stream sent: kind, and for video layers its index; "video" is the top.
         layer_keys = [f"video{k}" for k in range(self.layers - 1)]
@@ -279,9 +290,13 @@ class Publisher:
                 counts[key] += 1
                 # A layer's frame ends at its last packet.
                 marker = packet.marker or in_frame + 1 == limits.get(key, 0)
-                header = bytes([0x80, (0x80 if marker else 0) | payload_type])
+                extended = key == "audio" and level_id > 0
+                header = bytes([0x90 if extended else 0x80,
+                                (0x80 if marker else 0) | payload_type])
                 header += seq.to_bytes(2, "big") + timestamp.to_bytes(4, "big")
                 header += ssrcs.get(key, ssrc).to_bytes(4, "big")
+                if extended:
+                    header += level_block
                 plan.append((offset / rate / 1e6, tx.protect(header + packet.payload), key))
                 sent.positions.append(position)
         self._plan = plan

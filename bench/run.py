@@ -50,7 +50,8 @@ async def run_case(
     try:
         job = {**system.job(room), "publishers": publishers, "listeners": listeners,
                "seconds": seconds, "rate": rate, "addresses": [address],
-               "simulcast": scenario.get("simulcast", False)}
+               "simulcast": scenario.get("simulcast", False),
+               "audio_only": scenario.get("audio_only", False)}
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "sfu_bench.loadgen", json.dumps(job),
             stdout=asyncio.subprocess.PIPE,
@@ -135,8 +136,9 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
     for system in runnable:
         for name in chosen_scenarios:
             progress.step(f"{system.name} {name}")
-            if scenarios[name].get("simulcast") and not system.name.startswith("sfu"):
-                progress.advance()  # its signalling cannot ask for a layer
+            if (scenarios[name].get("simulcast") or scenarios[name].get("audio_only")) and (
+                    not system.name.startswith("sfu")):
+                progress.advance()  # sfu's own scenarios: layers asked for, audio levels
                 continue
             try:
                 results.append(await run_case(system, scenarios[name], 1.0, args.seconds,

@@ -147,6 +147,10 @@ cdef class _Producer:
     cdef uint64_t bytes_in
     cdef int width              # of the last keyframe (VP8), 0 unknown
     cdef int height
+    cdef int audio_level_id     # ssrc-audio-level (RFC 6464) extension id, 0: none
+    cdef uint64_t level_packets  # packets that carried it, their levels (-dBov) summed,
+    cdef uint64_t level_sum      # and how many said voice activity
+    cdef uint64_t level_voiced
     cdef bint paused
     cdef _Endpoint endpoint     # None until that endpoint is added
     cdef int clock_rate

@@ -666,7 +666,8 @@ cdef class Forwarder:
         ep.consumers = []
 
     def add_producer(self, int64_t producer, int64_t endpoint, uint32_t ssrc, int codec,
-                     bytes rid=b"", int rid_id=0, bytes mid=b"", int mid_id=0):
+                     bytes rid=b"", int rid_id=0, bytes mid=b"", int mid_id=0,
+                     int audio_level_id=0):
         """Take an endpoint's packets of one SSRC, or of one RID (see the twin's)."""
         if producer in self._producers:
             raise ValueError(f"producer {producer} exists")
@@ -683,6 +684,10 @@ cdef class Forwarder:
         prod.mid_id = mid_id
         prod.packets_in = prod.bytes_in = 0
         prod.width = prod.height = 0
+        if not 0 <= audio_level_id <= 255:
+            raise ValueError("extension ids must be 0..255")
+        prod.audio_level_id = audio_level_id
+        prod.level_packets = prod.level_sum = prod.level_voiced = 0
         self._attach_source(prod, endpoint, ssrc)
         self._producers[producer] = prod
 
@@ -889,6 +894,13 @@ cdef class Forwarder:
         return (prod.ssrc if prod.bound else 0, prod.packets_in, prod.bytes_in, prod.width,
                 prod.height)
 
+    def producer_levels(self, int64_t producer):
+        """(packets with an audio level, their levels summed, voiced) (see the twin's)."""
+        cdef _Producer prod = self._producers.get(producer)
+        if prod is None:
+            return None
+        return (prod.level_packets, prod.level_sum, prod.level_voiced)
+
     # -- the packet path --------------------------------------------------------------
 
     def handle_packet(self, endpoint, bytes data, int64_t now_us):
@@ -1092,6 +1104,16 @@ cdef class Forwarder:
             return OK
         if self._read_elements(ext_profile, ext_offset, ext_length) < 0:
             return DROP_BAD_HEADER
+        cdef int i
+        cdef uint8_t level
+        if prod.audio_level_id:  # RFC 6464: V bit, then the level in -dBov
+            for i in range(self._el_count):
+                if self._el_id[i] == prod.audio_level_id and self._el_length[i] >= 1:
+                    level = p[self._el_offset[i]]
+                    prod.level_packets += 1
+                    prod.level_sum += level & 0x7F
+                    prod.level_voiced += level >> 7
+                    break
         cdef _Consumer cons
         for cons in prod.consumers:
             if cons.producer is prod:

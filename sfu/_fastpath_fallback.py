@@ -90,17 +90,21 @@ class Forwarder(_FeedbackPath):
 
     def add_producer(self, producer: int, endpoint: int, ssrc: int, codec: int,
                      rid: bytes = b"", rid_id: int = 0, mid: bytes = b"",
-                     mid_id: int = 0) -> None:
+                     mid_id: int = 0, audio_level_id: int = 0) -> None:
         """Take ``endpoint``'s packets of SSRC ``ssrc`` as a producer.
 
         A simulcast layer named by RID (RFC 8852) may come with ``ssrc`` 0: the first
         packet of an unknown SSRC whose header extension ``rid_id`` is ``rid`` (and
-        ``mid_id``, if not 0, is ``mid``) tells its SSRC.
+        ``mid_id``, if not 0, is ``mid``) tells its SSRC. With ``audio_level_id`` the
+        audio levels its packets carry (RFC 6464) are summed (``producer_levels``).
         """
         if producer in self._producers:
             raise ValueError(f"producer {producer} exists")
         rtp.check_layer_ids(rid, rid_id, mid, mid_id)
         prod = _Producer(producer, codec, rid, rid_id, mid, mid_id)
+        if not 0 <= audio_level_id <= 255:
+            raise ValueError("extension ids must be 0..255")
+        prod.audio_level_id = audio_level_id
         self._attach_source(prod, endpoint, ssrc)
         self._producers[producer] = prod
 
@@ -299,6 +303,16 @@ class Forwarder(_FeedbackPath):
         return (prod.ssrc if prod.bound else 0, prod.packets_in, prod.bytes_in, prod.width,
                 prod.height)
 
+    def producer_levels(self, producer: int) -> tuple[int, int, int] | None:
+        """Cumulative, for an audio producer with ``audio_level_id``: (packets that
+        carried a level, their levels summed — 0 is the loudest, 127 silence, in -dBov
+        — and how many said voice activity). Counted in the fast path, read a few
+        times a second for active-speaker detection: no Python call per packet."""
+        prod = self._producers.get(producer)
+        if prod is None:
+            return None
+        return (prod.level_packets, prod.level_sum, prod.level_voiced)
+
     # -- the packet path ----------------------------------------------------------------
 
     def handle_packet(self, endpoint: int, data: bytes, now_us: int) -> int:
@@ -404,6 +418,12 @@ class Forwarder(_FeedbackPath):
         elements = rtp.read_extensions(plain, layout) if layout.ext_profile else []
         if elements is None:
             return rtp.DROP_BAD_HEADER
+        if prod.audio_level_id:  # RFC 6464: V bit, then the level in -dBov
+            level = next((v[0] for i, v in elements if i == prod.audio_level_id and v), None)
+            if level is not None:
+                prod.level_packets += 1
+                prod.level_sum += level & 0x7F
+                prod.level_voiced += level >> 7
         for cons in prod.consumers:
             if cons.producer is prod:
                 self._forward(cons, plain, layout, elements, now_us)

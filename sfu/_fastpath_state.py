@@ -74,9 +74,10 @@ class _Producer:
     """An incoming track (or one simulcast layer of it): one publisher SSRC on one
     endpoint, or, for a layer named by RID, the SSRC its first packet brings."""
 
-    __slots__ = ("bound", "bytes_in", "clock_rate", "codec", "consumers", "endpoint",
-                 "endpoint_id", "height", "id", "keyframe", "mid", "mid_id", "nack",
-                 "packets_in", "paused", "rid", "rid_id", "ssrc", "stats", "width")
+    __slots__ = ("audio_level_id", "bound", "bytes_in", "clock_rate", "codec", "consumers",
+                 "endpoint", "endpoint_id", "height", "id", "keyframe", "level_packets",
+                 "level_sum", "level_voiced", "mid", "mid_id", "nack", "packets_in", "paused",
+                 "rid", "rid_id", "ssrc", "stats", "width")
 
     def __init__(self, producer_id: int, codec: int, rid: bytes, rid_id: int, mid: bytes,
                  mid_id: int) -> None:
@@ -93,6 +94,10 @@ class _Producer:
         self.bytes_in = 0
         self.width = 0  # of the last keyframe (VP8), 0 unknown
         self.height = 0
+        self.audio_level_id = 0  # ssrc-audio-level (RFC 6464) extension id, 0: none
+        self.level_packets = 0  # packets that carried it, their levels (-dBov) summed,
+        self.level_sum = 0  # and how many said voice activity
+        self.level_voiced = 0
         self.paused = False
         self.clock_rate = rtp.clock_rate(codec)
         # Where the media comes from, and its receive state: set by _attach_source.

@@ -105,6 +105,14 @@ class SubscriptionFailed(Event):
     codec: str
 
 
+@dataclass(frozen=True)
+class ActiveSpeakersChanged(Event):
+    """Who is speaking changed: (participant, level in dBov, 0 the loudest), loudest
+    first; empty when nobody is."""
+
+    speakers: tuple[tuple[str, int], ...]
+
+
 EVENT_TYPES: dict[type[Event], str] = {
     RoomStarted: "room_started",
     RoomFinished: "room_finished",
@@ -116,6 +124,7 @@ EVENT_TYPES: dict[type[Event], str] = {
     ConnectionStateChanged: "connection_state_changed",
     ParticipantRestarted: "participant_restarted",
     SubscriptionFailed: "subscription_failed",
+    ActiveSpeakersChanged: "active_speakers_changed",
 }
 
 Listener = Callable[[Event], Awaitable[None]]

@@ -22,6 +22,8 @@ MAX_PROTECT_SIZE = 1500 - 144
 # Header extensions the forwarder treats specially (RFC 8285 URIs).
 URI_MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
 URI_ABS_SEND_TIME = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
+# Audio level (RFC 6464): how loud each packet is, for active-speaker detection.
+URI_AUDIO_LEVEL = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
 # RID-based simulcast (RFC 8852): which encoding of an m-line a packet belongs to.
 URI_RID = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
 # Transport-wide sequence number (draft-holmer-rmcat-transport-wide-cc-extensions-01).

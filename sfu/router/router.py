@@ -24,6 +24,7 @@ from sfu.router.feedback import FeedbackTimer
 from sfu.router.negotiation import SubscribeNegotiation
 from sfu.router.participants import ParticipantLink
 from sfu.router.room import Participant, Room, RoomError, Track
+from sfu.router.speaking import SpeakerTimer
 from sfu.transport import turn
 from sfu.transport.peer import PeerTransport, PublishTransport, SubscribeTransport, now_us
 
@@ -45,6 +46,7 @@ class Router:
         self.links: dict[str, ParticipantLink] = {}
         self.layers = LayerAllocator(ctx, room, lambda: self.links)
         self.feedback = FeedbackTimer(ctx, room, self.links, self.layers.remb_bps)
+        self.speakers = SpeakerTimer(ctx, room, lambda message: self.broadcast("", message))
         self.negotiation = SubscribeNegotiation(
             ctx, room, lambda link: self._new_transport(link, SubscribeTransport))
 
@@ -56,6 +58,7 @@ class Router:
         """The room is over: its timers end."""
         self.feedback.stop()
         self.layers.stop()
+        self.speakers.stop()
 
     # -- joining and leaving -----------------------------------------------------------
 
@@ -243,10 +246,11 @@ class Router:
         codec = rtp.CODECS_BY_NAME.get(item.codec.mime_type.split("/")[-1].lower(),
                                        rtp.CODEC_OTHER)
         producers = tuple(next(self.ctx.ids) for _ in range(item.layers))
+        level_id = item.extensions.get(rtp.URI_AUDIO_LEVEL, 0) if item.kind == "audio" else 0
         for index, producer in enumerate(producers):
             ssrc, rid, rid_id, mid, mid_id = self._layer_source(item, index)
             self.ctx.forwarder.add_producer(producer, endpoint, ssrc, codec, rid, rid_id, mid,
-                                            mid_id)
+                                            mid_id, level_id)
         return producers
 
     @staticmethod
@@ -477,6 +481,7 @@ class Router:
             self.ctx.loss_listeners[producer] = self.feedback.wake
         self.feedback.wake()
         self.layers.wake()
+        self.speakers.wake()
 
     def _track_removed(self, track: Track) -> None:
         for producer in track.producers:
@@ -487,6 +492,7 @@ class Router:
             self.name, participant=track.participant, track=track.id, kind=track.kind))
         self.feedback.wake()
         self.layers.wake()
+        self.speakers.wake()
 
     def broadcast(self, exclude: str, message: dict[str, Any]) -> None:
         for participant_id, link in self.links.items():

@@ -604,6 +604,13 @@ function listen(c, room, name) {
     removeTile(detail.participant);
     showCount();
   });
+  // The dominant speaker's tile is outlined: the first of the server's active speakers.
+  on('active_speakers', (detail) => {
+    const dominant = detail.speakers[0]?.participant;
+    for (const tile of document.querySelectorAll('figure[data-participant]')) {
+      tile.classList.toggle('speaking', tile.dataset.participant === dominant);
+    }
+  });
   on('track_muted', (detail) => {
     if (detail.participant === c.self?.id) { // ours, maybe muted by the admin: follow it
       if (detail.kind) muted[detail.kind] = detail.muted;

@@ -101,6 +101,7 @@ export class SfuClient extends EventTarget {
     this.participants = {};    // the others: id -> {id, name}
     this.iceServers = [];
     this.layers = {};          // subscribed track id -> its latest `layer` message
+    this.speakers = [];        // from `active_speakers`: loudest first
     this.tracks = {};          // every track in the room, ours too: id -> {id, participant, kind}
     this.muted = {};           // track id -> bool, from `track_muted` (server-side mute)
     this.localTracks = [];     // ours, from the publish `answer`: [{id, kind}]
@@ -527,6 +528,9 @@ export class SfuClient extends EventTarget {
         break;
       case 'layer':
         this.layers[msg.track] = msg;
+        break;
+      case 'active_speakers': // [{participant, level}], loudest first; [] when nobody
+        this.speakers = msg.speakers;
         break;
       case 'track_published':
         this._addTrack(msg.track);
