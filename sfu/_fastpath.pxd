@@ -182,7 +182,8 @@ cdef class _Consumer:
     cdef bint restart           # its producer resumed: start again at a keyframe
     cdef bint new_source        # ... from another source: timestamps move on from the last
     cdef uint32_t last_out_ts   # of the highest packet sent, and when it was sent
-    cdef int last_out_pt        # and its payload type
+    cdef int last_out_pt        # and its payload type, and whether it ended a frame
+    cdef bint last_out_marker
     cdef int64_t last_out_us
     cdef bint waiting           # for a keyframe, since wait_started_us
     cdef int64_t wait_started_us

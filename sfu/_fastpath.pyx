@@ -755,6 +755,7 @@ cdef class Forwarder:
         cons.new_source = False
         cons.last_out_ts = 0
         cons.last_out_pt = 0
+        cons.last_out_marker = False
         cons.last_out_us = 0
         cons.waiting = False
         cons.wait_started_us = 0
@@ -985,7 +986,8 @@ cdef class Forwarder:
         cdef int k, n, packets_sent = 0
         cdef int64_t sent = 0, twcc_seq
         if (cons is None or cons.history == NULL or not cons.started or cons.restart
-                or cons.paused or cons.endpoint is None or not cons.twcc_id):
+                or cons.paused or cons.endpoint is None or not cons.twcc_id
+                or not cons.last_out_marker):
             return 0
         ep = cons.endpoint
         highest = <uint16_t>((cons.highest_ext_seq - cons.start_ext_seq + cons.seq_base)
@@ -1279,6 +1281,7 @@ cdef class Forwarder:
             cons.last_out_ts = timestamp + cons.ts_offset
             cons.last_out_us = now_us
             cons.last_out_pt = out_pt
+            cons.last_out_marker = (src[1] & 0x80) != 0
 
         # Size first, so nothing is written past the buffer: rewriting can grow a packet
         # (a longer mid, one-byte elements turned two-byte).

@@ -537,6 +537,7 @@ class Forwarder(_FeedbackPath):
         if ext_seq > cons.highest_ext_seq or ext_seq == cons.start_ext_seq:
             cons.highest_ext_seq = ext_seq
             cons.last_out_ts, cons.last_out_us, cons.last_out_pt = out_ts, now_us, out_pt
+            cons.last_out_marker = bool(plain[1] & 0x80)
 
         out_elements = []
         twcc_seq = -1

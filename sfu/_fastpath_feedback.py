@@ -55,10 +55,13 @@ class _FeedbackPath:
         numbers, which its feedback reports; its decoder ignores them. Duplicates of sent
         packets would not do: the subscriber's SRTP replay check drops them unreported.
         Returns the bytes sent; 0 unless the consumer is started, not waiting for a
-        keyframe, not paused, and has transport-wide numbers."""
+        keyframe, not paused, has transport-wide numbers, and its last packet ended a
+        frame (the marker bit): padding inside a frame would break the receiver's
+        frame assembly (libwebrtc pads only between frames), so a probe waits."""
         cons = self._consumers.get(consumer)
         if (cons is None or cons.history is None or not cons.started or cons.restart
-                or cons.paused or cons.endpoint is None or not cons.twcc_id):
+                or cons.paused or cons.endpoint is None or not cons.twcc_id
+                or not cons.last_out_marker):
             return 0
         ep = cons.endpoint
         highest = (cons.highest_ext_seq - cons.start_ext_seq + cons.seq_base) & 0xFFFF

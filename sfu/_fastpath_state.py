@@ -114,7 +114,8 @@ class _Consumer:
 
     __slots__ = (
         "abs_send_time_id", "budget", "bytes_sent", "endpoint", "endpoint_id", "ext_map",
-        "highest_ext_seq", "history", "id", "is_video", "last_out_pt", "last_out_ts",
+        "highest_ext_seq", "history", "id", "is_video", "last_out_marker", "last_out_pt",
+        "last_out_ts",
         "last_out_us", "mid",
         "mid_id", "new_source", "octets_sent", "packets_sent", "paused", "payload_types",
         "producer", "resent_us", "restart", "seq_base", "sr", "ssrc", "start_ext_seq",
@@ -159,7 +160,8 @@ class _Consumer:
         # by the time that passed, not from the old offset.
         self.new_source = False
         self.last_out_ts = 0  # of the highest packet sent, and when it was sent
-        self.last_out_pt = 0  # and its payload type
+        self.last_out_pt = 0  # and its payload type, and whether it ended a frame
+        self.last_out_marker = False
         self.last_out_us = 0
         self.waiting = False  # for a keyframe, since wait_started_us
         self.wait_started_us = 0

@@ -62,11 +62,11 @@ def keys() -> dict[int, tuple[bytes, bytes]]:
 
 
 def layer_packet(layer: int, seq: int, timestamp: int, key: bool, named: bool = True,
-                 size: int = 100) -> bytes:
+                 size: int = 100, marker: bool = False) -> bytes:
     elements = [(MID_ID, b"v0"), (RID_ID, RIDS[layer])] if named else []
     return rtp_packet(seq=seq & 0xFFFF, timestamp=timestamp & 0xFFFFFFFF,
                       ssrc=LAYER_SSRCS[layer], payload=(VP8_KEY if key else VP8_DELTA)
-                      + bytes(size), extensions=rtp.write_extensions(elements))
+                      + bytes(size), extensions=rtp.write_extensions(elements), marker=marker)
 
 
 def twcc_feedback(media_ssrc: int, base: int, count: int) -> bytes:
@@ -96,7 +96,7 @@ def scenarios(draw: st.DrawFn) -> list[tuple[str, Any, int]]:
             events.append((kind, layer_packet(
                 layer, seqs[layer], stamps[layer], draw(st.booleans()),
                 named=draw(st.sampled_from([True, True, False])),
-                size=draw(st.sampled_from([10, 300, 1200]))), now))
+                size=draw(st.sampled_from([10, 300, 1200])), marker=draw(st.booleans())), now))
         elif kind in ("switch", "pause", "resume", "probe"):
             arg = draw(st.integers(0, 2)) if kind == "switch" else draw(st.integers(0, 40))
             events.append((kind, (draw(st.sampled_from(CONSUMERS))[0], arg), now))
@@ -189,7 +189,8 @@ def publish_frames(side: Side, publisher: Any, frames: range, now: int,
             key = frame in (key_at or {}).get(layer, {0})
             for part in range(2):
                 packet = layer_packet(layer, 2 * frame + part, 3000 * frame + 777 * layer,
-                                      key and part == 0, size=100 * (layer + 1))
+                                      key and part == 0, size=100 * (layer + 1),
+                                      marker=part == 1)
                 assert side.fwd.handle_packet(PUB, publisher.protect(packet), now) == rtp.OK
         now += 33_333
     return now
@@ -316,6 +317,10 @@ def test_transport_wide_numbers_feedback_and_probes(impl: Any) -> None:
         (before[-1] + i) & 0xFFFF for i in range(5, 7)]
     # No transport-wide numbers (consumer 22): nothing to probe with.
     assert side.fwd.probe(22, 4, 250_000) == 0
+    # In the middle of a frame (its last packet had no marker): it waits.
+    subscriber_packet = layer_packet(0, 1000, 999_000, False, size=10)  # marker off
+    side.fwd.handle_packet(PUB, publisher.protect(subscriber_packet), 260_000)
+    assert side.fwd.probe(20, 4, 270_000) == 0
     # A listener that raises is counted, not propagated.
     side.fwd.set_feedback_listener(lambda ep, packet: 1 / 0)
     side.fwd.handle_packet(SUB_A, subscriber.protect_rtcp(feedback), 230_000)
