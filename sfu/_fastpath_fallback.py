@@ -305,9 +305,8 @@ class Forwarder(_FeedbackPath):
 
     def producer_levels(self, producer: int) -> tuple[int, int, int] | None:
         """Cumulative, for an audio producer with ``audio_level_id``: (packets that
-        carried a level, their levels summed — 0 is the loudest, 127 silence, in -dBov
-        — and how many said voice activity). Counted in the fast path, read a few
-        times a second for active-speaker detection: no Python call per packet."""
+        carried a level, their levels summed — -dBov, 0 the loudest, 127 silence — and
+        how many said voice activity), read a few times a second for active speakers."""
         prod = self._producers.get(producer)
         if prod is None:
             return None
