@@ -23,7 +23,13 @@ import pytest
 from sfu.control import tls
 from sfu.control.auth import mint_token
 from sfu.server import Server
-from tests.conftest import CHROMIUM, jwt_config, requires_chromium, requires_isolated_network
+from tests.conftest import (
+    CHROMIUM,
+    jwt_config,
+    requires_chromium,
+    requires_isolated_network,
+    running,
+)
 from tests.netns import (
     IPTABLES,
     ClientNamespace,
@@ -59,12 +65,8 @@ async def https_server(guest_namespace: ClientNamespace, tmp_path: Path,
     config.server.host = "0.0.0.0"
     config.server.tls_self_signed = True
     config.rtc.listen_ips = ["127.0.0.1", guest_namespace.host_address]
-    server = Server(config)
-    await server.start()
-    try:
+    async with running(config) as server:
         yield server
-    finally:
-        await server.stop()
 
 
 async def open_page(playwright: Any, executable: str, url: str,
@@ -77,6 +79,18 @@ async def open_page(playwright: Any, executable: str, url: str,
     page.on("pageerror", lambda error: errors.append(str(error)))
     await page.goto(url)
     return browser, page, errors
+
+
+async def open_guest_and_host(playwright: Any, namespace: ClientNamespace, server: Server,
+                              guest_args: tuple[str, ...] = ()) -> list[tuple[Any, Any, list[str]]]:
+    """The guest (in the namespace) and the host, each on the HTTPS page at the
+    namespace's address, joining: [(browser, page, page errors)] for each."""
+    address, port = namespace.host_address, server.port
+    return [await open_page(playwright, executable,
+                            f"https://{address}:{port}/?autojoin=1&{query(name)}",
+                            (ACCEPT_CERTIFICATE, *args))
+            for name, executable, args in (("guest", namespace.chromium, guest_args),
+                                           ("host", CHROMIUM, ()))]
 
 
 def query(name: str) -> str:
@@ -109,14 +123,10 @@ async def test_two_people_meet_over_https_and_plain_http_says_why_it_cannot(
         https_server: Server, guest_namespace: ClientNamespace) -> None:
     from playwright.async_api import async_playwright
 
-    address, port = guest_namespace.host_address, https_server.port
+    address = guest_namespace.host_address
     async with async_playwright() as playwright:
-        guest, guest_page, guest_errors = await open_page(
-            playwright, guest_namespace.chromium,
-            f"https://{address}:{port}/?autojoin=1&{query('guest')}", (ACCEPT_CERTIFICATE,))
-        host, host_page, host_errors = await open_page(
-            playwright, CHROMIUM, f"https://{address}:{port}/?autojoin=1&{query('host')}",
-            (ACCEPT_CERTIFICATE,))
+        (guest, guest_page, guest_errors), (host, host_page, host_errors) = (
+            await open_guest_and_host(playwright, guest_namespace, https_server))
         try:
             for page in (guest_page, host_page):
                 await page.evaluate("() => window.sfuReady.then(() => true)")
@@ -168,13 +178,8 @@ async def test_mute_another_camera_and_a_dropped_websocket(
     address, port = guest_namespace.host_address, https_server.port
     assert IPTABLES is not None
     async with async_playwright() as playwright:
-        guest, guest_page, guest_errors = await open_page(
-            playwright, guest_namespace.chromium,
-            f"https://{address}:{port}/?autojoin=1&{query('guest')}",
-            (ACCEPT_CERTIFICATE, FAKE_CAMERAS))
-        host, host_page, _ = await open_page(
-            playwright, CHROMIUM, f"https://{address}:{port}/?autojoin=1&{query('host')}",
-            (ACCEPT_CERTIFICATE,))
+        (guest, guest_page, guest_errors), (host, host_page, _) = await open_guest_and_host(
+            playwright, guest_namespace, https_server, (FAKE_CAMERAS,))
         try:
             for page in (guest_page, host_page):
                 await page.evaluate("() => window.sfuReady.then(() => true)")

@@ -20,6 +20,7 @@ from sfu.transport.peer import now_us
 TICK_US = 500_000
 REMB_FLOOR_BPS = 150_000  # what a publisher may always send: its lowest layer, at least
 REMB_SIMULCAST_FACTOR = 1.5  # the best subscriber's estimate, plus the lower layers
+IDLE = Layer(0, 0, 0, False)  # a producer not measured yet
 
 
 class LayerAllocator:
@@ -98,19 +99,19 @@ class LayerAllocator:
             self._ctx.feedback_listeners[endpoint] = self._feedback_of(endpoint)
 
     def _feedback_of(self, endpoint: int) -> Callable[[bytes], None]:
+        forwarder = self._ctx.forwarder
+
+        def sent(base: int, count: int) -> list[tuple[int, int, int] | None]:
+            return forwarder.sent_packets(endpoint, base, count)
+
         def on_feedback(packet: bytes) -> None:
             downlink = self.downlinks.get(endpoint)
             if downlink is not None:
-                downlink.on_feedback(packet, self._sent(endpoint), now_us())
+                downlink.on_feedback(packet, sent, now_us())
         return on_feedback
 
-    def _sent(self, endpoint: int) -> Callable[[int, int], list[tuple[int, int, int] | None]]:
-        forwarder = self._ctx.forwarder
-        return lambda base, count: forwarder.sent_packets(endpoint, base, count)
-
     def layers_of(self, track: Track) -> list[Layer]:
-        idle = Layer(0, 0, 0, False)
-        return [self._layers.get(p, idle) for p in track.producers]
+        return [self._layers.get(p, IDLE) for p in track.producers]
 
     def _allocate(self, link: ParticipantLink, downlink: Downlink | None, now: int) -> None:
         forwarder = self._ctx.forwarder
@@ -126,8 +127,7 @@ class LayerAllocator:
                 forwarder.set_consumer_paused(subscription.consumer,
                                               subscription.preferences.paused)
                 if not subscription.preferences.paused:
-                    fixed_bps += self._layers.get(track.producer, Layer(0, 0, 0, False)
-                                                  ).bitrate_bps
+                    fixed_bps += self._layers.get(track.producer, IDLE).bitrate_bps
         estimate = downlink.estimate_bps if downlink is not None else None
         limit = downlink.budget_bps(now) if downlink is not None else None
         budget = None if limit is None else max(0, limit - fixed_bps)

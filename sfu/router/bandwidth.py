@@ -4,11 +4,12 @@ feedback packets, the forwarder's record of what it sent, and the time.
 
 Without probing the estimate cannot grow past what the subscriber already receives
 (GCC caps an increase at 1.5 times the acknowledged rate), so a subscriber on the low
-layer would stay there. A probe sends, for PROBE_DURATION_US, recent packets again
-(duplicates the decoder drops but the feedback reports) so that the subscriber receives
-the rate of the layer it wants; the feedback then tells whether the link carried it
-(sfu.bwe.estimator judges the cluster). A failed probe waits longer before the next
-(exponential backoff), so a link that cannot take more is not probed into congestion.
+layer would stay there. A probe sends, for PROBE_DURATION_US, padding-only packets on
+one of its video streams (Forwarder.probe: its decoder skips them, its feedback
+reports them) so that the subscriber receives the rate of the layer it wants; the
+feedback then tells whether the link carried it (sfu.bwe.estimator judges the cluster).
+A failed probe waits longer before the next (exponential backoff), so a link that
+cannot take more is not probed into congestion.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class Downlink:
         self._limited_until_us = -1
         self._probe_sent = 0  # padding bytes sent in the probe under way
         self._probe_media_bps = 0  # what the media brought when it started
-        self._probe_packet_bytes = PACKET_BYTES  # what a resent packet has carried
+        self._probe_packet_bytes = PACKET_BYTES  # what a padding packet has carried
         self.feedback_packets = 0
         self.malformed = 0  # feedback packets that did not parse
         self._reported_upto = -1  # the highest transport-wide number fed to the estimator

@@ -31,11 +31,6 @@ class CoturnError(RuntimeError):
     """coturn is missing, or did not start."""
 
 
-def write_certificate(directory: Path, address: str) -> tuple[Path, Path]:
-    """A self-signed certificate for ``address``, valid a year (local use only)."""
-    return write_self_signed(directory, [address], "turn")
-
-
 def config_text(turn: TurnConfig, directory: Path, cert: Path, key: Path) -> str:
     """turnserver.conf for ``turn`` (see turnserver(1))."""
     loopback = ipaddress.ip_address(turn.host).is_loopback
@@ -84,7 +79,7 @@ class Coturn:
         if executable is None:
             raise CoturnError("turnserver is missing: scripts/install.sh installs coturn")
         self.directory.mkdir(exist_ok=True)
-        cert, key = write_certificate(self.directory, self.turn.host)
+        cert, key = write_self_signed(self.directory, [self.turn.host], "turn")
         conf = self.directory / "turnserver.conf"
         conf.write_text(config_text(self.turn, self.directory, cert, key))
         conf.chmod(0o600)  # it holds the secret
