@@ -21,6 +21,7 @@ from sfu.router import room as changes
 from sfu.router.allocation import LayerAllocator
 from sfu.router.context import RouterContext
 from sfu.router.feedback import FeedbackTimer
+from sfu.router.info import room_info
 from sfu.router.negotiation import SubscribeNegotiation
 from sfu.router.participants import ParticipantLink
 from sfu.router.room import Participant, Room, RoomError, Track
@@ -414,35 +415,7 @@ class Router:
 
     def info(self) -> dict[str, Any]:
         """The room's participants, tracks and per-subscription forwarding stats."""
-        forwarder = self.ctx.forwarder
-        participants = []
-        for link in self.links.values():
-            participant = link.participant
-            subscriptions = []
-            for track_id, subscription in participant.subscriptions.items():
-                packets, octets = forwarder.consumer_stats(subscription.consumer)
-                entry: dict[str, Any] = {"track": track_id, "packets": packets,
-                                         "bytes": octets, "active": subscription.active}
-                entry.update(self.layers.describe(subscription))
-                heard = forwarder.consumer_report(subscription.consumer)
-                if heard is not None:  # the subscriber's own receiver report
-                    fraction, lost, jitter, rtt_us = heard
-                    entry.update(fraction_lost=fraction / 256, packets_lost=lost,
-                                 jitter=jitter, rtt_ms=rtt_us / 1000 if rtt_us >= 0 else None)
-                subscriptions.append(entry)
-            participants.append({
-                "id": link.id, "identity": participant.identity, "name": participant.name,
-                "connected": link.control is not None,
-                "can_publish": participant.can_publish,
-                "can_subscribe": participant.can_subscribe,
-                "tracks": [{"id": t.id, "kind": t.kind, "muted": t.muted,
-                            "codec": t.media.codec.mime_type}
-                           for t in map(self.room.tracks.__getitem__, participant.tracks)],
-                "subscriptions": subscriptions,
-                "estimate_bps": self.layers.estimate_bps(link),
-            })
-        return {"name": self.name, "max_participants": self.room.max_participants,
-                "auto_subscribe": self.room.auto_subscribe, "participants": participants}
+        return room_info(self.room, self.links, self.ctx.forwarder, self.layers)
 
     def check_sdp(self, sdp: str) -> None:
         limits = self.ctx.config.limits
