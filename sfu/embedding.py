@@ -87,24 +87,52 @@ class Embedding:
 
     def update_permissions(self, room: str, participant: str, *,
                            can_publish: bool | None = None,
-                           can_subscribe: bool | None = None) -> None:
+                           can_subscribe: bool | None = None,
+                           can_publish_data: bool | None = None,
+                           can_update_metadata: bool | None = None) -> None:
         """Change a participant's grants; what it may no longer do stops now. A
         subscribe grant subscribes it to the room's tracks (with auto_subscribe)."""
         router = self._router(room, participant)
         link = router.links[participant]
         current = link.participant
+        if can_publish_data is not None:
+            current.can_publish_data = can_publish_data
+        if can_update_metadata is not None:
+            current.can_update_metadata = can_update_metadata
         router.grant(link,
                      current.can_publish if can_publish is None else can_publish,
                      current.can_subscribe if can_subscribe is None else can_subscribe,
                      subscribe_all=can_subscribe is True)
 
+    def set_metadata(self, room: str, participant: str, metadata: dict[str, Any]) -> None:
+        """Replace a participant's metadata (a JSON object, at most
+        ``limits.max_metadata_bytes``); everyone in the room gets `participant_updated`.
+        ValueError when it is too large or not JSON."""
+        router = self._router(room, participant)
+        if not isinstance(metadata, dict):
+            raise ValueError("metadata must be a JSON object")
+        try:
+            router.set_metadata(participant, metadata)
+        except ProtocolError as exc:
+            raise ValueError(str(exc)) from None
+
+    def send_data(self, room: str, payload: Any, *, to: list[str] | None = None,
+                  topic: str | None = None, reliable: bool = True) -> int:
+        """Send a data message to a room's participants (or those named in ``to``), from
+        the backend: they receive ``from: null``. Returns how many took it. What
+        participants send arrives as ``DataReceived`` events."""
+        return self._router(room).data.send(None, payload, tuple(to or ()), topic, reliable)
+
     def mint_token(self, room: str, identity: str, *, ttl_seconds: int = 3600,
-                   can_publish: bool = True, can_subscribe: bool = True) -> str:
+                   can_publish: bool = True, can_subscribe: bool = True,
+                   can_publish_data: bool = True, can_update_metadata: bool = False,
+                   metadata: dict[str, Any] | None = None) -> str:
         if not self.config.auth.secret:
             raise ValueError("auth.secret is not set")
         return mint_token(self.config.auth.secret, room=room, identity=identity,
                           ttl_seconds=ttl_seconds, can_publish=can_publish,
-                          can_subscribe=can_subscribe)
+                          can_subscribe=can_subscribe, can_publish_data=can_publish_data,
+                          can_update_metadata=can_update_metadata, metadata=metadata)
 
     def room_info(self, name: str) -> dict[str, Any]:
         """A room's participants, tracks and per-subscription forwarding stats."""

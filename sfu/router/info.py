@@ -34,8 +34,11 @@ def room_info(room: Room, links: dict[str, ParticipantLink], forwarder: Forwarde
             "connected": link.control is not None,
             "can_publish": participant.can_publish,
             "can_subscribe": participant.can_subscribe,
-            "tracks": [{"id": t.id, "kind": t.kind, "muted": t.muted,
-                        "codec": t.media.codec.mime_type}
+            "can_publish_data": participant.can_publish_data,
+            "can_update_metadata": participant.can_update_metadata,
+            "metadata": participant.metadata,
+            "tracks": [{"id": t.id, "kind": t.kind, "muted": t.muted, "source": t.source,
+                        "name": t.name, "codec": t.media.codec.mime_type}
                        for t in map(room.tracks.__getitem__, participant.tracks)],
             "subscriptions": subscriptions,
             "estimate_bps": layers.estimate_bps(link),
