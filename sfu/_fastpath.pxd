@@ -151,6 +151,7 @@ cdef class _Producer:
     cdef uint64_t level_packets  # packets that carried it, their levels (-dBov) summed,
     cdef uint64_t level_sum      # and how many said voice activity
     cdef uint64_t level_voiced
+    cdef uint64_t level_loud     # ... and how many were at least LOUD_DBOV loud
     cdef bint paused
     cdef _Endpoint endpoint     # None until that endpoint is added
     cdef int clock_rate

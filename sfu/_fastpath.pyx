@@ -42,6 +42,7 @@ cdef extern from "<sys/socket.h>" nogil:
 # -- constants shared with sfu/rtp.py and sfu/rtcp/ (one source of truth, read at import)
 
 cdef int OK = _rtp.OK
+cdef int LOUD_DBOV = _rtp.LOUD_DBOV
 cdef int DROP_TOO_SHORT = _rtp.DROP_TOO_SHORT
 cdef int DROP_BAD_VERSION = _rtp.DROP_BAD_VERSION
 cdef int DROP_BAD_HEADER = _rtp.DROP_BAD_HEADER
@@ -687,7 +688,7 @@ cdef class Forwarder:
         if not 0 <= audio_level_id <= 255:
             raise ValueError("extension ids must be 0..255")
         prod.audio_level_id = audio_level_id
-        prod.level_packets = prod.level_sum = prod.level_voiced = 0
+        prod.level_packets = prod.level_sum = prod.level_voiced = prod.level_loud = 0
         self._attach_source(prod, endpoint, ssrc)
         self._producers[producer] = prod
 
@@ -896,11 +897,12 @@ cdef class Forwarder:
                 prod.height)
 
     def producer_levels(self, int64_t producer):
-        """(packets with an audio level, their levels summed, voiced) (see the twin's)."""
+        """(packets with an audio level, their levels summed, voiced, loud) (see the
+        twin's)."""
         cdef _Producer prod = self._producers.get(producer)
         if prod is None:
             return None
-        return (prod.level_packets, prod.level_sum, prod.level_voiced)
+        return (prod.level_packets, prod.level_sum, prod.level_voiced, prod.level_loud)
 
     # -- the packet path --------------------------------------------------------------
 
@@ -1115,6 +1117,7 @@ cdef class Forwarder:
                     prod.level_packets += 1
                     prod.level_sum += level & 0x7F
                     prod.level_voiced += level >> 7
+                    prod.level_loud += (level & 0x7F) <= LOUD_DBOV
                     break
         cdef _Consumer cons
         for cons in prod.consumers:

@@ -303,14 +303,13 @@ class Forwarder(_FeedbackPath):
         return (prod.ssrc if prod.bound else 0, prod.packets_in, prod.bytes_in, prod.width,
                 prod.height)
 
-    def producer_levels(self, producer: int) -> tuple[int, int, int] | None:
-        """Cumulative, for an audio producer with ``audio_level_id``: (packets that
-        carried a level, their levels summed — -dBov, 0 the loudest, 127 silence — and
-        how many said voice activity), read a few times a second for active speakers."""
+    def producer_levels(self, producer: int) -> tuple[int, int, int, int] | None:
+        """Cumulative, for an audio producer with ``audio_level_id``: (packets with a
+        level, their levels (-dBov) summed, voiced ones, ones ``rtp.LOUD_DBOV`` loud)."""
         prod = self._producers.get(producer)
         if prod is None:
             return None
-        return (prod.level_packets, prod.level_sum, prod.level_voiced)
+        return (prod.level_packets, prod.level_sum, prod.level_voiced, prod.level_loud)
 
     # -- the packet path ----------------------------------------------------------------
 
@@ -423,6 +422,7 @@ class Forwarder(_FeedbackPath):
                 prod.level_packets += 1
                 prod.level_sum += level & 0x7F
                 prod.level_voiced += level >> 7
+                prod.level_loud += (level & 0x7F) <= rtp.LOUD_DBOV
         for cons in prod.consumers:
             if cons.producer is prod:
                 self._forward(cons, plain, layout, elements, now_us)

@@ -75,9 +75,9 @@ class _Producer:
     endpoint, or, for a layer named by RID, the SSRC its first packet brings."""
 
     __slots__ = ("audio_level_id", "bound", "bytes_in", "clock_rate", "codec", "consumers",
-                 "endpoint", "endpoint_id", "height", "id", "keyframe", "level_packets",
-                 "level_sum", "level_voiced", "mid", "mid_id", "nack", "packets_in", "paused",
-                 "rid", "rid_id", "ssrc", "stats", "width")
+                 "endpoint", "endpoint_id", "height", "id", "keyframe", "level_loud",
+                 "level_packets", "level_sum", "level_voiced", "mid", "mid_id", "nack",
+                 "packets_in", "paused", "rid", "rid_id", "ssrc", "stats", "width")
 
     def __init__(self, producer_id: int, codec: int, rid: bytes, rid_id: int, mid: bytes,
                  mid_id: int) -> None:
@@ -98,6 +98,7 @@ class _Producer:
         self.level_packets = 0  # packets that carried it, their levels (-dBov) summed,
         self.level_sum = 0  # and how many said voice activity
         self.level_voiced = 0
+        self.level_loud = 0  # ... and how many were at least rtp.LOUD_DBOV loud
         self.paused = False
         self.clock_rate = rtp.clock_rate(codec)
         # Where the media comes from, and its receive state: set by _attach_source.

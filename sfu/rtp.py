@@ -36,6 +36,10 @@ CODEC_VP8 = 2
 CODEC_H264 = 3
 CODECS_BY_NAME = {"opus": CODEC_OPUS, "vp8": CODEC_VP8, "h264": CODEC_H264}
 
+# An audio level (RFC 6464, -dBov) at least this loud counts as a loud packet: speech,
+# not background (sfu.router.speakers).
+LOUD_DBOV = 50
+
 # Result of Forwarder.handle_packet and indexes into its counters. 0 is success;
 # every other value is a drop reason. Keep in step with sfu/_fastpath.pyx.
 OK = 0

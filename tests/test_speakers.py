@@ -29,16 +29,17 @@ PUB, LEVEL_ID = 1, 2
 
 
 def detector_run(levels: dict[str, list[int]]) -> list[list[str]]:
-    """Feed a detector each participant's level per interval (10 packets each); the
-    active speakers after every interval."""
+    """Feed a detector each participant's level per interval (10 packets each, all at
+    that level); the active speakers after every interval."""
     detector = SpeakerDetector()
-    totals = {p: [0, 0] for p in levels}
+    totals = {p: [0, 0, 0] for p in levels}
     seen = []
     for step in range(len(next(iter(levels.values())))):
         for participant, series in levels.items():
             totals[participant][0] += 10
             totals[participant][1] += 10 * series[step]
-        detector.update({p: (t[0], t[1]) for p, t in totals.items()})
+            totals[participant][2] += 10 * (series[step] <= rtp.LOUD_DBOV)
+        detector.update({p: (t[0], t[1], t[2]) for p, t in totals.items()})
         seen.append([p for p, _ in detector.speakers])
     return seen
 
@@ -49,6 +50,15 @@ def test_speech_is_told_from_silence_and_clicks() -> None:
     # The first sample is the baseline; then speech must last ACTIVATE_INTERVALS.
     assert seen[ACTIVATE_INTERVALS - 1] == []
     assert all(s == ["talker"] for s in seen[ACTIVATE_INTERVALS:])
+
+
+def test_a_beep_twice_a_second_is_not_speech() -> None:
+    """Chromium's fake microphone: a short beep every 500 ms, as loud as speech, in
+    every other interval; and a click now and then."""
+    beeps = [30, 127] * 16
+    seen = detector_run({"beeper": beeps, "talker": [127] * 8 + [25] * 24})
+    assert all("beeper" not in s for s in seen)
+    assert seen[-1] == ["talker"]
 
 
 def test_two_talkers_loudest_first_and_pauses_between_words_keep_a_speaker() -> None:
@@ -74,8 +84,8 @@ def test_the_forwarder_counts_levels_of_audio_producers(impl: Any) -> None:
             packet = rtp_packet(seq=seq, timestamp=960 * seq, ssrc=ssrc, payload_type=111,
                                 payload=b"\x00" * 40, extensions=ext)
             assert fwd.handle_packet(PUB, send.protect(packet), seq) == rtp.OK
-    assert fwd.producer_levels(10) == (3, 177, 2)
-    assert fwd.producer_levels(11) == (0, 0, 0)
+    assert fwd.producer_levels(10) == (3, 177, 2, 2)
+    assert fwd.producer_levels(11) == (0, 0, 0, 0)
     assert fwd.producer_levels(99) is None
 
 

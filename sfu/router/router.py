@@ -94,6 +94,8 @@ class Router:
         link = ParticipantLink(participant, control)
         self.links[participant.id] = link
         control.send(self._joined(link, message))
+        if self.speakers.detector.speakers:  # else told only at the next change
+            control.send(self.speakers.message())
         self.ctx.events.publish(events.ParticipantJoined(
             self.name, participant=participant.id, identity=identity, name=participant.name))
         self.apply(room_changes)
@@ -157,6 +159,7 @@ class Router:
         link.participant.can_update_metadata = grants.can_update_metadata
         link.resume_token = secrets.token_urlsafe(24)  # each token resumes once
         control.send(self._joined(link, message, resumed=True))
+        control.send(self.speakers.message())  # changes while it was away are lost
         # A subscription the new token allows again starts over; one the participant
         # left on purpose stays left.
         self.grant(link, grants.can_publish, grants.can_subscribe, subscribe_all=(

@@ -42,20 +42,26 @@ class SpeakerTimer:
         self.run()
         self.wake()
 
+    def message(self) -> dict[str, Any]:
+        """`active_speakers` as it stands: sent on a change, and to a newcomer."""
+        return {"type": "active_speakers", "speakers": [
+            {"participant": participant, "level": -level}
+            for participant, level in self.detector.speakers]}
+
     def run(self) -> None:
         """One interval: sample, detect, tell on a change."""
-        samples: dict[str, tuple[int, int]] = {}
+        samples: dict[str, tuple[int, int, int]] = {}
         for track in self._room.tracks.values():
             levels = (self._ctx.forwarder.producer_levels(track.producer)
                       if track.kind == "audio" and not track.muted else None)
             if levels is not None:
-                packets, level_sum, _ = levels
-                previous = samples.get(track.participant, (0, 0))
-                samples[track.participant] = (previous[0] + packets, previous[1] + level_sum)
+                packets, level_sum, _, loud = levels
+                before = samples.get(track.participant, (0, 0, 0))
+                samples[track.participant] = (before[0] + packets, before[1] + level_sum,
+                                              before[2] + loud)
         speakers = self.detector.update(samples)
         if speakers is None:
             return
-        self._broadcast({"type": "active_speakers", "speakers": [
-            {"participant": participant, "level": -level} for participant, level in speakers]})
+        self._broadcast(self.message())
         self._ctx.events.publish(events.ActiveSpeakersChanged(
             self._room.name, speakers=tuple((p, -level) for p, level in speakers)))

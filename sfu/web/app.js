@@ -323,6 +323,8 @@ function tileFor(participant) {
   watchTile(tile);
   showRemote(tile, {});
   showMuted(tile);
+  // A tile made after `active_speakers` (its media came later) is outlined too.
+  figure.classList.toggle('speaking', client?.speakers?.[0]?.participant === participant);
   tiles.set(participant, tile);
   return tile;
 }
