@@ -5,9 +5,11 @@ encoders and decoders here: this is a client, not the SFU.
 
     client = Client("ws://127.0.0.1:8080/ws", room="demo", name="bot")
     await client.join()
-    await client.publish([VideoStreamTrack()])
+    await client.publish([VideoStreamTrack()], data=True)
     info, track = await client.next_track()
     frame = await track.recv()
+    await client.send_data({"text": "hi"}, topic="chat")
+    message = await client.next_data()  # {"from", "payload", "topic"?, "reliable"}
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import orjson
 from aiortc import (
     MediaStreamTrack,
     RTCBundlePolicy,
     RTCConfiguration,
+    RTCDataChannel,
     RTCIceServer,
     RTCPeerConnection,
     RTCSessionDescription,
@@ -81,6 +85,10 @@ class Client:
         self._epoch = 0
         self._restarting = False
         self._published: list[MediaStreamTrack] = []
+        self._sources: list[str] | None = None  # of the published tracks, in order
+        self._data = False  # data channels wanted (again after a restart)
+        self._channels: dict[str, RTCDataChannel] = {}
+        self.data: asyncio.Queue[dict[str, Any]] = asyncio.Queue()  # messages received
         self._relay = MediaRelay()
         self._offer_task: asyncio.Task[None] | None = None
         self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -111,20 +119,82 @@ class Client:
             for s in message.get("ice_servers", [])
         ]
 
-    async def publish(self, tracks: list[MediaStreamTrack]) -> dict[str, Any]:
-        """Publish tracks on the publish connection; returns the server's answer message."""
+    async def publish(self, tracks: list[MediaStreamTrack], *,
+                      sources: list[str] | None = None, data: bool = False
+                      ) -> dict[str, Any]:
+        """Publish tracks on the publish connection, each with its source (``camera``,
+        ``microphone``, ``screen``, ``screen_audio``; by default by kind), and with
+        ``data`` the two data channels too; returns the server's answer message. Once
+        per connection (a restart publishes the same again)."""
         pc = self.publish_pc = self._new_pc()
-        self._published = list(tracks)
-        for track in tracks:
+        self._published, self._sources = list(tracks), sources
+        self._data = self._data or data
+        transceivers = [
             # aiortc stops a sender's track when its connection closes: send a relay's
             # proxy, so that a restart can publish the same source again.
             pc.addTransceiver(self._relay.subscribe(track, buffered=False),
                               direction="sendonly")
+            for track in tracks
+        ]
+        if self._data:
+            self._open_channels(pc)
         prepare_gathering(pc, self._gathering, None)
         await pc.setLocalDescription(await pc.createOffer())
-        answer = await self.request({"type": "publish", "sdp": pc.localDescription.sdp})
+        message: dict[str, Any] = {"type": "publish", "sdp": pc.localDescription.sdp}
+        if sources:
+            message["tracks"] = [{"mid": t.mid, "source": source}
+                                 for t, source in zip(transceivers, sources, strict=True)]
+        answer = await self.request(message)
         await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
         return answer
+
+    async def open_data(self) -> None:
+        """The data channels alone (for a participant that publishes no media)."""
+        await self.publish([], data=True)
+        await self.data_open()
+
+    async def data_open(self, timeout: float = 10.0) -> None:
+        """Wait until both data channels are open."""
+        async with asyncio.timeout(timeout):
+            while not self._channels or any(
+                    c.readyState != "open" for c in self._channels.values()):
+                await asyncio.sleep(0.02)
+
+    def _open_channels(self, pc: RTCPeerConnection) -> None:
+        self._channels = {"reliable": pc.createDataChannel("reliable"),
+                          "lossy": pc.createDataChannel("lossy", ordered=False,
+                                                        maxRetransmits=0)}
+        for label, channel in self._channels.items():
+            channel.on("message", lambda message, label=label: self._data_received(
+                label, message))
+
+    def _data_received(self, label: str, message: str | bytes) -> None:
+        envelope = orjson.loads(message)
+        envelope["reliable"] = label == "reliable"
+        self.data.put_nowait(envelope)
+
+    async def send_data(self, payload: Any, *, to: list[str] | None = None,
+                        topic: str | None = None, reliable: bool = True) -> None:
+        """A message to everyone else in the room (or to ``to``), as JSON text."""
+        envelope: dict[str, Any] = {"payload": payload}
+        if to is not None:
+            envelope["to"] = to
+        if topic is not None:
+            envelope["topic"] = topic
+        self.send_raw_data(orjson.dumps(envelope).decode(), reliable)
+
+    def send_raw_data(self, message: str | bytes, reliable: bool = True) -> None:
+        """Exactly ``message`` on a data channel (tests send what a hostile client would)."""
+        self._channels["reliable" if reliable else "lossy"].send(message)
+
+    async def next_data(self, timeout: float = 10.0) -> dict[str, Any]:
+        return await asyncio.wait_for(self.data.get(), timeout)
+
+    async def unpublish(self, track_id: str) -> dict[str, Any]:
+        return await self.request({"type": "unpublish", "track": track_id})
+
+    async def set_metadata(self, metadata: dict[str, Any]) -> dict[str, Any]:
+        return await self.request({"type": "set_metadata", "metadata": metadata})
 
     async def subscribe(self, track_ids: list[str]) -> None:
         """Receive these tracks (with `[rooms] auto_subscribe` off); they come as a new
@@ -154,8 +224,8 @@ class Client:
         finally:
             self._restarting = False
         self._take_ice_servers(reply)
-        if self._published:
-            await self.publish(self._published)
+        if self._published or self._data:
+            await self.publish(self._published, sources=self._sources)
         return reply
 
     async def next_track(self, timeout: float = 10.0) -> tuple[RemoteTrack, MediaStreamTrack]:

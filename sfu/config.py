@@ -104,6 +104,13 @@ class LimitsConfig:
     # A WebSocket that has not joined this long after it opened (or after `leave`) is
     # closed: unauthenticated sockets do not pile up.
     join_timeout_s: float = 10.0
+    # A participant's metadata (`set_metadata`, the token's, the backend's), as JSON.
+    max_metadata_bytes: int = 4096
+    # Data channel messages (their JSON envelope) and how many each participant may
+    # send: a token bucket; past it messages are dropped and the sender told.
+    max_data_message_bytes: int = 15_000
+    data_messages_per_second: int = 50
+    data_message_burst: int = 100
 
 
 @dataclass
@@ -240,6 +247,12 @@ class Config:
             ("limits.max_connections_per_address", self.limits.max_connections_per_address,
              1, 10_000_000),
             ("limits.join_timeout_s", self.limits.join_timeout_s, 0.1, 3600),
+            ("limits.max_metadata_bytes", self.limits.max_metadata_bytes, 2, 1_048_576),
+            # aiortc's SCTP takes messages up to 65536 bytes (a=max-message-size).
+            ("limits.max_data_message_bytes", self.limits.max_data_message_bytes, 64, 65_536),
+            ("limits.data_messages_per_second", self.limits.data_messages_per_second, 1,
+             100_000),
+            ("limits.data_message_burst", self.limits.data_message_burst, 1, 1_000_000),
             ("liveness.ping_interval_s", self.liveness.ping_interval_s, 1, 3600),
             ("liveness.timeout_s", self.liveness.timeout_s, 2, 36_000),
             ("liveness.reconnect_grace_s", self.liveness.reconnect_grace_s, 0, 3600),

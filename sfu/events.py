@@ -113,6 +113,27 @@ class ActiveSpeakersChanged(Event):
     speakers: tuple[tuple[str, int], ...]
 
 
+@dataclass(frozen=True)
+class ParticipantUpdated(Event):
+    """A participant's metadata changed (set by itself or by the backend)."""
+
+    participant: str
+    identity: str
+    metadata: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class DataReceived(Event):
+    """A participant sent a data channel message to the room (or to ``to``). For the
+    embedding API only: never a webhook, as there may be many."""
+
+    participant: str
+    payload: Any
+    topic: str | None
+    reliable: bool
+    to: tuple[str, ...] = ()  # empty: everyone else
+
+
 EVENT_TYPES: dict[type[Event], str] = {
     RoomStarted: "room_started",
     RoomFinished: "room_finished",
@@ -125,6 +146,8 @@ EVENT_TYPES: dict[type[Event], str] = {
     ParticipantRestarted: "participant_restarted",
     SubscriptionFailed: "subscription_failed",
     ActiveSpeakersChanged: "active_speakers_changed",
+    ParticipantUpdated: "participant_updated",
+    DataReceived: "data_received",
 }
 
 Listener = Callable[[Event], Awaitable[None]]

@@ -6,6 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+# What a track shows, and the kind each source is: a subscriber may treat them
+# differently (a screen share is never downscaled to fit a small tile).
+SOURCES = {"camera": "video", "microphone": "audio", "screen": "video",
+           "screen_audio": "audio"}
+DEFAULT_SOURCE = {"audio": "microphone", "video": "camera"}
+
 
 @dataclass(frozen=True)
 class CodecInfo:

@@ -66,6 +66,12 @@ class Statistics:
     transport_drops: Counter[str] = field(default_factory=Counter)
     # What removed consumers had forwarded: (kind, "packets" | "bytes") → total.
     forwarded_retired: Counter[tuple[str, str]] = field(default_factory=Counter)
+    # Data channel messages, by outcome (sfu.router.data.DataRelay).
+    data_messages: Counter[str] = field(default_factory=Counter)
+
+
+DATA_OUTCOMES = ("relayed", "forbidden", "data_rate_limited", "data_too_large", "bad_data",
+                 "undeliverable")
 
 
 class MetricsSource(Protocol):
@@ -135,9 +141,15 @@ class ServerCollector(Collector):
             "sfu_transport_drops", "Media dropped before the forwarder, by reason",
             labels=["reason"],
         )
-        for reason in ("unvalidated_source",):
+        for reason in ("unvalidated_source", "data_channel_refused"):
             drops.add_metric([reason], server.stats.transport_drops[reason])
         yield drops
+        data = CounterMetricFamily(
+            "sfu_data_messages", "Data channel messages participants sent, by outcome; "
+            "undeliverable counts copies a recipient could not take", labels=["outcome"])
+        for outcome in DATA_OUTCOMES:
+            data.add_metric([outcome], server.stats.data_messages[outcome])
+        yield data
         packets_by_kind = CounterMetricFamily(
             "sfu_forwarded_packets", "Packets forwarded to subscribers", labels=["kind"])
         bytes_by_kind = CounterMetricFamily(

@@ -1,9 +1,9 @@
-"""``Server``: HTTP and WebSocket serving, the rooms' routers, and the embedding API.
+"""``Server``: HTTP and WebSocket serving, and the rooms' routers.
 
 Each room is a ``Router`` (``sfu.router``); each WebSocket's messages reach its room's
 router through a ``Session``. Everything within a room — joining, publishing,
-negotiation, RTCP timers — is the router's; this module starts and stops, finds the
-room, and answers the embedding and admin APIs.
+negotiation, RTCP timers — is the router's; this module starts and stops, and finds the
+room. The embedding API (also behind the admin API) is ``sfu.embedding``'s.
 """
 
 from __future__ import annotations
@@ -28,13 +28,13 @@ from sfu.control.admission import (
     connection_budget,
     http_limiter,
 )
-from sfu.control.auth import AuthError, Grants, mint_token, verify_token
+from sfu.control.auth import AuthError, Grants, verify_token
 from sfu.control.listener import GatedListener
-from sfu.control.schema import ProtocolError
 from sfu.control.tls import Tls, make_tls
 from sfu.control.websocket import ConnectionLimits, ControlConnection
-from sfu.fastpath import Forwarder, make_forwarder
-from sfu.metrics import Statistics, registry
+from sfu.embedding import Embedding
+from sfu.fastpath import make_forwarder
+from sfu.metrics import registry
 from sfu.router.context import RouterContext
 from sfu.router.participants import ParticipantLink
 from sfu.router.room import Room, RoomError, Track
@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 WEB_DIR = Path(__file__).parent / "web"
 
 
-class Server:
+class Server(Embedding):
     """The SFU. ``await start()`` serves HTTP/WebSocket; ``await stop()`` ends everything."""
 
     def __init__(self, config: Config | None = None) -> None:
@@ -60,7 +60,6 @@ class Server:
         forwarder.set_loss_listener(self.ctx.on_loss)
         forwarder.set_feedback_listener(self.ctx.on_feedback)
         self.routers: dict[str, Router] = {}
-        # Rooms created through the API stay (empty) until closed through it.
         self._kept_rooms: set[str] = set()
         self.webhooks = Webhooks(self.config.webhooks, self.events, self._webhook_outcome,
                                  self.config.auth.secret)
@@ -78,14 +77,6 @@ class Server:
         self.port: int | None = None
         self._registry = registry(self)
         self.app = self._make_app()
-
-    @property
-    def forwarder(self) -> Forwarder:
-        return self.ctx.forwarder
-
-    @property
-    def stats(self) -> Statistics:
-        return self.ctx.stats
 
     @property
     def participants(self) -> dict[str, ParticipantLink]:
@@ -277,122 +268,9 @@ class Server:
         anyone. Display names are not identities; two participants may share one."""
         auth = self.config.auth
         if auth.mode == "development" and token is None:
-            return Grants(identity="", room=room)
+            return Grants(identity="", room=room, can_update_metadata=True)
         if token is None:
             raise AuthError("a token is required to join")
         return verify_token(auth.secret, token, room)
 
-    def _start_room(self, name: str, max_participants: int | None = None,
-                    auto_subscribe: bool | None = None) -> Router:
-        if len(self.routers) >= self.config.limits.max_rooms:
-            raise ProtocolError("too_many_rooms",
-                                f"the server has {self.config.limits.max_rooms} rooms")
-        defaults = self.config.rooms
-        room = Room(name, self.ctx.ids,
-                    auto_subscribe=defaults.auto_subscribe if auto_subscribe is None
-                    else auto_subscribe,
-                    max_participants=defaults.max_participants if max_participants is None
-                    else max_participants)
-        router = self.routers[name] = Router(self.ctx, room, self._router_empty)
-        self.events.publish(events.RoomStarted(name))
-        return router
 
-    def _router_empty(self, router: Router) -> None:
-        if router.name not in self._kept_rooms:
-            self._finish_room(router.name)
-
-    def _finish_room(self, name: str) -> None:
-        router = self.routers.pop(name, None)
-        if router is not None:
-            router.stop()
-            self.events.publish(events.RoomFinished(name))
-
-    # -- the embedding API (also behind the admin HTTP API) ------------------------------
-
-    def create_room(self, name: str, *, max_participants: int | None = None,
-                    auto_subscribe: bool | None = None) -> Room:
-        """Create a room with its own options; it stays, empty or not, until close_room."""
-        if name in self.routers:
-            raise ValueError(f"room {name!r} exists")
-        router = self._start_room(name, max_participants, auto_subscribe)
-        self._kept_rooms.add(name)
-        return router.room
-
-    async def close_room(self, name: str) -> None:
-        """Remove everyone from a room and the room itself."""
-        router = self._router(name)
-        self._kept_rooms.discard(name)
-        for link in list(router.links.values()):
-            await router.remove(link, "room_closed")
-        self._finish_room(name)
-
-    async def kick(self, room: str, participant: str) -> None:
-        """Remove a participant now: its media stops reaching everyone."""
-        router = self._router(room, participant)
-        await router.remove(router.links[participant], "kicked")
-
-    def mute(self, room: str, track: str, muted: bool) -> None:
-        """Pause (or resume) forwarding a track to every subscriber, server-side."""
-        self._router(room).mute(track, muted)
-
-    def update_permissions(self, room: str, participant: str, *,
-                           can_publish: bool | None = None,
-                           can_subscribe: bool | None = None) -> None:
-        """Change a participant's grants; what it may no longer do stops now. A
-        subscribe grant subscribes it to the room's tracks (with auto_subscribe)."""
-        router = self._router(room, participant)
-        link = router.links[participant]
-        current = link.participant
-        router.grant(link,
-                     current.can_publish if can_publish is None else can_publish,
-                     current.can_subscribe if can_subscribe is None else can_subscribe,
-                     subscribe_all=can_subscribe is True)
-
-    def mint_token(self, room: str, identity: str, *, ttl_seconds: int = 3600,
-                   can_publish: bool = True, can_subscribe: bool = True) -> str:
-        if not self.config.auth.secret:
-            raise ValueError("auth.secret is not set")
-        return mint_token(self.config.auth.secret, room=room, identity=identity,
-                          ttl_seconds=ttl_seconds, can_publish=can_publish,
-                          can_subscribe=can_subscribe)
-
-    def room_info(self, name: str) -> dict[str, Any]:
-        """A room's participants, tracks and per-subscription forwarding stats."""
-        return self._router(name).info()
-
-    def rooms_info(self) -> list[dict[str, Any]]:
-        return [{"name": name, "participants": len(router.links),
-                 "tracks": len(router.room.tracks)} for name, router in self.routers.items()]
-
-    def forwarded_by_kind(self) -> dict[str, tuple[int, int]]:
-        """kind → (packets, bytes) forwarded to subscribers, since the start."""
-        retired = self.stats.forwarded_retired
-        totals = {kind: [retired[(kind, "packets")], retired[(kind, "bytes")]]
-                  for kind in ("audio", "video")}
-        for router in self.routers.values():
-            for participant in router.room.participants.values():
-                for subscription in participant.subscriptions.values():
-                    packets, octets = self.forwarder.consumer_stats(subscription.consumer)
-                    totals[subscription.track.kind][0] += packets
-                    totals[subscription.track.kind][1] += octets
-        return {kind: (p, b) for kind, (p, b) in totals.items()}
-
-    def downlinks(self) -> tuple[list[int], dict[str, int]]:
-        """Subscribers' bandwidth estimates, and simulcast subscriptions by the layer
-        (RID, or "paused") they receive: for /metrics."""
-        estimates: list[int] = []
-        layers: dict[str, int] = {}
-        for router in self.routers.values():
-            router_estimates, router_layers = router.layers.view()
-            estimates += router_estimates
-            for rid, count in router_layers.items():
-                layers[rid] = layers.get(rid, 0) + count
-        return estimates, layers
-
-    def _router(self, room: str, participant: str | None = None) -> Router:
-        router = self.routers.get(room)
-        if router is None:
-            raise KeyError(f"no room {room!r}")
-        if participant is not None and participant not in router.links:
-            raise KeyError(f"no participant {participant!r} in room {room!r}")
-        return router

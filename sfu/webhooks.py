@@ -25,7 +25,7 @@ import aiohttp
 import orjson
 
 from sfu.config import WebhooksConfig
-from sfu.events import Event, EventBus, Subscription
+from sfu.events import DataReceived, Event, EventBus, Subscription
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +64,8 @@ class Webhooks:
 
     async def _deliver(self, event: Event) -> None:
         self._count_drops()
+        if isinstance(event, DataReceived):
+            return  # the room's chatter: the embedding API hears it, webhooks do not
         # Made once here, before the retries, so that each retry carries the same id.
         event_id = f"EV_{uuid.uuid4().hex}"
         body = orjson.dumps({"id": event_id, **event.to_dict()})

@@ -177,7 +177,8 @@ async def test_resume_within_grace_keeps_the_participant(connect: Any, server: S
     assert resumed["resumed"] is True
     assert resumed["participant"]["id"] == first["participant"]["id"]
     assert resumed["participants"] == [{"id": server.participants[next(
-        p for p in server.participants if p != first["participant"]["id"])].id, "name": "alice"}]
+        p for p in server.participants if p != first["participant"]["id"])].id, "name": "alice",
+            "metadata": {}}]
     # A resume token serves once: the reply carries the next one.
     assert resumed["resume_token"] != first["resume_token"]
     # alice saw neither a leave nor a join.

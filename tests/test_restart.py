@@ -182,10 +182,10 @@ async def test_a_track_unpublished_during_a_restart_is_not_carried_on(room: Room
     (old_id,) = server.tracks
     publish = alice.publish
 
-    async def publish_after_a_revoke(tracks: list[Any]) -> dict[str, Any]:
+    async def publish_after_a_revoke(tracks: list[Any], **options: Any) -> dict[str, Any]:
         server.update_permissions("restart", alice.participant_id or "", can_publish=False)
         server.update_permissions("restart", alice.participant_id or "", can_publish=True)
-        return await publish(tracks)
+        return await publish(tracks, **options)
 
     alice.publish = publish_after_a_revoke  # type: ignore[method-assign]
     await alice.restart()

@@ -170,7 +170,7 @@ def test_join_returns_participant_added() -> None:
     changes = room.join(alice)
     assert changes == [ParticipantAdded(alice)]
     assert isinstance(changes[0], ParticipantAdded) and changes[0].participant is alice
-    assert alice.describe() == {"id": "a", "name": "Alice"}
+    assert alice.describe() == {"id": "a", "name": "Alice", "metadata": {}}
     assert (alice.identity, alice.can_publish, alice.can_subscribe) == ("alice@example", True, True)
     assert room.participants["a"] is alice
     assert room.participant("a") is alice
@@ -270,7 +270,8 @@ def test_publish_alone_is_only_track_added() -> None:
     assert room.tracks["a-video"].muted is False
     assert room.track("a-video") is room.tracks["a-video"]
     assert room.tracks["a-video"].describe() == {"id": "a-video", "participant": "a",
-                                                 "kind": "video", "muted": False}
+                                                 "kind": "video", "muted": False,
+                                                 "source": "camera", "name": ""}
     assert room.participants["a"].tracks == ["a-video"]
     assert subscriptions(room, "a") == set()
 

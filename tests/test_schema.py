@@ -38,6 +38,8 @@ MINIMAL: dict[str, dict[str, Any]] = {
     "leave": {"type": "leave"},
     "set_subscription": {"type": "set_subscription", "track": "t"},
     "mute": {"type": "mute", "track": "t", "muted": True},
+    "unpublish": {"type": "unpublish", "track": "t"},
+    "set_metadata": {"type": "set_metadata", "metadata": {}},
 }
 
 REQUIRED: dict[str, list[str]] = {
@@ -52,6 +54,8 @@ REQUIRED: dict[str, list[str]] = {
     "leave": [],
     "set_subscription": ["track"],
     "mute": ["track", "muted"],
+    "unpublish": ["track"],
+    "set_metadata": ["metadata"],
 }
 
 CANDIDATE = {
@@ -69,6 +73,10 @@ WITH_OPTIONS: list[dict[str, Any]] = [
     {"type": "join", "room": "r" * 64, "name": "n" * 64, "token": "t" * 4096},
     {"type": "join", "room": "A-Za-z0-9_.-", "name": " "},
     {"type": "publish", "sdp": "s" * MAX_SDP_BYTES, "id": "publish-1"},
+    {"type": "publish", "sdp": "v=0\r\n", "tracks": [
+        {"mid": "0", "source": "screen", "name": "slides"}, {"mid": "1", "source": "camera"},
+        {"mid": "2", "source": "screen_audio"}, {"mid": "3", "source": "microphone"}]},
+    {"type": "set_metadata", "metadata": {"hand": True, "nested": {"a": [1, 2]}}},
     {"type": "answer", "sdp": "v=0\r\n", "id": 2**53 - 1},
     {"type": "candidate", "pc": "subscribe", "candidate": CANDIDATE},
     {"type": "candidate", "pc": "publish", "candidate": {"candidate": ""}},
@@ -137,6 +145,16 @@ BAD_VALUES: list[tuple[str, str, Any]] = [
         None, "t", 1, {"t": 1}, [], ["t"] * (MAX_TRACKS_PER_MESSAGE + 1), [""], ["t" * 65],
         [1], [None], [["t"]], ["t", 2],
     ]),
+    *cases(("publish",), "tracks", [
+        "screen", [], [{"mid": "0"}], [{"mid": "0", "source": "webcam"}],
+        [{"mid": "", "source": "screen"}], [{"mid": 0, "source": "screen"}],
+        [{"mid": "0", "source": "screen", "name": ""}],
+        [{"mid": "0", "source": "screen", "name": "n" * 65}],
+        [{"mid": "0", "source": "screen", "extra": 1}],
+        [{"mid": "0", "source": "camera"}] * (MAX_TRACKS_PER_MESSAGE + 1),
+    ]),
+    *cases(("set_metadata",), "metadata", [None, "m", 1, [], ["a"], True]),
+    *cases(("unpublish",), "track", [None, "", 1, "t" * 65]),
 ]
 
 
@@ -158,7 +176,7 @@ def documented_client_types() -> list[str]:
 
 def test_schema_has_exactly_the_documented_client_messages() -> None:
     documented = documented_client_types()
-    assert len(documented) == 11
+    assert len(documented) == 13
     assert set(documented) == set(SCHEMA) == set(MINIMAL) == set(REQUIRED)
 
 

@@ -106,10 +106,17 @@ class AdminApi(Protocol):
     async def kick(self, room: str, participant: str) -> None: ...
     def update_permissions(self, room: str, participant: str, *,
                            can_publish: bool | None = None,
-                           can_subscribe: bool | None = None) -> None: ...
+                           can_subscribe: bool | None = None,
+                           can_publish_data: bool | None = None,
+                           can_update_metadata: bool | None = None) -> None: ...
+    def set_metadata(self, room: str, participant: str, metadata: dict[str, Any]) -> None: ...
+    def send_data(self, room: str, payload: Any, *, to: list[str] | None = None,
+                  topic: str | None = None, reliable: bool = True) -> int: ...
     def mute(self, room: str, track: str, muted: bool) -> None: ...
     def mint_token(self, room: str, identity: str, *, ttl_seconds: int = 3600,
-                   can_publish: bool = True, can_subscribe: bool = True) -> str: ...
+                   can_publish: bool = True, can_subscribe: bool = True,
+                   can_publish_data: bool = True, can_update_metadata: bool = False,
+                   metadata: dict[str, Any] | None = None) -> str: ...
 
 
 def routes(server: AdminApi) -> web.Application:
@@ -142,8 +149,25 @@ def routes(server: AdminApi) -> web.Application:
             request.match_info["room"], request.match_info["participant"],
             can_publish=field(body, "can_publish", bool),
             can_subscribe=field(body, "can_subscribe", bool),
+            can_publish_data=field(body, "can_publish_data", bool),
+            can_update_metadata=field(body, "can_update_metadata", bool),
         )
         return web.Response(status=204)
+
+    async def metadata(request: web.Request) -> web.Response:
+        body = await read_body(request)
+        server.set_metadata(request.match_info["room"], request.match_info["participant"],
+                            field(body, "metadata", dict, required=True))
+        return web.Response(status=204)
+
+    async def data(request: web.Request) -> web.Response:
+        body = await read_body(request)
+        if "payload" not in body:
+            raise FieldError("payload", "is required")
+        delivered = server.send_data(
+            request.match_info["room"], body["payload"], to=field(body, "to", list),
+            topic=field(body, "topic", str), reliable=field(body, "reliable", bool) is not False)
+        return reply(request, {"delivered": delivered})
 
     async def mute(request: web.Request) -> web.Response:
         body = await read_body(request)
@@ -159,6 +183,9 @@ def routes(server: AdminApi) -> web.Application:
             ttl_seconds=ttl,
             can_publish=field(body, "can_publish", bool) is not False,
             can_subscribe=field(body, "can_subscribe", bool) is not False,
+            can_publish_data=field(body, "can_publish_data", bool) is not False,
+            can_update_metadata=field(body, "can_update_metadata", bool) is True,
+            metadata=field(body, "metadata", dict),
         )
         return reply(request, {"token": minted}, 201)
 
@@ -168,6 +195,8 @@ def routes(server: AdminApi) -> web.Application:
     app.router.add_delete("/rooms/{room}", close_room)
     app.router.add_delete("/rooms/{room}/participants/{participant}", kick)
     app.router.add_post("/rooms/{room}/participants/{participant}/permissions", permissions)
+    app.router.add_post("/rooms/{room}/participants/{participant}/metadata", metadata)
+    app.router.add_post("/rooms/{room}/data", data)
     app.router.add_post("/rooms/{room}/tracks/{track}/mute", mute)
     app.router.add_post("/tokens", token)
     return app

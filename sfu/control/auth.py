@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import jwt
 
@@ -24,6 +25,9 @@ class Grants:
     room: str
     can_publish: bool = True
     can_subscribe: bool = True
+    can_publish_data: bool = True  # send data channel messages to the room
+    can_update_metadata: bool = False  # set its own metadata (`set_metadata`)
+    metadata: dict[str, Any] | None = None  # what it joins with; None: {}
 
 
 def mint_token(
@@ -34,6 +38,9 @@ def mint_token(
     ttl_seconds: int = 3600,
     can_publish: bool = True,
     can_subscribe: bool = True,
+    can_publish_data: bool = True,
+    can_update_metadata: bool = False,
+    metadata: dict[str, Any] | None = None,
     now: float | None = None,
 ) -> str:
     """An HS256 join token; ValueError for an empty identity (it would admit anyone)."""
@@ -44,10 +51,14 @@ def mint_token(
         "room": room,
         "can_publish": can_publish,
         "can_subscribe": can_subscribe,
+        "can_publish_data": can_publish_data,
+        "can_update_metadata": can_update_metadata,
         "iat": issued,
         "nbf": issued,
         "exp": issued + ttl_seconds,
     }
+    if metadata is not None:
+        claims["metadata"] = metadata
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
@@ -80,6 +91,9 @@ def verify_token(secret: str, token: str, room: str) -> Grants:
         check_identity(identity)
     except ValueError:
         raise AuthError("invalid token: sub must be a non-empty string") from None
+    metadata = claims.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise AuthError("invalid token: metadata must be an object")
     if token_room != room:
         raise AuthError(f"token is for room {token_room!r}, not {room!r}", "forbidden")
     return Grants(
@@ -87,4 +101,7 @@ def verify_token(secret: str, token: str, room: str) -> Grants:
         room=token_room,
         can_publish=claims.get("can_publish", True) is True,
         can_subscribe=claims.get("can_subscribe", True) is True,
+        can_publish_data=claims.get("can_publish_data", True) is True,
+        can_update_metadata=claims.get("can_update_metadata", False) is True,
+        metadata=metadata,
     )

@@ -10,6 +10,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from sfu.media import SOURCES
+
 
 class ProtocolError(ValueError):
     """A control message the server refuses; becomes an ``error`` message."""
@@ -64,6 +66,26 @@ def _quality(value: Any) -> str | None:
     return None if value in ("low", "medium", "high") else '"low", "medium" or "high"'
 
 
+def _track_sources(value: Any) -> str | None:
+    expected = (f"a list of 1 to {MAX_TRACKS_PER_MESSAGE} {{mid, source, name?}} with "
+                f"source one of {', '.join(SOURCES)}")
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_TRACKS_PER_MESSAGE:
+        return expected
+    for item in value:
+        if (not isinstance(item, dict) or _string(64)(item.get("mid")) is not None
+                or item.get("source") not in SOURCES
+                or (item.get("name") is not None and _string(64)(item["name"]) is not None)
+                or not set(item) <= {"mid", "source", "name"}):
+            return expected
+    return None
+
+
+def _object(value: Any) -> str | None:
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return None
+    return "an object"
+
+
 def _boolean(value: Any) -> str | None:
     return None if isinstance(value, bool) else "true or false"
 
@@ -95,7 +117,9 @@ SCHEMA: dict[str, tuple[dict[str, Check], dict[str, Check]]] = {
         {"room": _string(64, ROOM_NAME), "name": _string(64)},
         {"token": _string(4096), "resume": _string(64)},
     ),
-    "publish": ({"sdp": _string(MAX_SDP_BYTES)}, {}),
+    "publish": ({"sdp": _string(MAX_SDP_BYTES)}, {"tracks": _track_sources}),
+    "unpublish": ({"track": _string(64)}, {}),
+    "set_metadata": ({"metadata": _object}, {}),
     "answer": ({"sdp": _string(MAX_SDP_BYTES)}, {}),
     "candidate": ({"pc": _pc_name, "candidate": _candidate}, {}),
     "subscribe": ({"tracks": _track_list}, {}),

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
-from sfu.media import PublishedMedia
+from sfu.media import DEFAULT_SOURCE, SOURCES, PublishedMedia
 from sfu.router.layers import Preferences
 
 
@@ -35,6 +36,11 @@ class Track:
     media: PublishedMedia
     muted: bool = False  # server-side: forwarding paused
     layers: tuple[int, ...] = ()  # simulcast: a producer per layer, low to high
+    source: str = ""  # one of SOURCES; "" takes the kind's default
+    name: str = ""  # as the publisher named it, for display
+
+    def __post_init__(self) -> None:
+        self.source = self.source or DEFAULT_SOURCE.get(self.kind, "")
 
     @property
     def producers(self) -> tuple[int, ...]:
@@ -45,7 +51,7 @@ class Track:
         """As `joined.tracks` and `track_published` carry it: muted too, so a late
         joiner sees a camera that is off."""
         return {"id": self.id, "participant": self.participant, "kind": self.kind,
-                "muted": self.muted}
+                "muted": self.muted, "source": self.source, "name": self.name}
 
 
 @dataclass
@@ -72,11 +78,14 @@ class Participant:
     identity: str  # the token's subject; "" for a token-less development join
     can_publish: bool = True
     can_subscribe: bool = True
+    can_publish_data: bool = True
+    can_update_metadata: bool = False
+    metadata: dict[str, Any] = field(default_factory=dict)  # set by it or the backend
     tracks: list[str] = field(default_factory=list)
     subscriptions: dict[str, Subscription] = field(default_factory=dict)  # by track id
 
-    def describe(self) -> dict[str, str]:
-        return {"id": self.id, "name": self.name}
+    def describe(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "metadata": self.metadata}
 
 
 # -- changes: what a command did, for the router to carry out -------------------------
@@ -153,7 +162,9 @@ class Room:
         return changes
 
     def publish(self, participant_id: str, track_id: str, producer: int,
-                media: PublishedMedia, layers: tuple[int, ...] = ()) -> list[Change]:
+                media: PublishedMedia, layers: tuple[int, ...] = (), source: str = "",
+                name: str = "") -> list[Change]:
+        """Publish a track; ``source`` ("" for the kind's default) must be of its kind."""
         participant = self.participant(participant_id)
         if not participant.can_publish:
             raise RoomError("forbidden", "the token does not allow publishing")
@@ -161,7 +172,10 @@ class Room:
             raise RoomError("bad_field", f"kind {media.kind!r} is not audio or video")
         if track_id in self.tracks:
             raise RoomError("bad_field", f"track {track_id} exists")
-        track = Track(track_id, participant_id, media.kind, producer, media, layers=layers)
+        if source and SOURCES.get(source) != media.kind:
+            raise RoomError("bad_field", f"source {source!r} is not a {media.kind} source")
+        track = Track(track_id, participant_id, media.kind, producer, media, layers=layers,
+                      source=source, name=name)
         self.tracks[track_id] = track
         participant.tracks.append(track_id)
         changes: list[Change] = [TrackAdded(track)]

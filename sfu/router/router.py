@@ -12,15 +12,19 @@ import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import orjson
+
 from sfu import events, rtp
 from sfu.control.auth import Grants
 from sfu.control.schema import ProtocolError
 from sfu.control.websocket import ControlConnection
-from sfu.media import PublishedMedia
+from sfu.media import SOURCES, PublishedMedia
 from sfu.router import room as changes
 from sfu.router.allocation import LayerAllocator
 from sfu.router.context import RouterContext
+from sfu.router.data import DataRelay
 from sfu.router.feedback import FeedbackTimer
+from sfu.router.info import room_info
 from sfu.router.negotiation import SubscribeNegotiation
 from sfu.router.participants import ParticipantLink
 from sfu.router.room import Participant, Room, RoomError, Track
@@ -47,6 +51,8 @@ class Router:
         self.layers = LayerAllocator(ctx, room, lambda: self.links)
         self.feedback = FeedbackTimer(ctx, room, self.links, self.layers.remb_bps)
         self.speakers = SpeakerTimer(ctx, room, lambda message: self.broadcast("", message))
+        self.data = DataRelay(room.name, ctx.config.limits, lambda: self.links, ctx.events,
+                              ctx.stats.data_messages)
         self.negotiation = SubscribeNegotiation(
             ctx, room, lambda link: self._new_transport(link, SubscribeTransport))
 
@@ -79,8 +85,11 @@ class Router:
                                   "the same identity joined from another connection")
             finally:
                 self._joining = False
+        metadata = self._checked_metadata(grants.metadata or {})
         participant = Participant("PA_" + secrets.token_hex(6), message["name"], identity,
-                                  grants.can_publish, grants.can_subscribe)
+                                  grants.can_publish, grants.can_subscribe,
+                                  grants.can_publish_data, grants.can_update_metadata,
+                                  metadata)
         room_changes = self.room.join(participant)
         link = ParticipantLink(participant, control)
         self.links[participant.id] = link
@@ -94,7 +103,7 @@ class Router:
 
     def _joined(self, link: ParticipantLink, message: dict[str, Any], resumed: bool = False
                 ) -> dict[str, Any]:
-        participant = link.participant
+        participant, limits = link.participant, self.ctx.config.limits
         joined: dict[str, Any] = {
             "type": "joined",
             "participant": participant.describe(),
@@ -105,6 +114,9 @@ class Router:
             "ice_servers": turn.ice_servers(self.ctx.config.turn,
                                             participant.identity or participant.id),
             "simulcast": self.ctx.config.rtc.simulcast,
+            "can_update_metadata": participant.can_update_metadata,
+            "data_limits": {"max_message_bytes": limits.max_data_message_bytes,
+                            "messages_per_second": limits.data_messages_per_second},
         }
         if resumed:
             joined["resumed"] = True
@@ -141,6 +153,8 @@ class Router:
             self.ctx.spawn(link.control.close())
         link.control = control
         link.participant.name = message["name"]
+        link.participant.can_publish_data = grants.can_publish_data
+        link.participant.can_update_metadata = grants.can_update_metadata
         link.resume_token = secrets.token_urlsafe(24)  # each token resumes once
         control.send(self._joined(link, message, resumed=True))
         # A subscription the new token allows again starts over; one the participant
@@ -182,6 +196,7 @@ class Router:
         link.grace = link.failed = None
         self.apply(self.room.leave(link.id))
         del self.links[link.id]
+        self.data.forget(link.id)
         await self._close_transports(link)
         self.ctx.events.publish(events.ParticipantLeft(
             self.name, participant=link.id, identity=link.participant.identity, reason=reason))
@@ -200,13 +215,17 @@ class Router:
 
     # -- publishing --------------------------------------------------------------------
 
-    async def publish(self, link: ParticipantLink, offer_sdp: str) -> dict[str, Any]:
-        if not link.participant.can_publish:
-            raise RoomError("forbidden", "the token does not allow publishing")
+    async def publish(self, link: ParticipantLink, offer_sdp: str,
+                      sources: list[dict[str, str]] | None = None) -> dict[str, Any]:
+        """Answer a publish offer: its new media become tracks, with the ``sources``
+        (and names) given by mid. An offer of data channels alone needs no grant."""
         self.check_sdp(offer_sdp)
         limit = self.ctx.config.limits.max_tracks_per_participant
         media_lines = sum(line.startswith(("m=audio", "m=video"))
                           for line in offer_sdp.splitlines())
+        data_only = not media_lines and "m=application" in offer_sdp
+        if not link.participant.can_publish and not data_only:
+            raise RoomError("forbidden", "the token does not allow publishing")
         if media_lines > limit:
             raise ProtocolError("too_many_tracks",
                                 f"{media_lines} tracks offered; at most {limit}", "sdp")
@@ -217,6 +236,12 @@ class Router:
         except Exception as exc:
             logger.info("publish offer from %s failed: %s", link.id, exc)
             raise ProtocolError("negotiation_failed", f"cannot apply the offer: {exc}") from None
+        named = {s["mid"]: s for s in sources or ()}
+        for item in media:
+            source = named.get(item.mid, {}).get("source")
+            if source is not None and SOURCES[source] != item.kind:
+                raise ProtocolError("bad_field", f"source {source!r} is not a {item.kind} "
+                                    f"source (mid {item.mid})", "tracks")
         room_changes: list[changes.Change] = []
         tracks = []
         # Tracks unpublished since the restart (a revoked grant) are not carried on.
@@ -228,8 +253,9 @@ class Router:
                 continue
             track_id = "TR_" + secrets.token_hex(6)
             layers = self._add_producers(link.publish.endpoint, item)
-            room_changes += self.room.publish(link.id, track_id, layers[0], item,
-                                              layers if len(layers) > 1 else ())
+            room_changes += self.room.publish(
+                link.id, track_id, layers[0], item, layers if len(layers) > 1 else (),
+                named.get(item.mid, {}).get("source", ""), named.get(item.mid, {}).get("name", ""))
             tracks.append(self.room.tracks[track_id].describe())
         # Earlier tracks this offer did not carry on are gone (the client published
         # fewer tracks after its restart): their subscribers are told.
@@ -287,6 +313,47 @@ class Router:
             track.media = item
             return track
         return None
+
+    def unpublish_own(self, link: ParticipantLink, track_id: str) -> dict[str, Any]:
+        """A participant stops publishing one of its tracks (a screen share ends)."""
+        if track_id not in link.participant.tracks:
+            raise RoomError("unknown_track", f"you publish no track {track_id!r}")
+        track = self.room.tracks[track_id]
+        self.apply(self.room.unpublish(track_id))
+        if link.publish is not None:
+            link.publish.forget(track.media.mid)
+        return {"type": "unpublished", "track": track_id}
+
+    # -- metadata --------------------------------------------------------------------
+
+    def set_metadata(self, participant_id: str, metadata: dict[str, Any]) -> None:
+        """Replace a participant's metadata; everyone in the room, the participant
+        too, gets `participant_updated`."""
+        participant = self.room.participant(participant_id)
+        participant.metadata = self._checked_metadata(metadata)
+        self.broadcast("", {"type": "participant_updated",
+                            "participant": participant.describe()})
+        self.ctx.events.publish(events.ParticipantUpdated(
+            self.name, participant=participant.id, identity=participant.identity,
+            metadata=participant.metadata))
+
+    def set_own_metadata(self, link: ParticipantLink, metadata: dict[str, Any]
+                         ) -> dict[str, Any]:
+        if not link.participant.can_update_metadata:
+            raise RoomError("forbidden", "the token does not allow setting metadata")
+        self.set_metadata(link.id, metadata)
+        return {"type": "metadata_set"}
+
+    def _checked_metadata(self, metadata: dict[str, Any]) -> dict[str, Any]:
+        limit = self.ctx.config.limits.max_metadata_bytes
+        try:
+            size = len(orjson.dumps(metadata))
+        except TypeError:
+            raise ProtocolError("bad_field", "metadata must be JSON", "metadata") from None
+        if size > limit:
+            raise ProtocolError("bad_field", f"metadata is {size} bytes as JSON; at most "
+                                f"{limit}", "metadata")
+        return metadata
 
     # -- restarting --------------------------------------------------------------------
 
@@ -368,6 +435,8 @@ class Router:
             raise ProtocolError("bad_field", "set_subscription needs at least one of "
                                 "max_width, max_height, quality, paused", "track")
         for name in given:
+            if name in ("max_width", "max_height") and subscription.track.source == "screen":
+                continue  # never downscaled to fit a tile: its text must stay legible
             setattr(subscription.preferences, name, message[name])
         self.layers.run(now_us())
 
@@ -414,35 +483,7 @@ class Router:
 
     def info(self) -> dict[str, Any]:
         """The room's participants, tracks and per-subscription forwarding stats."""
-        forwarder = self.ctx.forwarder
-        participants = []
-        for link in self.links.values():
-            participant = link.participant
-            subscriptions = []
-            for track_id, subscription in participant.subscriptions.items():
-                packets, octets = forwarder.consumer_stats(subscription.consumer)
-                entry: dict[str, Any] = {"track": track_id, "packets": packets,
-                                         "bytes": octets, "active": subscription.active}
-                entry.update(self.layers.describe(subscription))
-                heard = forwarder.consumer_report(subscription.consumer)
-                if heard is not None:  # the subscriber's own receiver report
-                    fraction, lost, jitter, rtt_us = heard
-                    entry.update(fraction_lost=fraction / 256, packets_lost=lost,
-                                 jitter=jitter, rtt_ms=rtt_us / 1000 if rtt_us >= 0 else None)
-                subscriptions.append(entry)
-            participants.append({
-                "id": link.id, "identity": participant.identity, "name": participant.name,
-                "connected": link.control is not None,
-                "can_publish": participant.can_publish,
-                "can_subscribe": participant.can_subscribe,
-                "tracks": [{"id": t.id, "kind": t.kind, "muted": t.muted,
-                            "codec": t.media.codec.mime_type}
-                           for t in map(self.room.tracks.__getitem__, participant.tracks)],
-                "subscriptions": subscriptions,
-                "estimate_bps": self.layers.estimate_bps(link),
-            })
-        return {"name": self.name, "max_participants": self.room.max_participants,
-                "auto_subscribe": self.room.auto_subscribe, "participants": participants}
+        return room_info(self.room, self.links, self.ctx.forwarder, self.layers)
 
     def check_sdp(self, sdp: str) -> None:
         limits = self.ctx.config.limits
@@ -508,6 +549,8 @@ class Router:
                          ctx.stats.transport_drops)
         if isinstance(transport, PublishTransport):
             transport.accept_simulcast = ctx.config.rtc.simulcast
+            transport.on_data = lambda label, message: (
+                None if link.leaving else self.data.received(link, label, message))
         elif isinstance(transport, SubscribeTransport):
             transport.offer_twcc = ctx.config.rtc.bandwidth_estimation
         # By weak reference: the timer must not keep a transport that is gone (closed

@@ -69,7 +69,11 @@ class Session:
         if router is None or link is None:
             raise ProtocolError("not_joined", f"send join before {msg_type}")
         if msg_type == "publish":
-            return await router.publish(link, message["sdp"])
+            return await router.publish(link, message["sdp"], message.get("tracks"))
+        if msg_type == "unpublish":
+            return router.unpublish_own(link, message["track"])
+        if msg_type == "set_metadata":
+            return router.set_own_metadata(link, message["metadata"])
         if msg_type == "answer":
             await router.negotiation.answer(link, message["sdp"])
             return None

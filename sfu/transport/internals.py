@@ -100,12 +100,16 @@ def accept_rsa_peers(pc: RTCPeerConnection) -> None:
 
 
 def dtls_transport(pc: RTCPeerConnection) -> RTCDtlsTransport:
-    """The one DTLS transport of a max-bundle connection."""
+    """The one DTLS transport of a max-bundle connection (the data channels' when it
+    carries no media)."""
     transceivers = pc.getTransceivers()
-    if not transceivers:
-        raise ValueError("peer connection has no transceiver yet")
-    transport: RTCDtlsTransport = transceivers[0].receiver.transport
-    return transport
+    if transceivers:
+        transport: RTCDtlsTransport = transceivers[0].receiver.transport
+        return transport
+    if pc.sctp is not None:
+        sctp_transport: RTCDtlsTransport = pc.sctp.transport
+        return sctp_transport
+    raise ValueError("peer connection has no transceiver or data channel yet")
 
 
 def _ice_connection(pc: RTCPeerConnection) -> aioice_ice.Connection:

@@ -15,7 +15,13 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from aiortc import MediaStreamTrack, RTCRtpSender, RTCRtpTransceiver, RTCSessionDescription
+from aiortc import (
+    MediaStreamTrack,
+    RTCDataChannel,
+    RTCRtpSender,
+    RTCRtpTransceiver,
+    RTCSessionDescription,
+)
 from aiortc.exceptions import InvalidStateError
 from aiortc.sdp import candidate_from_sdp
 from av.frame import Frame
@@ -148,8 +154,16 @@ class PeerTransport:
             await transceiver.sender.stop()
 
 
+# The data channels a client may open on its publish connection (docs/protocol.md,
+# "Data channels"), and how much unsent data one may hold before messages to it drop.
+DATA_LABELS = ("reliable", "lossy")
+MAX_DATA_BUFFERED = 1 << 20
+DataHandler = Callable[[str, "str | bytes"], None]  # (label, message)
+
+
 class PublishTransport(PeerTransport):
-    """The client offers its tracks; the server answers receive-only."""
+    """The client offers its tracks (and its data channels); the server answers
+    receive-only. Data channels go both ways: the room's messages come back on them."""
 
     role = "publish"
 
@@ -157,6 +171,33 @@ class PublishTransport(PeerTransport):
         super().__init__(*args, **kwargs)
         self._published_mids: set[str] = set()
         self.accept_simulcast = True  # else a simulcast offer gives its first layer
+        self.on_data: DataHandler = lambda label, message: None
+        self._channels: dict[str, RTCDataChannel] = {}
+        self.pc.on("datachannel", self._data_channel)
+
+    def _data_channel(self, channel: RTCDataChannel) -> None:
+        label = channel.label
+        if label not in DATA_LABELS or label in self._channels:
+            self.drops["data_channel_refused"] += 1
+            channel.close()
+            return
+        self._channels[label] = channel
+        channel.on("message", lambda message: self.on_data(label, message))
+
+    def send_data(self, label: str, text: str) -> bool:
+        """Send on the participant's channel; False when it has none open, or holds
+        too much unsent (a slow receiver loses messages, the server no memory)."""
+        channel = self._channels.get(label)
+        if (channel is None or channel.readyState != "open"
+                or channel.bufferedAmount > MAX_DATA_BUFFERED):
+            return False
+        channel.send(text)
+        return True
+
+    def forget(self, mid: str) -> None:
+        """Its track was unpublished: a later offer sending on the m-line again
+        publishes a new track there."""
+        self._published_mids.discard(mid)
 
     async def answer(self, offer_sdp: str) -> tuple[str, list[PublishedMedia]]:
         """Apply an offer; return the answer and the media it newly publishes. Simulcast
