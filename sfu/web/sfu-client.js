@@ -313,8 +313,8 @@ export class SfuClient extends EventTarget {
     if (payload === undefined || typeof payload === 'function') throw new TypeError('payload must be a JSON value');
     const envelope = { payload };
     if (to != null) {
-      if (!Array.isArray(to) || !to.every((id) => typeof id === 'string' && id)) {
-        throw new TypeError('`to` must be a list of participant ids');
+      if (!Array.isArray(to) || !to.length || !to.every((id) => typeof id === 'string' && id)) {
+        throw new TypeError('`to` must be a non-empty list of participant ids');
       }
       envelope.to = to;
     }
@@ -671,7 +671,10 @@ export class SfuClient extends EventTarget {
       const tracks = this._pubs.filter((p) => p.transceiver?.mid != null).map((p) => ({
         mid: p.transceiver.mid, source: p.source, ...(p.name ? { name: p.name } : {}),
       }));
-      const reply = await this._request('publish', { sdp: pc.localDescription.sdp, tracks });
+      // The server takes 1..n entries: an offer of data channels alone has none.
+      const reply = await this._request('publish', {
+        sdp: pc.localDescription.sdp, ...(tracks.length ? { tracks } : {}),
+      });
       if (pc !== this.pubPc) return LATER;
       await pc.setRemoteDescription({ type: 'answer', sdp: reply.sdp });
       this._adoptAnswer(pc, reply, offered, dataOffered);
