@@ -1,4 +1,5 @@
-// Demo page: join a room, publish camera + microphone, show one tile per remote participant.
+// Demo page: join a room, publish camera + microphone (and a screen share), show one tile
+// per remote participant and one per remote screen share, chat over the data channel.
 import { SfuClient } from './sfu-client.js';
 
 const $ = (id) => document.getElementById(id);
@@ -9,10 +10,13 @@ const joinButton = $('join');
 const leaveButton = $('leave');
 const micButton = $('mic');
 const cameraButton = $('camera');
+const screenButton = $('screen');
 const micSelect = $('mic-select');
 const cameraSelect = $('camera-select');
 const preview = $('preview');
 const grid = $('grid');
+const chatLog = $('chat-log');
+const chatInput = $('chat-input');
 const STATS_INTERVAL_MS = 1000;
 const RECONNECTED_NOTICE_MS = 3000; // "Reconnected" is news for a moment, then clutter
 const VIDEO = { width: 640, height: 480 };
@@ -20,6 +24,9 @@ const RESIZE_DEBOUNCE_MS = 250; // a window drag resizes every frame: tell the s
 const MAX_SIZE_PX = 16384; // the largest max_width / max_height the server takes
 const LAYERS = ['q', 'h', 'f']; // simulcast layers, low to high
 const DASH = '–';
+const SCREEN_SOURCES = new Set(['screen', 'screen_audio']); // what goes on a screen tile
+const CHAT_TOPIC = 'chat';
+const MAX_CHAT_MESSAGES = 200; // older ones scroll away for good
 
 roomInput.value = params.get('room') || 'demo';
 nameInput.value = params.get('name') || `guest-${Math.floor(1000 + Math.random() * 9000)}`;
@@ -41,6 +48,7 @@ const forcedSize = forcedSizeParams();
 // getUserMedia exists only in a secure context (HTTPS, or localhost): elsewhere
 // navigator.mediaDevices is undefined, and the page can only watch and listen.
 const canCapture = Boolean(window.isSecureContext && navigator.mediaDevices?.getUserMedia);
+const canShareScreen = Boolean(window.isSecureContext && navigator.mediaDevices?.getDisplayMedia);
 const publishWanted = params.get('publish') !== '0'; // ?publish=0: watch only
 // What the mic and camera buttons ask (true: off). Kept across joins, and settable
 // before joining, so one can come in muted.
@@ -48,11 +56,16 @@ const muted = { audio: false, video: false };
 
 let client = null;
 let localStream = null;
-// participant id -> {figure, video, stream, byMid: mid -> track, stats, and what
-// watchTile() keeps: videoIds: mid -> server track id (video only), wanted, sent, visible}
+let viewerOnly = false;   // joined as a viewer (the insecure notice's offer): no screen share
+let sharing = null;       // our screen share: {track, id (the server's, once published)}
+// Remote tiles: a participant's camera and microphone under their id, their screen share
+// under `${id}/screen` (tileKey()). Each: {figure, video, caption, stream, screen,
+// participant, byMid: mid -> MediaStreamTrack, trackIds: mid -> server track id, stats,
+// and what watchTile() keeps: videoIds: mid -> server track id (video only), wanted,
+// sent, visible}.
 const tiles = new Map();
 let statsTimer = null;
-const lastSample = new Map(); // participant id -> {t, bytes, received, lost}
+const lastSample = new Map(); // tile key -> {t, bytes, received, lost}
 
 // window.sfuReady settles once per join attempt; tests may grab it before clicking Join.
 let ready;
@@ -213,6 +226,11 @@ function showControls() {
   if (!localStream) cameraOff.textContent = 'Watching only';
   else cameraOff.textContent = localTrack('video') ? 'Camera off' : 'No camera';
   $('local-mic-off').hidden = !joined || (Boolean(localTrack('audio')) && !muted.audio);
+  // Screen sharing: once in, for anyone who may publish (stopping always works).
+  screenButton.disabled = !sharing && !(joined && canShareScreen && publishWanted && !viewerOnly);
+  screenButton.setAttribute('aria-pressed', String(Boolean(sharing)));
+  screenButton.textContent = sharing ? 'Stop sharing' : 'Share screen';
+  chatInput.disabled = $('chat-send').disabled = !joined;
 }
 
 function toggleMute(kind) {
@@ -295,59 +313,86 @@ function setJoined(joined) {
   roomInput.disabled = nameInput.disabled = joined;
 }
 
-function tileFor(participant) {
-  let tile = tiles.get(participant);
+const tileKey = (participant, source) => (SCREEN_SOURCES.has(source) ? `${participant}/screen` : participant);
+
+function captionText(tile) {
+  const name = client?.participants[tile.participant]?.name ?? tile.participant;
+  return tile.screen ? `${name} · screen` : name;
+}
+
+// The tile for a participant's camera and microphone, or for their screen share: a
+// figure of its own, never shrunk to the size of a camera tile.
+function tileFor(participant, source = 'camera') {
+  const key = tileKey(participant, source);
+  let tile = tiles.get(key);
   if (tile) return tile;
+  const screen = key !== participant;
   const figure = document.createElement('figure');
   const video = document.createElement('video');
   const caption = document.createElement('figcaption');
   video.autoplay = video.playsInline = true; // not muted: this element also plays their audio
-  caption.textContent = client?.participants[participant]?.name ?? participant;
   figure.dataset.participant = participant;
-  // Their own mute, as the server tells it (`track_muted`): shown over the last frame.
-  const cameraOff = Object.assign(document.createElement('div'), {
-    className: 'overlay muted-video', textContent: 'Camera off', hidden: true,
-  });
-  const micOff = Object.assign(document.createElement('span'), {
-    className: 'badge muted-audio', textContent: 'Mic off', hidden: true,
-  });
-  figure.append(video, cameraOff, caption, micOff);
-  grid.append(figure);
-  const stats = statsStrip(figure, {
+  figure.append(video);
+  tile = {
+    figure, video, caption, screen, participant, stream: new MediaStream(), byMid: new Map(),
+    trackIds: new Map(),
+  };
+  if (screen) {
+    figure.classList.add('screen');
+    figure.dataset.source = 'screen';
+    figure.append(caption);
+  } else {
+    // Their own mute, as the server tells it (`track_muted`): shown over the last frame.
+    tile.cameraOff = Object.assign(document.createElement('div'), {
+      className: 'overlay muted-video', textContent: 'Camera off', hidden: true,
+    });
+    tile.micOff = Object.assign(document.createElement('span'), {
+      className: 'badge muted-audio', textContent: 'Mic off', hidden: true,
+    });
+    figure.append(tile.cameraOff, caption, tile.micOff);
+  }
+  caption.textContent = captionText(tile);
+  // A screen share goes first, where there is room for it to be read.
+  if (screen) grid.prepend(figure);
+  else grid.append(figure);
+  tile.stats = statsStrip(figure, {
     bitrate: 'Received bitrate, video + audio', loss: 'Packet loss over the last second',
     resolution: 'Received video resolution', fps: 'Received frames per second',
     layer: 'Simulcast layer the server forwards us (q, h, f: low to high)',
     estimate: "The server's estimate of the bandwidth it can send us",
   });
-  tile = { figure, video, stream: new MediaStream(), byMid: new Map(), stats, cameraOff, micOff };
   watchTile(tile);
   showRemote(tile, {});
   showMuted(tile);
   // A tile made after `active_speakers` (its media came later) is outlined too.
-  figure.classList.toggle('speaking', client?.speakers?.[0]?.participant === participant);
-  tiles.set(participant, tile);
+  if (!screen) figure.classList.toggle('speaking', client?.speakers?.[0]?.participant === participant);
+  tiles.set(key, tile);
   return tile;
 }
 
-// A kind counts as muted when a track of that kind of theirs is.
+// A kind counts as muted when a camera or microphone track of that kind of theirs is.
 function showMuted(tile) {
-  const participant = tile.figure.dataset.participant;
+  if (tile.screen) return;
   const off = { audio: false, video: false };
   for (const t of Object.values(client?.tracks ?? {})) {
-    if (t.participant === participant && client.muted[t.id]) off[t.kind] = true;
+    if (t.participant === tile.participant && !SCREEN_SOURCES.has(t.source) && client.muted[t.id]) off[t.kind] = true;
   }
   tile.cameraOff.hidden = !off.video;
   tile.micOff.hidden = !off.audio;
 }
 
-function removeTile(participant) {
-  const tile = tiles.get(participant);
+function removeTile(key) {
+  const tile = tiles.get(key);
   if (!tile) return;
   unwatchTile(tile);
   tile.video.srcObject = null;
   tile.figure.remove();
-  tiles.delete(participant);
-  lastSample.delete(participant);
+  tiles.delete(key);
+  lastSample.delete(key);
+}
+
+function removeTilesOf(participant) {
+  for (const [key, tile] of [...tiles]) if (tile.participant === participant) removeTile(key);
 }
 
 // --- subscription preferences: each remote tile asks for no more than it shows ---
@@ -377,8 +422,11 @@ function unwatchTile(tile) {
   clearTimeout(tile.resizeTimer);
 }
 
-// The size to ask for, in device pixels: what the <video> covers on screen.
+// The size to ask for, in device pixels: what the <video> covers on screen. Never for a
+// screen share, whose text must stay sharp however small its tile (it is sent without
+// simulcast anyway, so the server has nothing smaller to send).
 function measure(tile) {
+  if (tile.screen) return;
   if (forcedSize) {
     Object.assign(tile.wanted, forcedSize);
     return;
@@ -496,20 +544,32 @@ function showLayer(tile) {
   tile.stats.estimate.textContent = `est ${show(layer.estimate_bps, (v) => Math.round(v / 1000))} kbit/s`;
 }
 
+// A tile's counters: the sum over its tracks, the video fields of its largest video.
+function tileSample(tile, byTrack, t) {
+  const tracks = [...tile.trackIds.values()].map((id) => byTrack[id]).filter(Boolean);
+  if (!tracks.length) return { t };
+  const now = { t, bytes: 0, received: 0, lost: 0, width: null, height: null, fps: null };
+  for (const s of tracks) {
+    now.bytes += s.bytesReceived;
+    now.received += s.packetsReceived;
+    now.lost += s.packetsLost;
+    if (s.frameWidth && s.frameWidth * s.frameHeight >= (now.width ?? 0) * (now.height ?? 0)) {
+      Object.assign(now, { width: s.frameWidth, height: s.frameHeight, fps: s.framesPerSecond });
+    }
+  }
+  return now;
+}
+
 async function updateStats(c) {
-  const [byParticipant, pubStats, subStats] = await Promise.all([
-    c.statsByParticipant().catch(() => ({})), statsOf(c.pubPc), statsOf(c.subPc),
+  const [byTrack, pubStats, subStats] = await Promise.all([
+    c.statsByTrack().catch(() => ({})), statsOf(c.pubPc), statsOf(c.subPc),
   ]);
   if (client !== c) return; // left while waiting
   const t = performance.now();
-  for (const [id, tile] of tiles) {
-    const s = byParticipant[id];
-    const now = s ? {
-      t, bytes: s.bytesReceived, received: s.packetsReceived, lost: s.packetsLost,
-      width: s.frameWidth, height: s.frameHeight, fps: s.framesPerSecond,
-    } : { t };
-    showRemote(tile, now, lastSample.get(id));
-    lastSample.set(id, now);
+  for (const [key, tile] of tiles) {
+    const now = tileSample(tile, byTrack, t);
+    showRemote(tile, now, lastSample.get(key));
+    lastSample.set(key, now);
   }
   showLocal(selectedPair(pubStats), selectedPair(subStats), outboundLayers(pubStats));
 }
@@ -558,7 +618,8 @@ function play(video) {
 
 function cleanup() {
   stopStats();
-  for (const id of [...tiles.keys()]) removeTile(id);
+  stopScreen({ unpublish: false }); // the session goes, and the track with it
+  for (const key of [...tiles.keys()]) removeTile(key);
   localStream?.getTracks().forEach((t) => t.stop());
   localStream = null;
   preview.srcObject = null;
@@ -579,8 +640,9 @@ function listen(c, room, name) {
     setStatus(`Reconnected${detail.relayOnly ? ' through TURN' : ''}: in room ${room} as ${name}.`);
   });
   on('track', (detail) => {
-    const tile = tileFor(detail.participant);
+    const tile = tileFor(detail.participant, detail.source);
     tile.byMid.set(detail.mid, detail.track);
+    tile.trackIds.set(detail.mid, detail.trackId);
     tile.stream.addTrack(detail.track);
     tile.video.srcObject = tile.stream; // re-assigning reloads, so a late video track shows too
     play(tile.video);
@@ -593,27 +655,36 @@ function listen(c, room, name) {
     syncSubscription(tile);
   });
   on('trackended', (detail) => {
-    const tile = tiles.get(detail.participant);
-    tile?.videoIds.delete(detail.mid);
-    tile?.sent.delete(detail.trackId);
-    const track = tile?.byMid.get(detail.mid);
-    if (!track) return;
+    const [key, tile] = [...tiles].find(([, t]) => t.trackIds.has(detail.mid)) ?? [];
+    if (!tile) return;
+    tile.videoIds.delete(detail.mid);
+    tile.sent.delete(detail.trackId);
+    tile.trackIds.delete(detail.mid);
+    const track = tile.byMid.get(detail.mid);
     tile.byMid.delete(detail.mid);
-    tile.stream.removeTrack(track);
+    if (track) tile.stream.removeTrack(track);
+    // A camera tile stays while its participant does; a screen share ends with its tracks.
+    if (tile.screen && !tile.trackIds.size) removeTile(key);
   });
   on('participant_joined', showCount);
   on('participant_left', (detail) => {
-    removeTile(detail.participant);
+    removeTilesOf(detail.participant);
     showCount();
+  });
+  on('participant_updated', (detail) => {
+    for (const tile of tiles.values()) {
+      if (tile.participant === detail.participant.id) tile.caption.textContent = captionText(tile);
+    }
   });
   // The dominant speaker's tile is outlined: the first of the server's active speakers.
   on('active_speakers', (detail) => {
     const dominant = detail.speakers[0]?.participant;
-    for (const tile of document.querySelectorAll('figure[data-participant]')) {
+    for (const tile of document.querySelectorAll('figure[data-participant]:not(.screen)')) {
       tile.classList.toggle('speaking', tile.dataset.participant === dominant);
     }
   });
   on('track_muted', (detail) => {
+    if (SCREEN_SOURCES.has(detail.source)) return; // no mute button or overlay for those
     if (detail.participant === c.self?.id) { // ours, maybe muted by the admin: follow it
       if (detail.kind) muted[detail.kind] = detail.muted;
       showControls();
@@ -621,6 +692,13 @@ function listen(c, room, name) {
     }
     const tile = tiles.get(detail.participant);
     if (tile) showMuted(tile);
+  });
+  on('data', (detail) => {
+    if (detail.topic !== CHAT_TOPIC || typeof detail.payload?.text !== 'string') return;
+    const from = detail.from;
+    const name = from == null ? 'Server'
+      : (from === c.self?.id ? c.self.name : c.participants[from]?.name ?? from);
+    addChat(from, name, detail.payload.text);
   });
   on('subscription_failed', (detail) => {
     const who = c.participants[detail.participant]?.name ?? detail.participant;
@@ -636,6 +714,10 @@ function listen(c, room, name) {
     // nothing on screen: not worth the status line.
     if (detail.ref === 'set_subscription') {
       console.warn('sfu: set_subscription refused:', detail.message);
+      return;
+    }
+    if (CHAT_ERRORS[detail.code]) { // about a message we sent: said by the chat box
+      showChatProblem(CHAT_ERRORS[detail.code]);
       return;
     }
     setStatus(`Error: ${detail.message}`, true);
@@ -679,6 +761,7 @@ async function join({ viewer = false } = {}) {
   const name = nameInput.value.trim();
   setTitle(room);
   setJoined(true);
+  viewerOnly = viewer;
   resetNotice(); // an earlier attempt's problem is not this one's
   const c = (client = window.sfu = new SfuClient({
     room, name, token: params.get('token') || undefined,
@@ -707,6 +790,11 @@ async function join({ viewer = false } = {}) {
     const joined = await c.join();
     startStats(c);
     showCount();
+    showChatProblem(null);
+    // Chat for everyone, viewers too: data alone needs no publish grant.
+    c.enableData().catch((err) => {
+      if (client === c) showChatProblem(`Chat is not available: ${err.message || err}.`);
+    });
     if (localStream) {
       for (const kind of ['audio', 'video']) c.setMuted(kind, muted[kind]); // as the buttons say
       setStatus('Publishing…');
@@ -736,6 +824,99 @@ async function join({ viewer = false } = {}) {
   return window.sfuReady;
 }
 
+// --- screen sharing: one screen at a time, without simulcast, its own tile everywhere ---
+
+async function startScreen() {
+  const c = client;
+  if (!c?.joined || sharing) return;
+  let stream;
+  try {
+    stream = await navigator.mediaDevices.getDisplayMedia({ video: true });
+  } catch (err) {
+    if (!denied(err)) notify('error', `Cannot share the screen: ${err.message || err.name}.`);
+    return; // cancelled in the browser's picker: nothing to say
+  }
+  const track = stream.getVideoTracks()[0];
+  if (client !== c || sharing || !track) { // left, or pressed twice, meanwhile
+    stream.getTracks().forEach((t) => t.stop());
+    return;
+  }
+  if ('contentHint' in track) track.contentHint = 'detail'; // keep resolution over frame rate
+  const share = (sharing = { track, id: null });
+  // The browser's own "Stop sharing" ends the track.
+  track.addEventListener('ended', () => { if (sharing === share) stopScreen(); });
+  showLocalScreen(stream);
+  showControls();
+  try {
+    share.id = (await c.publishTrack(track, { source: 'screen', simulcast: false, stream })).id;
+    if (sharing !== share) c.unpublishTrack(share.id).catch(() => {}); // stopped meanwhile
+  } catch (err) {
+    if (sharing !== share) return;
+    stopScreen({ unpublish: false });
+    notify('error', `Cannot share the screen: ${err.message || err}.`);
+  }
+}
+
+function stopScreen({ unpublish = true } = {}) {
+  const share = sharing;
+  if (!share) return;
+  sharing = null;
+  share.track.stop();
+  if (unpublish && share.id && client) {
+    client.unpublishTrack(share.id).catch((err) => console.warn('sfu: unpublish of the screen failed:', err));
+  }
+  showLocalScreen(null);
+  showControls();
+}
+
+function showLocalScreen(stream) {
+  const figure = $('local-screen');
+  figure.hidden = !stream;
+  figure.querySelector('figcaption').textContent = `${client?.self?.name ?? 'You'} (you) · screen`;
+  $('screen-preview').srcObject = stream;
+}
+
+// --- chat: text over the reliable data channel, topic "chat", payload {text} ---
+
+// Errors the server sends about data we sent, as the chat box says them.
+const CHAT_ERRORS = {
+  data_too_large: 'A message was too large for the server and was not delivered.',
+  data_rate_limited: 'Messages are going out too fast: some were dropped.',
+  bad_data: 'The server could not read a message.',
+};
+
+function addChat(from, name, text, own = false) {
+  const item = document.createElement('li');
+  item.dataset.from = from ?? '';
+  item.classList.toggle('own', own);
+  item.append(Object.assign(document.createElement('span'), { className: 'from', textContent: name }),
+    Object.assign(document.createElement('span'), { className: 'text', textContent: text }));
+  chatLog.append(item);
+  while (chatLog.children.length > MAX_CHAT_MESSAGES) chatLog.firstElementChild.remove();
+  chatLog.scrollTop = chatLog.scrollHeight;
+}
+
+function showChatProblem(text) {
+  $('chat-error').hidden = !text;
+  $('chat-error').textContent = text ?? '';
+}
+
+function sendChat() {
+  const text = chatInput.value.trim();
+  const c = client;
+  if (!text || !c?.joined) return;
+  try {
+    c.sendData({ text }, { topic: CHAT_TOPIC });
+  } catch (err) {
+    showChatProblem(err.code === 'data_too_large' ? 'That message is too long to send.'
+      : `Not sent: ${err.message || err}.`);
+    return;
+  }
+  showChatProblem(null);
+  addChat(c.self.id, c.self.name, text, true);
+  chatInput.value = '';
+}
+
 async function leave() {
   const c = client;
   if (!c) return;
@@ -752,6 +933,11 @@ $('controls').addEventListener('submit', (e) => {
 leaveButton.addEventListener('click', () => leave());
 micButton.addEventListener('click', () => toggleMute('audio'));
 cameraButton.addEventListener('click', () => toggleMute('video'));
+screenButton.addEventListener('click', () => (sharing ? stopScreen() : startScreen()));
+$('chat-form').addEventListener('submit', (e) => {
+  e.preventDefault();
+  sendChat();
+});
 micSelect.addEventListener('change', () => switchDevice('audio', micSelect));
 cameraSelect.addEventListener('change', () => switchDevice('video', cameraSelect));
 navigator.mediaDevices?.addEventListener?.('devicechange', () => fillDevicePickers());

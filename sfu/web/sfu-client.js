@@ -1,6 +1,8 @@
 // Browser client for the sfu control protocol (docs/protocol.md).
 // One WebSocket carries JSON requests; media goes over two RTCPeerConnections:
 // a send-only "publish" pc we offer, and a receive-only "subscribe" pc the server offers.
+// The publish pc also carries our data channels, so it exists as soon as either media
+// or data is wanted, and every change to what it carries is a new `publish` offer.
 
 const GATHER_TIMEOUT_MS = 3000; // never hang on a slow or broken STUN/TURN server
 const LEAVE_TIMEOUT_MS = 2000;
@@ -25,7 +27,9 @@ const FINAL_ERRORS = new Set(['replaced', 'kicked', 'room_closed']);
 const CONNECT_TIMEOUT_MS = 10000;
 const DISCONNECTED_TIMEOUT_MS = 3000;
 const MAX_RESTARTS_UNCONNECTED = 3; // then give up restarting until something connects
-const REPLY_TYPES = new Set(['joined', 'answer', 'error', 'pong', 'left', 'restarted']);
+const REPLY_TYPES = new Set([
+  'joined', 'answer', 'error', 'pong', 'left', 'restarted', 'unpublished', 'metadata_set',
+]);
 // Simulcast (docs/protocol.md, "Simulcast"): three RID layers, low to high. The server
 // forwards each subscriber the highest one its bandwidth and requested size allow.
 const SIMULCAST_ENCODINGS = [
@@ -36,6 +40,14 @@ const SIMULCAST_ENCODINGS = [
 const QUALITIES = new Set(['low', 'medium', 'high']);
 const MAX_SIZE_PX = 16384; // the server refuses larger max_width / max_height
 const KINDS = new Set(['audio', 'video']);
+// Track sources (docs/protocol.md, "Track sources and screen share"): source -> kind.
+const SOURCES = { camera: 'video', microphone: 'audio', screen: 'video', screen_audio: 'audio' };
+const DEFAULT_SOURCES = { audio: 'microphone', video: 'camera' };
+// setMuted() and the mute buttons are about the devices, never a screen share.
+const DEVICE_SOURCES = new Set(['camera', 'microphone']);
+const MAX_LABEL_CHARS = 64; // a track's name, a data topic
+// Data channels (docs/protocol.md, "Data channels"), both on the publish pc.
+const DATA_CHANNELS = { reliable: { ordered: true }, lossy: { ordered: false, maxRetransmits: 0 } };
 
 // The protocol is non-trickle: the SDP we send must already hold every candidate.
 function gatheringComplete(pc, timeoutMs = GATHER_TIMEOUT_MS) {
@@ -62,6 +74,33 @@ function inactiveMids(sdp) {
   return mids;
 }
 
+// Whether an answer kept the m=application section (port 0 rejects it).
+function acceptsData(sdp) {
+  return sdp.split(/\r?\nm=/).slice(1).some((s) => s.startsWith('application ') && s.split(' ')[1] !== '0');
+}
+
+// A string of 1..max characters (code points, as the server counts them).
+function isLabel(value, max = MAX_LABEL_CHARS) {
+  return typeof value === 'string' && value.length > 0 && [...value].length <= max;
+}
+
+function isPlainObject(value) {
+  return value !== null && typeof value === 'object' && Object.getPrototypeOf(value) === Object.prototype;
+}
+
+// A participant as we keep it: what the server said, `metadata` always an object.
+function participantEntry(p) {
+  return { id: p.id, name: p.name, metadata: isPlainObject(p.metadata) ? p.metadata : {} };
+}
+
+// A promise with its settlers; its rejection is never "unhandled" (callers may not await).
+function deferred() {
+  const out = {};
+  out.promise = new Promise((resolve, reject) => Object.assign(out, { resolve, reject }));
+  out.promise.catch(() => {});
+  return out;
+}
+
 function serverError(msg) {
   const err = new Error(msg.message || msg.code || 'server error');
   Object.assign(err, { code: msg.code, field: msg.field, ref: msg.ref });
@@ -72,6 +111,9 @@ function serverError(msg) {
 function localError(code, message) {
   return Object.assign(new Error(message), { code });
 }
+
+// What _renegotiate() resolves to when it cannot offer now (a restart or resume will).
+const LATER = Symbol('later');
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, Math.max(0, ms)));
 
@@ -97,20 +139,33 @@ export class SfuClient extends EventTarget {
     this.pubPc = null;
     this.subPc = null;
     this.joined = null;        // the `joined` payload
-    this.self = null;          // {id, name} from `joined`
-    this.participants = {};    // the others: id -> {id, name}
+    this.self = null;          // {id, name, metadata} from `joined`, kept up to date
+    this.participants = {};    // the others: id -> {id, name, metadata}
     this.iceServers = [];
     this.layers = {};          // subscribed track id -> its latest `layer` message
     this.speakers = [];        // from `active_speakers`: loudest first
-    this.tracks = {};          // every track in the room, ours too: id -> {id, participant, kind}
+    // Every track in the room, ours too: id -> {id, participant, kind, source, name}.
+    this.tracks = {};
     this.muted = {};           // track id -> bool, from `track_muted` (server-side mute)
-    this.localTracks = [];     // ours, from the publish `answer`: [{id, kind}]
+    this.localTracks = [];     // ours, as the server published them: [{id, kind, source, name}]
     this._nextId = 1;
     this._pending = new Map(); // request id -> {resolve, reject}
     this._mids = new Map();    // subscribe mid -> {mid, track, participant, kind}
     this._offers = Promise.resolve(); // server offers are applied strictly in order
     this._pingTimer = null;
-    this._published = null;    // {mediaStream, options}: what a restart publishes again
+    this._published = null;    // {mediaStream, options} of publish(): the camera and microphone
+    // What we publish, in the order we asked (a restart's offer must keep it: the server
+    // maps tracks back by kind in order): {track, kind, source, name, stream, simulcast,
+    // videoCodec, transceiver (on this.pubPc), pc (the one it was published on), info
+    // (the server's description), ready (settles with info)}.
+    this._pubs = [];
+    this._negotiation = Promise.resolve(); // publish offers, strictly one at a time
+    this._dirty = false;       // the publish pc carries something its last offer did not
+    this._dataWanted = false;  // enableData() asked: every publish pc gets the channels
+    this._dataReady = null;    // enableData()'s deferred
+    this._dataPc = null;       // the publish pc whose answer took the channels
+    this._channels = {};       // label -> our RTCDataChannel on this.pubPc
+    this._dataQueue = { reliable: [], lossy: [] }; // envelopes waiting for an open channel
     this._epoch = 0;           // restarts so far: offers from before one are stale
     this._restarting = null;   // the restart under way, if any
     this._restartPending = false; // sent `restart`, `restarted` not yet here
@@ -143,10 +198,10 @@ export class SfuClient extends EventTarget {
       throw err;
     }
     this.joined = joined;
-    this.self = joined.participant;
     this._resumeToken = joined.resume_token ?? null;
     this.iceServers = joined.ice_servers || [];
-    for (const p of joined.participants || []) this.participants[p.id] = { id: p.id, name: p.name };
+    this.self = participantEntry(joined.participant);
+    for (const p of joined.participants || []) this.participants[p.id] = participantEntry(p);
     for (const t of joined.tracks || []) this._addTrack(t);
     return joined;
   }
@@ -173,54 +228,135 @@ export class SfuClient extends EventTarget {
     });
   }
 
-  // `videoCodec` (e.g. 'H264' or 'VP8') puts that codec first in the offer; the SFU
-  // answers with the first codec it supports, and subscribers receive that codec.
-  // Video goes out as three simulcast layers when the server takes them (`joined.simulcast`)
-  // unless `simulcast: false`; audio is always one stream.
+  // Publish the camera and microphone: every track of `mediaStream`, audio as the
+  // `microphone` source, video as `camera`. `videoCodec` (e.g. 'H264' or 'VP8') puts that
+  // codec first in the offer; the SFU answers with the first codec it supports, and
+  // subscribers receive that codec. Video goes out as three simulcast layers when the
+  // server takes them (`joined.simulcast`) unless `simulcast: false`; audio is always one
+  // stream. Resolves to {tracks: [the server's description of each]}.
   async publish(mediaStream, { videoCodec, simulcast } = {}) {
     if (!this.joined) throw new Error('publish() before join()');
-    if (this.pubPc) throw new Error('already published');
+    if (this._published) throw new Error('already published');
+    if (videoCodec) codecsFirst(videoCodec); // throws now rather than mid-negotiation
     const options = { videoCodec, simulcast };
-    this._published = { mediaStream, options }; // a restart publishes the same way
-    for (const track of mediaStream.getTracks()) this._applyEnabled(track); // muted before publishing
-    return this._publish(mediaStream, options);
+    this._published = { mediaStream, options }; // setMuted() and replaceTrack() act on it
+    const pubs = mediaStream.getTracks().map((track) => {
+      this._applyEnabled(track); // muted before publishing
+      return this._addPub(track, { stream: mediaStream, videoCodec, simulcast });
+    });
+    this._renegotiate().catch(() => {}); // each publication's `ready` tells how it went
+    return { type: 'answer', tracks: await Promise.all(pubs.map((p) => p.ready.promise)) };
   }
 
-  async _publish(mediaStream, { videoCodec, simulcast } = {}) {
-    const pc = (this.pubPc = this._newPc());
-    const layered = simulcast !== false && this.joined?.simulcast === true;
-    for (const track of mediaStream.getTracks()) {
-      const init = { direction: 'sendonly', streams: [mediaStream] };
-      // Chromium and Firefox both take sendEncodings here, in this (low to high) order.
-      // Should the answer refuse simulcast, the browser sends the first encoding alone.
-      if (layered && track.kind === 'video') {
-        init.sendEncodings = SIMULCAST_ENCODINGS.map((e) => ({ ...e })); // copies: one set per pc
-      }
-      const transceiver = pc.addTransceiver(track, init);
-      if (videoCodec && track.kind === 'video') preferCodec(transceiver, videoCodec);
+  // Publish one more track, e.g. a screen share: `source` ('camera', 'microphone',
+  // 'screen' or 'screen_audio'; by default the track's kind says camera or microphone),
+  // `name` (1..64 characters, shown by others), `simulcast`, `videoCodec` as publish(),
+  // `stream` (the MediaStream subscribers see it in; a new one by default). The publish
+  // pc is made if there is none and renegotiated. Resolves to the server's description
+  // {id, participant, kind, muted, source, name}; rejects if the server refuses it.
+  // A dropped socket delays it: the track is published once the session resumes.
+  async publishTrack(track, { source, name, simulcast, videoCodec, stream } = {}) {
+    if (!this.joined) throw new Error('publishTrack() before join()');
+    if (!KINDS.has(track?.kind)) throw new TypeError('publishTrack() needs an audio or video MediaStreamTrack');
+    source ??= DEFAULT_SOURCES[track.kind];
+    if (SOURCES[source] !== track.kind) {
+      const fits = Object.keys(SOURCES).filter((s) => SOURCES[s] === track.kind);
+      throw new RangeError(`the source of a ${track.kind} track must be ${fits.join(' or ')}`);
     }
-    await pc.setLocalDescription(await pc.createOffer());
-    await gatheringComplete(pc);
-    const reply = await this._request('publish', { sdp: pc.localDescription.sdp });
-    await pc.setRemoteDescription({ type: 'answer', sdp: reply.sdp });
-    // A restart's publish gets the same ids back; keep them either way.
-    this.localTracks = (reply.tracks || []).map(({ id, kind }) => ({ id, kind }));
-    for (const t of reply.tracks || []) this._addTrack(t);
-    this._syncMutes();
-    return reply;
+    if (name != null && !isLabel(name)) throw new RangeError(`name must be 1..${MAX_LABEL_CHARS} characters`);
+    if (this._pubs.some((p) => p.track === track)) throw new Error('that track is published already');
+    if (videoCodec && track.kind === 'video') codecsFirst(videoCodec);
+    const pub = this._addPub(track, { source, name, stream, simulcast, videoCodec });
+    this._renegotiate().catch(() => {});
+    return pub.ready.promise;
   }
 
-  // Mute or unmute what we publish of `kind` ('audio' | 'video'), for everyone: the
+  // Stop publishing one of our tracks (by the server's id): the server unpublishes it
+  // (`track_unpublished` to the others), and its m-line goes inactive in a new offer.
+  // The MediaStreamTrack is the caller's, left running.
+  async unpublishTrack(trackId) {
+    const pub = this._pubs.find((p) => p.info?.id === trackId);
+    if (!pub) throw new Error(`we publish no track ${trackId}`);
+    try {
+      await this._request('unpublish', { track: trackId });
+    } catch (err) {
+      if (err.code !== 'unknown_track') throw err; // gone already: drop it here too
+    }
+    this._removePub(pub);
+    this._dropTrack(trackId);
+    await this._renegotiate();
+  }
+
+  // Data channels on the publish pc (docs/protocol.md, "Data channels"): `reliable`
+  // (ordered) and `lossy` (unordered, no retransmissions). Idempotent; resolves once the
+  // server's answer has taken them (they open a moment later: sendData() waits). Works
+  // without publishing media: the offer is then an m=application section alone.
+  enableData() {
+    if (!this.joined) return Promise.reject(new Error('enableData() before join()'));
+    if (!this._dataReady) {
+      this._dataReady = deferred();
+      this._dataWanted = this._dirty = true;
+      this._renegotiate().catch(() => {});
+    }
+    return this._dataReady.promise;
+  }
+
+  // Send `payload` (any JSON value) to everyone else in the room, or only to the
+  // participant ids in `to`, with an optional `topic` (1..64 characters); over the
+  // `reliable` channel unless `reliable: false`. Messages wait (in order) for the
+  // channel to open, enableData() being called if it was not. Throws, code
+  // 'data_too_large', when the envelope is over `joined.data_limits.max_message_bytes`.
+  // The server's refusals come later as `error` events (`data_too_large`,
+  // `data_rate_limited`, `bad_data`, `forbidden`).
+  sendData(payload, { to, topic, reliable = true } = {}) {
+    if (!this.joined) throw new Error('sendData() before join()');
+    if (payload === undefined || typeof payload === 'function') throw new TypeError('payload must be a JSON value');
+    const envelope = { payload };
+    if (to != null) {
+      if (!Array.isArray(to) || !to.length || !to.every((id) => typeof id === 'string' && id)) {
+        throw new TypeError('`to` must be a non-empty list of participant ids');
+      }
+      envelope.to = to;
+    }
+    if (topic != null) {
+      if (!isLabel(topic)) throw new RangeError(`topic must be 1..${MAX_LABEL_CHARS} characters`);
+      envelope.topic = topic;
+    }
+    const text = JSON.stringify(envelope);
+    const limit = this.joined.data_limits?.max_message_bytes;
+    const bytes = new TextEncoder().encode(text).length;
+    if (limit && bytes > limit) {
+      throw localError('data_too_large', `the message is ${bytes} bytes as JSON, over the server's limit of ${limit}`);
+    }
+    if (!this._dataReady) this.enableData();
+    else if (!this._dataWanted) throw localError('data_unavailable', 'the server did not take our data channels');
+    const label = reliable ? 'reliable' : 'lossy';
+    this._dataQueue[label].push(text);
+    this._flushData(label);
+  }
+
+  // Set our metadata (a JSON object, replacing the last): everyone, us included, gets
+  // `participant_updated`. Rejects with the server's `forbidden` or `bad_field`.
+  async setMetadata(metadata) {
+    if (!isPlainObject(metadata)) throw new TypeError('metadata must be a plain object');
+    if (this.joined?.can_update_metadata === false) {
+      throw localError('forbidden', 'the token does not allow updating metadata');
+    }
+    return this._request('set_metadata', { metadata });
+  }
+
+  // Mute or unmute our microphone ('audio') or camera ('video'), for everyone: the
   // server stops forwarding it (no packets reach anyone) and tells the room with
   // `track_muted`; the local track is disabled too. Remembered, so a mute asked before
-  // publishing or while the socket is down is sent once it can be.
+  // publishing or while the socket is down is sent once it can be. A screen share is
+  // not a camera: it is left alone.
   setMuted(kind, muted) {
     if (!KINDS.has(kind)) throw new TypeError("kind must be 'audio' or 'video'");
     this._mutedKinds[kind] = Boolean(muted);
     for (const track of this._published?.mediaStream.getTracks() ?? []) this._applyEnabled(track);
     if (!this._canSend()) return; // _syncMutes() sends it after the publish or the resume
     for (const t of this.localTracks) {
-      if (t.kind === kind) this._send({ type: 'mute', track: t.id, muted: Boolean(muted) });
+      if (t.kind === kind && DEVICE_SOURCES.has(t.source)) this._send({ type: 'mute', track: t.id, muted: Boolean(muted) });
     }
   }
 
@@ -244,6 +380,7 @@ export class SfuClient extends EventTarget {
     for (const transceiver of this.pubPc?.getTransceivers() ?? []) {
       if (transceiver.sender.track === old) await transceiver.sender.replaceTrack(track);
     }
+    for (const pub of this._pubs) if (pub.track === old) pub.track = track; // for a restart
     stream.removeTrack(old);
     stream.addTrack(track);
     return old;
@@ -258,6 +395,7 @@ export class SfuClient extends EventTarget {
   _syncMutes() {
     if (!this._canSend()) return;
     for (const t of this.localTracks) {
+      if (!DEVICE_SOURCES.has(t.source)) continue;
       const want = this._mutedKinds[t.kind];
       if (want == null || Boolean(this.muted[t.id]) === want) continue;
       this._send({ type: 'mute', track: t.id, muted: want });
@@ -317,7 +455,8 @@ export class SfuClient extends EventTarget {
     if (relayOnly) this.iceTransportPolicy = 'relay';
     this._epoch += 1;
     const old = [this.pubPc, this.subPc];
-    this.pubPc = this.subPc = null;
+    this._forgetPubPc();
+    this.subPc = null;
     for (const pc of old) pc?.close();
     for (const t of this._mids.values()) {
       this._emit('trackended', { participant: t.participant, trackId: t.track, mid: t.mid });
@@ -333,7 +472,12 @@ export class SfuClient extends EventTarget {
     }
     this.iceServers = reply.ice_servers || this.iceServers;
     this.restarts += 1;
-    if (this._published) await this._publish(this._published.mediaStream, this._published.options);
+    // Everything again on a new publish pc: our tracks in their order, the data channels.
+    if (this._pubs.length || this._dataWanted) {
+      this._dirty = true;
+      // Put off: the socket dropped meanwhile. _restart() has us restart again on resuming.
+      if (await this._renegotiate() === LATER) throw localError('socket_closed', 'socket closed during the restart');
+    }
     this._emit('restarted', { relayOnly });
     return reply;
   }
@@ -405,7 +549,214 @@ export class SfuClient extends EventTarget {
     return out;
   }
 
+  // The same counters per received track: track id -> {participant, kind, source,
+  // bytesReceived, packetsReceived, packetsLost, frameWidth, frameHeight, framesPerSecond}
+  // (the video fields null for audio, and until a frame has arrived).
+  async statsByTrack() {
+    const out = {};
+    for (const [info, s] of await this._inboundRtp()) {
+      out[info.track] = {
+        participant: info.participant, kind: info.kind,
+        source: this.tracks[info.track]?.source ?? DEFAULT_SOURCES[info.kind],
+        bytesReceived: s.bytesReceived || 0, packetsReceived: s.packetsReceived || 0,
+        packetsLost: s.packetsLost || 0, frameWidth: s.frameWidth || null,
+        frameHeight: s.frameHeight || null, framesPerSecond: s.framesPerSecond ?? null,
+      };
+    }
+    return out;
+  }
+
   // --- internals ---
+
+  // --- the publish pc: our tracks and data channels, offered one change at a time ---
+
+  _addPub(track, { source, name, stream, simulcast, videoCodec }) {
+    const pub = {
+      track, kind: track.kind, source: source ?? DEFAULT_SOURCES[track.kind], name: name ?? '',
+      stream: stream ?? new MediaStream([track]), simulcast, videoCodec,
+      transceiver: null, pc: null, info: null, ready: deferred(),
+    };
+    this._pubs.push(pub);
+    this._dirty = true;
+    return pub;
+  }
+
+  // Unpublished: stop sending it, and let the next offer say so (the m-line goes inactive).
+  _removePub(pub) {
+    this._pubs = this._pubs.filter((p) => p !== pub);
+    const sender = pub.transceiver?.sender;
+    if (sender && this.pubPc && this.pubPc.signalingState !== 'closed') {
+      this.pubPc.removeTrack(sender);
+      this._dirty = true;
+    }
+    pub.transceiver = null;
+    this._updateLocalTracks();
+  }
+
+  // Refused, or the session is over: whoever awaits it hears why.
+  _dropPub(pub, err) {
+    this._pubs = this._pubs.filter((p) => p !== pub);
+    pub.ready.reject(err);
+    // Never agreed on, its m-line vanishes; else the next offer rejects it.
+    try { pub.transceiver?.stop(); } catch { /* the pc is closed */ }
+    pub.transceiver = null;
+    this._updateLocalTracks();
+  }
+
+  _updateLocalTracks() {
+    this.localTracks = this._pubs.filter((p) => p.info)
+      .map((p) => ({ id: p.info.id, kind: p.kind, source: p.source, name: p.name }));
+  }
+
+  // The publish pc is gone (restart, or refused before anything was agreed): the next
+  // one gets every track and channel afresh.
+  _forgetPubPc() {
+    this.pubPc = null;
+    for (const pub of this._pubs) pub.transceiver = null;
+    this._channels = {};
+  }
+
+  // This.pubPc, made if need be, with a transceiver for each track and the channels.
+  _ensurePubPc() {
+    let pc = this.pubPc;
+    if (!pc) {
+      pc = this.pubPc = this._newPc();
+      // Should the server open a channel of its own, we hear it too.
+      pc.addEventListener('datachannel', (e) => this._listen(e.channel));
+    }
+    for (const pub of this._pubs) pub.transceiver ??= this._addTransceiver(pc, pub);
+    if (this._dataWanted && !this._channels.reliable) {
+      for (const [label, init] of Object.entries(DATA_CHANNELS)) {
+        const channel = (this._channels[label] = pc.createDataChannel(label, init));
+        this._listen(channel);
+        channel.addEventListener('open', () => this._flushData(label));
+      }
+    }
+    return pc;
+  }
+
+  _addTransceiver(pc, pub) {
+    const init = { direction: 'sendonly', streams: [pub.stream] };
+    // Chromium and Firefox both take sendEncodings here, in this (low to high) order.
+    // Should the answer refuse simulcast, the browser sends the first encoding alone.
+    if (pub.kind === 'video' && pub.simulcast !== false && this.joined?.simulcast === true) {
+      init.sendEncodings = SIMULCAST_ENCODINGS.map((e) => ({ ...e })); // copies: one set per pc
+    }
+    const transceiver = pc.addTransceiver(pub.track, init);
+    if (pub.videoCodec && pub.kind === 'video') transceiver.setCodecPreferences(codecsFirst(pub.videoCodec));
+    return transceiver;
+  }
+
+  // Offer what the publish pc now carries, after any offer under way. Resolves to the
+  // `answer`, null when there was nothing new, or LATER when it cannot be sent now.
+  _renegotiate() {
+    const run = this._negotiation.then(() => this._negotiateOnce());
+    this._negotiation = run.catch(() => {});
+    return run;
+  }
+
+  async _negotiateOnce() {
+    if (!this._dirty) return null;
+    // A restart sends its own offer once `restarted` is here, a resume once rejoined.
+    if (this._restartPending || !this._canSend()) return LATER;
+    this._dirty = false;
+    const pc = this._ensurePubPc();
+    const offered = this._pubs.filter((p) => p.pc !== pc); // not yet published on this pc
+    const dataOffered = this._dataWanted && this._dataPc !== pc;
+    try {
+      await pc.setLocalDescription(await pc.createOffer());
+      await gatheringComplete(pc);
+      if (pc !== this.pubPc) return LATER; // replaced by a restart meanwhile
+      // Each m-line's source, by mid; one we give none of is the kind's default.
+      const tracks = this._pubs.filter((p) => p.transceiver?.mid != null).map((p) => ({
+        mid: p.transceiver.mid, source: p.source, ...(p.name ? { name: p.name } : {}),
+      }));
+      // The server takes 1..n entries: an offer of data channels alone has none.
+      const reply = await this._request('publish', {
+        sdp: pc.localDescription.sdp, ...(tracks.length ? { tracks } : {}),
+      });
+      if (pc !== this.pubPc) return LATER;
+      await pc.setRemoteDescription({ type: 'answer', sdp: reply.sdp });
+      this._adoptAnswer(pc, reply, offered, dataOffered);
+      return reply;
+    } catch (err) {
+      await this._negotiationFailed(pc, err, offered, dataOffered);
+      throw err;
+    }
+  }
+
+  // The answer's `tracks` are those this offer newly published (all of them after a
+  // restart, with their old ids): each goes to the first offered track of its kind (and
+  // source), in m-line order, as the server matched them.
+  _adoptAnswer(pc, reply, offered, dataOffered) {
+    const waiting = [...offered];
+    for (const t of reply.tracks || []) {
+      this._addTrack(t);
+      const i = waiting.findIndex((p) => p.kind === t.kind && (t.source == null || t.source === p.source));
+      if (i < 0) continue;
+      const [pub] = waiting.splice(i, 1);
+      Object.assign(pub, { pc, info: { ...this.tracks[t.id], muted: Boolean(t.muted) } });
+      pub.ready.resolve(pub.info);
+    }
+    for (const pub of waiting) {
+      this._dropPub(pub, localError('not_published', `the server did not publish our ${pub.source} track`));
+    }
+    if (dataOffered) {
+      if (acceptsData(reply.sdp)) {
+        this._dataPc = pc;
+        this._dataReady?.resolve();
+      } else {
+        this._dataRefused(localError('data_refused', 'the server did not take our data channels'));
+      }
+    }
+    this._updateLocalTracks();
+    this._syncMutes();
+  }
+
+  // A refused offer takes back what it offered for the first time; one the socket or a
+  // restart cut short stays wanted, to be offered again.
+  async _negotiationFailed(pc, err, offered, dataOffered) {
+    if (pc !== this.pubPc) return;
+    const retry = this._restartPending || !this._canSend() || err.code === 'socket_closed';
+    if (pc.signalingState === 'have-local-offer') {
+      await pc.setLocalDescription({ type: 'rollback' }).catch(() => {});
+    }
+    if (retry) {
+      this._dirty = true;
+      return;
+    }
+    for (const pub of offered) if (!pub.info) this._dropPub(pub, err);
+    if (dataOffered) this._dataRefused(err);
+    if (!pc.currentRemoteDescription) { // nothing was ever agreed on it: do not keep it
+      this._forgetPubPc();
+      pc.close();
+    }
+  }
+
+  _dataRefused(err) {
+    this._dataWanted = false;
+    for (const channel of Object.values(this._channels)) channel.close();
+    this._channels = {};
+    this._dataQueue = { reliable: [], lossy: [] };
+    this._dataReady?.reject(err); // stays rejected: enableData() answers the same from now on
+  }
+
+  _flushData(label) {
+    const channel = this._channels[label];
+    const queue = this._dataQueue[label];
+    while (queue.length && channel?.readyState === 'open') channel.send(queue.shift());
+  }
+
+  _listen(channel) {
+    const reliable = channel.label !== 'lossy';
+    channel.addEventListener('message', (event) => {
+      if (typeof event.data !== 'string') return; // the server sends text frames only
+      let msg;
+      try { msg = JSON.parse(event.data); } catch { return; }
+      if (!isPlainObject(msg) || !('payload' in msg)) return;
+      this._emit('data', { from: msg.from ?? null, payload: msg.payload, topic: msg.topic ?? null, reliable });
+    });
+  }
 
   // [mid info, inbound-rtp stats] for each received track we know the sender of.
   async _inboundRtp() {
@@ -470,10 +821,11 @@ export class SfuClient extends EventTarget {
   }
 
   _send(msg) {
-    if (this.ws?.readyState !== WebSocket.OPEN) throw new Error('socket is not open');
+    const closed = () => localError('socket_closed', 'socket is not open');
+    if (this.ws?.readyState !== WebSocket.OPEN) throw closed();
     // A resume attempt's socket is not joined yet: anything but the join (and a leave)
     // would be refused, and the caller would think it sent.
-    if (this._resuming && msg.type !== 'join' && msg.type !== 'leave') throw new Error('socket is not open');
+    if (this._resuming && msg.type !== 'join' && msg.type !== 'leave') throw closed();
     this.ws.send(JSON.stringify(msg));
   }
 
@@ -521,7 +873,10 @@ export class SfuClient extends EventTarget {
         break;
       }
       case 'participant_joined':
-        this.participants[msg.participant.id] = { id: msg.participant.id, name: msg.participant.name };
+        this.participants[msg.participant.id] = participantEntry(msg.participant);
+        break;
+      case 'participant_updated': // anyone's name or metadata, ours included
+        this._updateParticipant(msg.participant);
         break;
       case 'participant_left':
         delete this.participants[msg.participant];
@@ -535,9 +890,16 @@ export class SfuClient extends EventTarget {
       case 'track_published':
         this._addTrack(msg.track);
         break;
-      case 'track_unpublished':
+      case 'track_unpublished': {
+        // Ours, unpublished by someone else (the backend): stop sending it too.
+        const pub = this._pubs.find((p) => p.info?.id === msg.track);
+        if (pub) {
+          this._removePub(pub);
+          this._renegotiate().catch(() => {});
+        }
         this._dropTrack(msg.track);
         break;
+      }
       case 'track_muted':
         this._onMuted(msg);
         return;
@@ -561,8 +923,17 @@ export class SfuClient extends EventTarget {
 
   _addTrack(t) {
     if (!t?.id) return;
-    this.tracks[t.id] = { id: t.id, participant: t.participant ?? this.self?.id, kind: t.kind };
+    this.tracks[t.id] = {
+      id: t.id, participant: t.participant ?? this.self?.id, kind: t.kind,
+      source: t.source ?? DEFAULT_SOURCES[t.kind] ?? null, name: t.name ?? '',
+    };
     if (typeof t.muted === 'boolean') this.muted[t.id] = t.muted; // should the server say
+  }
+
+  _updateParticipant(p) {
+    if (!p?.id) return;
+    if (p.id === this.self?.id) this.self = participantEntry({ ...this.self, ...p });
+    else this.participants[p.id] = participantEntry({ ...this.participants[p.id], ...p });
   }
 
   _dropTrack(id) {
@@ -577,13 +948,14 @@ export class SfuClient extends EventTarget {
     const track = this.tracks[msg.track];
     const own = this.localTracks.find((t) => t.id === msg.track);
     // Muted by someone else (the admin API): our button and local track follow.
-    if (own && this._mutedKinds[own.kind] !== msg.muted) {
+    if (own && DEVICE_SOURCES.has(own.source) && this._mutedKinds[own.kind] !== msg.muted) {
       this._mutedKinds[own.kind] = msg.muted;
       for (const t of this._published?.mediaStream.getTracks() ?? []) this._applyEnabled(t);
     }
     this._emit('track_muted', {
       type: 'track_muted', track: msg.track, muted: msg.muted,
       participant: own ? this.self?.id : track?.participant ?? null, kind: own?.kind ?? track?.kind ?? null,
+      source: own?.source ?? track?.source ?? null,
     });
   }
 
@@ -618,8 +990,10 @@ export class SfuClient extends EventTarget {
       console.warn('sfu: track on unknown mid', mid);
       return;
     }
+    const known = this.tracks[info.track];
     this._emit('track', {
       participant: info.participant, trackId: info.track, kind: info.kind, track: event.track, mid,
+      source: known?.source ?? info.source ?? DEFAULT_SOURCES[info.kind], name: known?.name ?? info.name ?? '',
     });
   }
 
@@ -716,7 +1090,11 @@ export class SfuClient extends EventTarget {
 
   _adoptResumed(joined) {
     this.joined = joined;
-    this.self = joined.participant;
+    const before = this.self;
+    this.self = participantEntry(joined.participant);
+    if (JSON.stringify(before) !== JSON.stringify(this.self)) {
+      this._emit('participant_updated', { type: 'participant_updated', participant: this.self });
+    }
     this._resumeToken = joined.resume_token ?? null;
     this.iceServers = joined.ice_servers || this.iceServers;
     this._reconcile(joined);
@@ -733,8 +1111,11 @@ export class SfuClient extends EventTarget {
     }
     for (const p of participants.values()) {
       const known = this.participants[p.id];
-      const participant = (this.participants[p.id] = { id: p.id, name: p.name });
+      const participant = (this.participants[p.id] = participantEntry(p));
       if (!known) this._emit('participant_joined', { type: 'participant_joined', participant });
+      else if (JSON.stringify(known) !== JSON.stringify(participant)) {
+        this._emit('participant_updated', { type: 'participant_updated', participant });
+      }
     }
     const tracks = new Map((joined.tracks || []).map((t) => [t.id, t]));
     for (const id of Object.keys(this.tracks)) {
@@ -753,6 +1134,7 @@ export class SfuClient extends EventTarget {
     this._startPing();
     this._emit('reconnected', { joined: this.joined });
     this._syncMutes();
+    if (this._dirty) this._renegotiate().catch(() => {}); // an offer the drop put off
     if (this._restartLost != null) {
       const relayOnly = this._restartLost;
       this._restartLost = null;
@@ -771,6 +1153,9 @@ export class SfuClient extends EventTarget {
     if (this._finished) return;
     this._finished = true;
     this._teardown();
+    const over = localError('closed', 'the session is over');
+    for (const pub of this._pubs) if (!pub.info) pub.ready.reject(over);
+    this._dataReady?.reject(over); // a no-op once it has resolved
     this._emit('close', {
       code: event.code, reason: event.reason, wasClean: event.wasClean,
       left: this._closing && !this._finalError, // leave() or close() asked for it
@@ -789,10 +1174,11 @@ export class SfuClient extends EventTarget {
   }
 }
 
-function preferCodec(transceiver, name) {
+// The browser's video codecs with `name` first, for setCodecPreferences().
+function codecsFirst(name) {
   const wanted = `video/${name}`.toLowerCase();
   const codecs = RTCRtpSender.getCapabilities('video').codecs;
   const first = codecs.filter((c) => c.mimeType.toLowerCase() === wanted);
   if (!first.length) throw new Error(`this browser cannot send ${name}`);
-  transceiver.setCodecPreferences([...first, ...codecs.filter((c) => !first.includes(c))]);
+  return [...first, ...codecs.filter((c) => !first.includes(c))];
 }
