@@ -157,10 +157,11 @@ class FirefoxParticipant:
         self.version = ""
 
     @classmethod
-    async def start(cls, server: Server, name: str) -> FirefoxParticipant:
+    async def start(cls, server: Server, name: str, *options: str) -> FirefoxParticipant:
+        """``options``: "screen" shares a canvas as a screen too (firefox_participant.mjs)."""
         process = await asyncio.create_subprocess_exec(
             "node", str(CLIENTS / "firefox_participant.mjs"),
-            f"http://{ADDRESS}:{server.port}/?autojoin=1&{page_query(name)}",
+            f"http://{ADDRESS}:{server.port}/?autojoin=1&{page_query(name)}", *options,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL)
         participant = cls(name, LineReader(process))

@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 from aiortc import VideoStreamTrack
 
@@ -49,12 +50,12 @@ async def room() -> AsyncIterator[tuple[Server, Client, Client, Client]]:
 def test_envelopes_are_checked() -> None:
     assert parse_envelope('{"payload": [1, "x"], "to": ["PA_1"], "topic": "t"}', 100).to == (
         "PA_1",)
-    cases: list[tuple[str | bytes, str]] = [(b'{"payload": 1}', "bad_data"), ("[1]", "bad_data"),
-                      ("{", "bad_data"), ('{"to": ["a"]}', "bad_data"),
-                      ('{"payload": 1, "to": []}', "bad_data"),
-                      ('{"payload": 1, "to": "a"}', "bad_data"),
-                      ('{"payload": 1, "topic": ""}', "bad_data"),
-                      ('{"payload": "' + "é" * 60 + '"}', "data_too_large")]
+    cases: list[tuple[str | bytes, str]] = [
+        (b'{"payload": 1}', "bad_data"), ("[1]", "bad_data"), ("{", "bad_data"),
+        ('{"to": ["a"]}', "bad_data"), ('{"payload": 1, "to": []}', "bad_data"),
+        ('{"payload": 1, "to": "a"}', "bad_data"), ('{"payload": 1, "topic": ""}', "bad_data"),
+        ('{"payload": "' + "é" * 60 + '"}', "data_too_large"),  # 120 bytes, 60 characters
+    ]
     for bad, code in cases:
         with pytest.raises(DataError) as info:
             parse_envelope(bad, 100)
@@ -125,6 +126,11 @@ async def test_too_large_and_malformed_messages_are_refused_with_an_error(
     assert bob.data.empty()  # none of the refused ones came through
     outcomes = server.stats.data_messages
     assert (outcomes["data_too_large"], outcomes["bad_data"], outcomes["relayed"]) == (1, 2, 1)
+    async with aiohttp.ClientSession() as http, http.get(
+            f"http://127.0.0.1:{server.port}/metrics") as response:
+        metrics = await response.text()
+    for outcome, count in (("data_too_large", 1), ("bad_data", 2), ("relayed", 1)):
+        assert f'sfu_data_messages_total{{outcome="{outcome}"}} {count}.0' in metrics
 
 
 async def test_a_flood_is_rate_limited_and_the_others_media_goes_on() -> None:

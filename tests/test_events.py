@@ -190,3 +190,25 @@ async def test_webhook_gives_up_after_retries(
     body, headers = calls[0]
     assert headers["X-Sfu-Signature"] == signature("fallback-secret-1234", body)
     await hooks.stop()
+
+
+async def test_data_messages_are_not_webhooks_metadata_changes_are(
+    receiver: tuple[str, list[tuple[bytes, dict[str, str]]], list[int]]
+) -> None:
+    url, calls, _ = receiver
+    outcomes: list[str] = []
+    bus = events.EventBus()
+    hooks = Webhooks(WebhooksConfig(urls=[url]), bus, outcomes.append, "k" * 20)
+    hooks.start()
+    bus.publish(events.DataReceived("room", participant="p", payload={"text": "hi"},
+                                    topic="chat", reliable=True))
+    bus.publish(events.ParticipantUpdated("room", participant="p", identity="i",
+                                          metadata={"hand": True}))
+    for _ in range(100):
+        if outcomes:
+            break
+        await asyncio.sleep(0.02)
+    assert outcomes == ["delivered"]
+    assert [headers["X-Sfu-Event"] for _, headers in calls] == ["participant_updated"]
+    assert orjson.loads(calls[0][0])["metadata"] == {"hand": True}
+    await hooks.stop()

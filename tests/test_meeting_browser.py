@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from sfu import events
+from sfu.client import Client
 from sfu.control.auth import mint_token
 from sfu.server import Server
 from tests.conftest import (
@@ -161,3 +163,72 @@ async def test_chat_screen_share_and_metadata(server: Server) -> None:
             assert alice_errors == carol_errors == []
         finally:
             await browser.close()
+
+
+async def test_data_between_a_browser_an_aiortc_participant_and_the_backend(
+        server: Server) -> None:
+    """One room: the page's chat, an aiortc bot and the backend (embedding API) reach
+    each other, on the reliable channel in order, and on the lossy one."""
+    from playwright.async_api import async_playwright
+
+    heard: list[events.DataReceived] = []
+
+    async def listen(event: events.Event) -> None:
+        if isinstance(event, events.DataReceived):
+            heard.append(event)
+
+    server.events.add_listener(listen)
+    bot = Client(f"ws://127.0.0.1:{server.port}/ws", room="meet", name="bot",
+                 token=mint_token(SECRET, room="meet", identity="bot"))
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            alice, errors = await open_page(browser, server, "alice")
+            await alice.evaluate("""() => {
+                window.gotData = [];
+                window.sfu.addEventListener('data', (e) => window.gotData.push(e.detail));
+            }""")
+            alice_id = await alice.evaluate("() => window.sfu.self.id")
+            await bot.join()
+            await bot.open_data()
+
+            # Browser → bot and backend: the chat box, in order.
+            for n in range(5):
+                await alice.fill("#chat-input", f"line {n}")
+                await alice.click("#chat-send")
+            got = [await bot.next_data() for _ in range(5)]
+            assert [(m["from"], m["topic"], m["payload"]["text"], m["reliable"]) for m in got] == [
+                (alice_id, "chat", f"line {n}", True) for n in range(5)]
+            await wait_for(lambda: backend_heard(heard, alice_id, 5), STEP_S,
+                           "alice's messages at the backend")
+            assert [e.payload["text"] for e in heard] == [f"line {n}" for n in range(5)]
+
+            # Bot → browser, reliable (into the chat box) and lossy.
+            await bot.send_data({"text": "hello from the bot"}, topic="chat")
+            await wait_for(until(alice, chat_from(bot.participant_id or "", "hello from the bot")),
+                           STEP_S, "the bot's message in alice's chat")
+            await bot.send_data({"position": [1, 2]}, topic="cursor", reliable=False)
+            await wait_for(until(alice, "() => window.gotData.find((d) => d.topic === 'cursor')"),
+                           STEP_S, "the bot's lossy message at alice")
+            lossy = await alice.evaluate(
+                "() => window.gotData.find((d) => d.topic === 'cursor')")
+            assert lossy == {"from": bot.participant_id, "payload": {"position": [1, 2]},
+                             "topic": "cursor", "reliable": False}
+
+            # Backend → both: `from` null, the page shows it as the server's.
+            assert server.send_data("meet", {"text": "the room closes soon"}, topic="chat") == 2
+            assert (await bot.next_data())["from"] is None
+            await wait_for(until(alice, chat_from("", "the room closes soon")), STEP_S,
+                           "the backend's message in alice's chat")
+            assert "Server" in await alice.inner_text("#chat-log li[data-from='']")
+            assert errors == []
+        finally:
+            await bot.close()
+            await browser.close()
+
+
+async def backend_heard(heard: list[events.DataReceived], sender: str, count: int
+                        ) -> tuple[bool, Any]:
+    """A wait_for predicate: the backend has heard ``count`` messages of ``sender``."""
+    texts = [e.payload for e in heard if e.participant == sender]
+    return len(texts) >= count, texts
