@@ -159,7 +159,8 @@ class Router:
         link.participant.can_update_metadata = grants.can_update_metadata
         link.resume_token = secrets.token_urlsafe(24)  # each token resumes once
         control.send(self._joined(link, message, resumed=True))
-        control.send(self.speakers.message())  # changes while it was away are lost
+        if self.speakers.detector.speakers:  # changes while it was away are lost
+            control.send(self.speakers.message())
         # A subscription the new token allows again starts over; one the participant
         # left on purpose stays left.
         self.grant(link, grants.can_publish, grants.can_subscribe, subscribe_all=(

@@ -1090,6 +1090,11 @@ export class SfuClient extends EventTarget {
 
   _adoptResumed(joined) {
     this.joined = joined;
+    // Who speaks now follows `joined` when anyone does: what we knew may be stale.
+    if (this.speakers.length) {
+      this.speakers = [];
+      this._emit('active_speakers', { type: 'active_speakers', speakers: [] });
+    }
     const before = this.self;
     this.self = participantEntry(joined.participant);
     if (JSON.stringify(before) !== JSON.stringify(this.self)) {
