@@ -17,7 +17,7 @@ echo "== mypy"
 echo "== pytest"
 if [ "$(id -u)" -eq 0 ] && command -v unshare >/dev/null; then
     exec unshare --net -- sh -c 'ip link set lo up && exec .venv/bin/python -m pytest "$@"' \
-        pytest -ra "$@"
+        pytest -ra --durations=25 "$@"
 fi
 echo "test.sh: not root: the WebRTC tests will skip (they need unshare --net)"
-exec .venv/bin/python -m pytest -ra "$@"
+exec .venv/bin/python -m pytest -ra --durations=25 "$@"

@@ -58,7 +58,15 @@ class RtcConfig:
     listen_ips: list[str] = field(default_factory=lambda: ["127.0.0.1"])
     # Address announced in candidates instead of the listen address (NAT, 1:1), or "".
     announced_ip: str = ""
-    # UDP ports for ICE host candidates, inclusive.
+    # The one UDP port every participant's ICE and media use (sfu.transport.shared_port),
+    # on each listen address; 0: one the system picks.
+    udp_port: int = 7882
+    # ICE over TCP (RFC 6544 passive candidates) on this port of each listen address,
+    # for clients whose UDP is blocked; 0: one the system picks.
+    ice_tcp: bool = True
+    tcp_port: int = 7881
+    # Instead, a UDP port per peer connection from port_min–port_max (inclusive).
+    port_per_connection: bool = False
     port_min: int = 40000
     port_max: int = 49999
     # "auto": the Cython forwarder when it is built and passes its self-check;
@@ -223,6 +231,9 @@ class Config:
             "rtc.port_min/rtc.port_max",
             "1024 <= port_min <= port_max <= 65535",
         )
+        for name in ("udp_port", "tcp_port"):
+            port = getattr(self.rtc, name)
+            _check(port, 0 <= port <= 65535, f"rtc.{name}", "a port, or 0 for one the system picks")
         _check(
             self.rtc.forwarder, self.rtc.forwarder in {"auto", "cython", "python"},
             "rtc.forwarder", "auto, cython or python",

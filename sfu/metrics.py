@@ -141,7 +141,9 @@ class ServerCollector(Collector):
             "sfu_transport_drops", "Media dropped before the forwarder, by reason",
             labels=["reason"],
         )
-        for reason in ("unvalidated_source", "data_channel_refused"):
+        for reason in ("unvalidated_source", "data_channel_refused", "unknown_source",
+                       "unknown_ufrag", "too_many_addresses", "tcp_unknown_ufrag",
+                       "tcp_not_stun", "tcp_silent", "tcp_backlog"):
             drops.add_metric([reason], server.stats.transport_drops[reason])
         yield drops
         data = CounterMetricFamily(

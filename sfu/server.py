@@ -120,6 +120,7 @@ class Server(Embedding):
         With ``serve`` False no HTTP site is opened: mount ``server.app`` into your own
         aiohttp application (``your_app.add_subapp("/sfu", server.app)``) instead.
         """
+        await self.ctx.open_ports()
         self.ctx.spawn(self._watch_loop_lag())
         self.webhooks.start()
         if serve:
@@ -133,8 +134,10 @@ class Server(Embedding):
                 frozenset(self.config.server.trusted_proxies))
             self.port = self._listener.listen(self.config.server.host, self.config.server.port)
             logger.info(
-                "sfu listening on %s://%s:%s (forwarder: %s)", "https" if self.tls else "http",
-                self.config.server.host, self.port, self.forwarder.implementation,
+                "sfu listening on %s://%s:%s, media on %s (forwarder: %s)",
+                "https" if self.tls else "http", self.config.server.host, self.port,
+                f"UDP {self.ctx.udp_port}" if self.ctx.udp_port else "a UDP port per connection",
+                self.forwarder.implementation,
             )
         self._ready = True
 
@@ -160,6 +163,7 @@ class Server(Embedding):
         await self.webhooks.stop()
         await self.events.close()
         self.ctx.cancel_tasks()
+        self.ctx.close_ports()
         if self._listener is not None:
             self._listener.close()
             self._listener = None

@@ -66,6 +66,8 @@ requires_chromium = pytest.mark.skipif(
 def make_config(**rtc: object) -> Config:
     config = Config()
     config.server.port = 0
+    config.rtc.udp_port = 0  # one UDP port, a free one: tests may run servers side by side
+    config.rtc.tcp_port = 0
     for key, value in rtc.items():
         setattr(config.rtc, key, value)
     return config

@@ -33,8 +33,8 @@ class Call:
 
 
 @pytest.fixture
-async def call() -> AsyncIterator[Call]:
-    config = make_config()
+async def call(request: pytest.FixtureRequest) -> AsyncIterator[Call]:
+    config = make_config(port_per_connection=getattr(request, "param", False))
     config.limits.messages_per_second = 10_000  # the fuzzer is not testing the rate limit
     config.limits.message_burst = 10_000
     server = Server(config)
@@ -156,7 +156,11 @@ def server_media_port(call: Call) -> int:
     return int(line.split()[5])
 
 
+@pytest.mark.parametrize("call", [False, True], indirect=True,
+                         ids=["one-port", "port-per-connection"])
 async def test_datagrams_from_unvalidated_addresses_are_dropped(call: Call) -> None:
+    """On the one UDP port, the socket knows no connection of theirs; on a port of a
+    connection's own, the connection knows it did not validate them."""
     port = server_media_port(call)
     peer = call.server.participants[call.alice.participant_id or ""]
     assert peer.publish is not None
@@ -169,8 +173,12 @@ async def test_datagrams_from_unvalidated_addresses_are_dropped(call: Call) -> N
                         ("127.0.0.1", port))
     intruder.close()
     assert await frames_keep_coming(call) >= 10
-    assert peer.publish.drops_unvalidated_source == 200
-    assert call.server.stats.transport_drops["unvalidated_source"] == 200
+    drops = call.server.stats.transport_drops
+    if call.server.ctx.udp_port:
+        assert (drops["unknown_source"], peer.publish.drops_unvalidated_source) == (200, 0)
+    else:
+        assert peer.publish.drops_unvalidated_source == 200
+        assert drops["unvalidated_source"] == 200
     counters_after = call.server.forwarder.counters()
     # None of them reached the forwarder: no SRTP failures, nothing new accepted from them.
     assert counters_after["drop_srtp_fail"] == counters_before["drop_srtp_fail"]

@@ -120,6 +120,9 @@ async def call(topology: tuple[ClientNamespace, TurnConfig],
     for rule in getattr(request, "param", []):
         namespace.iptables(*rule)
     config = make_config()
+    # The SFU's one UDP port inside the range the rules below name, and no ICE over TCP:
+    # these cases are about TURN (tests/test_ice_tcp.py has a client on ICE-TCP).
+    config.rtc.udp_port, config.rtc.ice_tcp = 40000, False
     config.server.host = "0.0.0.0"
     config.auth.mode, config.auth.secret = "jwt", SECRET
     config.rtc.listen_ips = ["127.0.0.1", namespace.host_address]
@@ -154,8 +157,9 @@ async def _record(sink: list[events.Event], event: events.Event) -> None:
 
 
 def drop_direct_udp() -> list[tuple[str, ...]]:
-    """iptables rules (client side) that drop UDP to and from the SFU's ICE ports."""
-    ports = "40000:49999"  # config/sfu.toml's rtc.port_min..port_max
+    """iptables rules (client side) that drop UDP to and from the SFU's ICE ports (its
+    one port, 40000 here, or a port per connection from config/sfu.toml's range)."""
+    ports = "40000:49999"
     return [("-A", "OUTPUT", "-p", "udp", "--dport", ports, "-j", "DROP"),
             ("-A", "INPUT", "-p", "udp", "--sport", ports, "-j", "DROP")]
 

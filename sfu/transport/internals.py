@@ -13,7 +13,7 @@ import asyncio
 import random
 import socket
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aioice import ice as aioice_ice
@@ -35,18 +35,24 @@ from aiortc.rtcpeerconnection import find_common_codecs
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
 
 from sfu.media import CodecInfo
+from sfu.transport import tcp_port
+from sfu.transport.shared_port import SharedSocket
+from sfu.transport.tcp_port import TcpPort
 
 DatagramHandler = Callable[[bytes, tuple[Any, ...]], None]
 
 
 @dataclass(frozen=True)
 class HostGathering:
-    """Where the SFU's ICE host candidates are bound and what they announce."""
+    """Where the SFU's ICE host candidates are bound and what they announce: the
+    shared socket of each listen address, or (none) a port each from the range."""
 
     listen_ips: tuple[str, ...]
     announced_ip: str
     port_min: int
     port_max: int
+    shared: dict[str, SharedSocket] = field(default_factory=dict)  # by listen address
+    tcp: dict[str, TcpPort] = field(default_factory=dict)  # ICE-TCP, by listen address
 
 
 @dataclass(frozen=True)
@@ -139,7 +145,13 @@ def prepare_gathering(
         connection._local_candidates_start = True
         for component in connection._components:
             for address in gathering.listen_ips:
-                protocol = await _bind_host(connection, address, gathering)
+                shared = gathering.shared.get(address)
+                if shared is not None:
+                    protocol = aioice_ice.StunProtocol(connection)
+                    protocol.connection_made(shared.endpoint(connection.local_username,
+                                                             protocol))
+                else:
+                    protocol = await _bind_host(connection, address, gathering)
                 if on_datagram is not None:
                     divert(protocol, on_datagram)
                 host, port = protocol.transport.get_extra_info("sockname")[:2]
@@ -154,11 +166,36 @@ def prepare_gathering(
                 )
                 connection._protocols.append(protocol)
                 connection._local_candidates.append(protocol.local_candidate)
+                tcp = gathering.tcp.get(address)
+                if tcp is not None:
+                    _add_tcp_candidate(connection, component, tcp, gathering, on_datagram)
         connection._local_candidates_end = True
 
     # Replacing methods on instances is this module's job: setattr says so to mypy.
     setattr(connection, "gather_candidates", gather_candidates)  # noqa: B010
     guard_consent(connection)
+
+
+def _add_tcp_candidate(connection: aioice_ice.Connection, component: int, tcp: TcpPort,
+                       gathering: HostGathering, on_datagram: DatagramHandler | None) -> None:
+    """A passive TCP host candidate (RFC 6544) on the ICE-TCP port."""
+    protocol = aioice_ice.StunProtocol(connection)
+    protocol.connection_made(tcp.endpoint(connection.local_username, protocol))
+    if on_datagram is not None:
+        divert(protocol, on_datagram)
+    host, port = tcp.address
+    protocol.local_candidate = Candidate(
+        foundation=candidate_foundation("host", "tcp", host),
+        component=component,
+        transport="tcp",
+        priority=tcp_port.candidate_priority(component),
+        host=gathering.announced_ip or host,
+        port=port,
+        type="host",
+        tcptype="passive",
+    )
+    connection._protocols.append(protocol)
+    connection._local_candidates.append(protocol.local_candidate)
 
 
 def guard_consent(connection: aioice_ice.Connection) -> None:

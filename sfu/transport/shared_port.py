@@ -1,0 +1,183 @@
+"""One UDP port for every participant (``[rtc] udp_port``), as mediasoup's WebRtcServer
+and LiveKit's ``rtc.udp_port``: a firewall or a pod opens one port, not a range.
+
+The server owns one socket per listen address. aioice still runs each connection's
+ICE, over a ``SharedEndpoint``: a transport that sends through the shared socket and
+to which the socket hands what is the connection's. A datagram is the connection's
+when it comes from an address the connection has sent to or taken a binding request
+from (RFC 8445: the peer's checks reach us before anything else); a binding request
+from a new address names its connection in USERNAME, ``<our ufrag>:<theirs>``
+(RFC 8445 §7.2.2). Everything else is dropped and counted. Media keeps going through
+the connection's protocol, so the diverted RTP path and the check that media comes
+from a validated pair (``sfu.transport.peer``) are the same as with a port each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+from collections import Counter
+from typing import Any, Protocol
+
+logger = logging.getLogger(__name__)
+
+STUN_MAGIC_COOKIE = 0x2112A442
+BINDING_REQUEST = 0x0001
+USERNAME = 0x0006
+# Addresses one connection may be reached from (its peer's candidates, a TURN relay, a
+# path change): enough for any client, and a bound on what a peer can make us hold.
+MAX_ADDRESSES = 32
+SOCKET_BUFFER_BYTES = 4 << 20  # every participant's media arrives on this one socket
+
+
+class DatagramReceiver(Protocol):
+    """What an endpoint hands datagrams to: aioice's StunProtocol (maybe diverted)."""
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None: ...
+    def connection_lost(self, exc: Exception | None) -> None: ...
+
+
+def request_ufrag(data: bytes) -> str | None:
+    """Our ufrag, from a STUN binding request's USERNAME; None for anything else."""
+    if len(data) < 20 or data[0] > 3:
+        return None
+    kind, length, cookie = struct.unpack_from("!HHI", data)
+    if kind != BINDING_REQUEST or cookie != STUN_MAGIC_COOKIE or 20 + length > len(data):
+        return None
+    at, end = 20, 20 + length
+    while at + 4 <= end:
+        attribute, size = struct.unpack_from("!HH", data, at)
+        if attribute == USERNAME:
+            if at + 4 + size > end:
+                return None
+            ours, colon, _ = data[at + 4:at + 4 + size].partition(b":")
+            return ours.decode("ascii", "replace") if colon and ours else None
+        at += 4 + (size + 3) // 4 * 4
+    return None
+
+
+class SharedSocket(asyncio.DatagramProtocol):
+    """The one UDP socket of a listen address, and the connections that use it."""
+
+    def __init__(self, drops: Counter[str]) -> None:
+        self.drops = drops  # server-wide: unknown_ufrag, unknown_source
+        self.transport: asyncio.DatagramTransport | None = None
+        self._by_ufrag: dict[str, SharedEndpoint] = {}
+        self._by_address: dict[tuple[Any, ...], SharedEndpoint] = {}
+
+    @classmethod
+    async def open(cls, host: str, port: int, drops: Counter[str]) -> SharedSocket:
+        loop = asyncio.get_running_loop()
+        _, shared = await loop.create_datagram_endpoint(lambda: cls(drops),
+                                                        local_addr=(host, port))
+        sock = shared.socket
+        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)
+        return shared
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    @property
+    def socket(self) -> socket.socket:
+        assert self.transport is not None
+        sock: socket.socket = self.transport.get_extra_info("socket")
+        return sock
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self.transport is not None
+        host, port = self.transport.get_extra_info("sockname")[:2]
+        return host, port
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        addr = addr[:2]
+        endpoint = self._by_address.get(addr)
+        if endpoint is None:
+            ufrag = request_ufrag(data)
+            if ufrag is None:
+                self.drops["unknown_source"] += 1
+                return
+            endpoint = self._by_ufrag.get(ufrag)
+            if endpoint is None:
+                self.drops["unknown_ufrag"] += 1
+                return
+            if not endpoint.learn(addr):
+                self.drops["too_many_addresses"] += 1
+                return
+        endpoint.receiver.datagram_received(data, addr)
+
+    def endpoint(self, ufrag: str, receiver: DatagramReceiver) -> SharedEndpoint:
+        """A transport for the connection whose local ufrag is ``ufrag``."""
+        endpoint = SharedEndpoint(self, ufrag, receiver)
+        self._by_ufrag[ufrag] = endpoint
+        return endpoint
+
+    def _forget(self, endpoint: SharedEndpoint) -> None:
+        if self._by_ufrag.get(endpoint.ufrag) is endpoint:
+            del self._by_ufrag[endpoint.ufrag]
+        for addr in endpoint.addresses:
+            if self._by_address.get(addr) is endpoint:
+                del self._by_address[addr]
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    @property
+    def connections(self) -> int:
+        return len(self._by_ufrag)
+
+
+class SharedEndpoint(asyncio.DatagramTransport):
+    """One connection's view of the shared socket: aioice's protocol transport."""
+
+    def __init__(self, shared: SharedSocket, ufrag: str, receiver: DatagramReceiver) -> None:
+        super().__init__()
+        self.shared = shared
+        self.ufrag = ufrag
+        self.receiver = receiver
+        self.addresses: set[tuple[Any, ...]] = set()
+        self._closing = False
+
+    def learn(self, addr: tuple[Any, ...]) -> bool:
+        """Datagrams from ``addr`` are this connection's from now on (the latest
+        connection to claim an address has it)."""
+        if addr not in self.addresses:
+            if len(self.addresses) >= MAX_ADDRESSES or self._closing:
+                return False
+            self.addresses.add(addr)
+        self.shared._by_address[addr] = self
+        return True
+
+    def sendto(self, data: Any, addr: Any = None) -> None:
+        addr = tuple(addr[:2])
+        if self._closing or (addr not in self.addresses and not self.learn(addr)):
+            return
+        transport = self.shared.transport
+        if transport is not None:
+            transport.sendto(data, addr)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "sockname":
+            return self.shared.address
+        if name == "socket":
+            return self.shared.socket
+        return default
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        """The connection is done with it: its addresses and ufrag are forgotten, the
+        shared socket stays."""
+        if self._closing:
+            return
+        self._closing = True
+        self.shared._forget(self)
+        asyncio.get_running_loop().call_soon(self.receiver.connection_lost, None)
+
+    def abort(self) -> None:
+        self.close()
