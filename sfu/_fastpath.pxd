@@ -5,6 +5,22 @@ from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t,
 
 # libsrtp 2.x in-place API, as pylibsrtp's cffi binding declares it:
 # srtp_err_status_t fn(srtp_t ctx, void *packet, int *len)
+cdef extern from "<sys/socket.h>" nogil:
+    struct iovec:
+        void *iov_base
+        size_t iov_len
+    struct msghdr:
+        void *msg_name
+        unsigned int msg_namelen
+        iovec *msg_iov
+        size_t msg_iovlen
+        void *msg_control
+        size_t msg_controllen
+        int msg_flags
+    struct mmsghdr:
+        msghdr msg_hdr
+        unsigned int msg_len
+
 ctypedef int (*srtp_fn)(void *ctx, void *packet, int *length) noexcept nogil
 
 cdef enum:
@@ -15,6 +31,10 @@ cdef enum:
     MAX_ELEMENTS = 750
     # Lost packets a producer remembers to ask for (sfu.rtcp.nack.NACK_MAX_MISSING).
     NACK_CAPACITY = 256
+    # Datagrams one recvmmsg(2) reads at most, and the table of the endpoints' sources
+    # (open addressing, rebuilt when endpoints change; a power of two, >= 2x endpoints).
+    RECEIVE_BATCH = 32
+    SOURCE_SLOTS = 4096
 
 
 # -- the RTCP machines of sfu/rtcp/, same names and methods (final: called directly) ----
@@ -225,10 +245,21 @@ cdef class Forwarder:
     cdef bint _loss_pending
     cdef int64_t _loss_producer
     cdef object _feedback_listener
+    # receive(): the batch's buffers and headers, and each endpoint's source address
+    # (its socket and the peer's sockaddr) to the endpoint, for datagrams read in C.
+    cdef uint8_t _batch[RECEIVE_BATCH][BUFFER_SIZE]
+    cdef uint8_t _names[RECEIVE_BATCH][28]
+    cdef mmsghdr _messages[RECEIVE_BATCH]
+    cdef iovec _vectors[RECEIVE_BATCH]
+    cdef int _source_fd[SOURCE_SLOTS]           # -1: a free slot
+    cdef uint8_t _source_addr[SOURCE_SLOTS][20]  # family, port, address (as sockaddr)
+    cdef void *_source_endpoint[SOURCE_SLOTS]   # borrowed: _endpoints holds it
 
     cdef int _attach_source(self, _Producer producer, int64_t endpoint, uint32_t ssrc) except -1
     cdef void _repoint(self, _Consumer consumer, _Producer producer)
     cdef int _handle(self, _Endpoint endpoint, int length, int64_t now_us)
+    cdef void _index_sources(self)
+    cdef int _source_slot(self, int fd, const uint8_t *name) noexcept
     cdef int _read_elements(self, int ext_profile, int ext_offset, int ext_length)
     cdef _Producer _bind(self, _Endpoint endpoint, uint32_t ssrc, int ext_profile,
                          int ext_offset, int ext_length)

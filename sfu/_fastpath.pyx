@@ -37,11 +37,16 @@ cdef extern from "<sys/socket.h>" nogil:
         pass
     ssize_t c_sendto "sendto" (int fd, const void *buf, size_t n, int flags,
                                const sockaddr *addr, unsigned int addrlen)
+    int c_recvmmsg "recvmmsg" (int fd, mmsghdr *messages, unsigned int count, int flags,
+                               void *timeout)
     int MSG_DONTWAIT
+    int MSG_TRUNC
 
 # -- constants shared with sfu/rtp.py and sfu/rtcp/ (one source of truth, read at import)
 
 cdef int OK = _rtp.OK
+cdef int RECEIVE_MAX_BATCHES = _rtp.RECEIVE_MAX_BATCHES
+cdef uint16_t AF_INET_FAMILY = socket.AF_INET
 cdef int LOUD_DBOV = _rtp.LOUD_DBOV
 cdef int DROP_TOO_SHORT = _rtp.DROP_TOO_SHORT
 cdef int DROP_BAD_VERSION = _rtp.DROP_BAD_VERSION
@@ -327,6 +332,32 @@ def extend_seq(int64_t highest, int seq):
 def abs_send_time(uint64_t now_us):
     """Same contract as ``sfu.rtp.abs_send_time``."""
     return c_abs_send_time(now_us)
+
+
+def _address(bytes name):
+    """(host, port) of a sockaddr_in / sockaddr_in6 the kernel filled in."""
+    family, port = struct.unpack_from("=H", name)[0], struct.unpack_from("!H", name, 2)[0]
+    if family == socket.AF_INET:
+        return socket.inet_ntop(socket.AF_INET, name[4:8]), port
+    return socket.inet_ntop(socket.AF_INET6, name[8:24]), port
+
+
+cdef void _source_key(const uint8_t *name, uint8_t *key) noexcept:
+    """A sockaddr's family, port and address in 20 bytes (IPv4's address zero-padded)."""
+    memset(key, 0, 20)
+    memcpy(key, name, 4)  # family (host order), port (network order)
+    if (<const uint16_t *>name)[0] == AF_INET_FAMILY:
+        memcpy(key + 4, name + 4, 4)
+    else:
+        memcpy(key + 4, name + 8, 16)
+
+
+cdef uint32_t _source_hash(int fd, const uint8_t *key) noexcept:
+    cdef uint32_t h = 2166136261u ^ <uint32_t>fd  # FNV-1a
+    cdef int i
+    for i in range(20):
+        h = (h ^ key[i]) * 16777619u
+    return h
 
 
 def _sockaddr(addr):
@@ -641,6 +672,7 @@ cdef class Forwarder:
         ep.consumers = []
         self.remove_endpoint(endpoint)
         self._endpoints[endpoint] = ep
+        self._index_sources()
         # Bind the tables that name this endpoint, so no lookup happens per packet.
         cdef _Producer prod
         cdef _Consumer cons
@@ -665,6 +697,42 @@ cdef class Forwarder:
             cons.endpoint = None
         ep.producers = []
         ep.consumers = []
+        self._index_sources()
+
+    cdef void _index_sources(self):
+        # Every endpoint with a socket of its own, by (socket, peer address): receive()
+        # finds a datagram's endpoint here without a Python object.
+        cdef _Endpoint ep
+        cdef uint8_t key[20]
+        cdef uint32_t slot
+        cdef int placed = 0
+        for slot in range(SOURCE_SLOTS):
+            self._source_fd[slot] = -1
+        for ep in self._endpoints.values():
+            if ep.fd < 0 or placed >= SOURCE_SLOTS // 2:
+                continue  # no socket (TURN, TCP), or a table too full: the Python way
+            _source_key(ep.sockaddr, key)
+            slot = _source_hash(ep.fd, key) & (SOURCE_SLOTS - 1)
+            # The later endpoint of two with one address has it (a client reusing the
+            # port of one that vanished), as the twin's dict has.
+            while self._source_fd[slot] >= 0 and not (
+                    self._source_fd[slot] == ep.fd
+                    and memcmp(self._source_addr[slot], key, 20) == 0):
+                slot = (slot + 1) & (SOURCE_SLOTS - 1)
+            placed += self._source_fd[slot] < 0
+            self._source_fd[slot] = ep.fd
+            memcpy(self._source_addr[slot], key, 20)
+            self._source_endpoint[slot] = <void *>ep
+
+    cdef int _source_slot(self, int fd, const uint8_t *name) noexcept:
+        cdef uint8_t key[20]
+        _source_key(name, key)
+        cdef uint32_t slot = _source_hash(fd, key) & (SOURCE_SLOTS - 1)
+        while self._source_fd[slot] >= 0:
+            if self._source_fd[slot] == fd and memcmp(self._source_addr[slot], key, 20) == 0:
+                return slot
+            slot = (slot + 1) & (SOURCE_SLOTS - 1)
+        return -1
 
     def add_producer(self, int64_t producer, int64_t endpoint, uint32_t ssrc, int codec,
                      bytes rid=b"", int rid_id=0, bytes mid=b"", int mid_id=0,
@@ -905,6 +973,49 @@ cdef class Forwarder:
         return (prod.level_packets, prod.level_sum, prod.level_voiced, prod.level_loud)
 
     # -- the packet path --------------------------------------------------------------
+
+    def receive(self, sock, int64_t now_us):
+        """Read the datagrams waiting on ``sock`` with recvmmsg(2) (see the twin's)."""
+        cdef int fd = sock.fileno()
+        cdef int n, i, length, slot, status, batches = 0
+        cdef list leftovers = []
+        cdef uint8_t *data
+        for i in range(RECEIVE_BATCH):
+            self._vectors[i].iov_base = self._batch[i]
+            self._vectors[i].iov_len = BUFFER_SIZE
+        while batches < RECEIVE_MAX_BATCHES:
+            for i in range(RECEIVE_BATCH):
+                self._messages[i].msg_hdr.msg_name = self._names[i]
+                self._messages[i].msg_hdr.msg_namelen = 28
+                self._messages[i].msg_hdr.msg_iov = &self._vectors[i]
+                self._messages[i].msg_hdr.msg_iovlen = 1
+                self._messages[i].msg_hdr.msg_control = NULL
+                self._messages[i].msg_hdr.msg_controllen = 0
+                self._messages[i].msg_hdr.msg_flags = 0
+            n = c_recvmmsg(fd, self._messages, RECEIVE_BATCH, MSG_DONTWAIT, NULL)
+            if n <= 0:
+                break
+            batches += 1
+            for i in range(n):
+                length = self._messages[i].msg_len
+                data = self._batch[i]
+                slot = -1
+                if (12 <= length <= MAX_PACKET_SIZE and 128 <= data[0] <= 191
+                        and not self._messages[i].msg_hdr.msg_flags & MSG_TRUNC):
+                    slot = self._source_slot(fd, self._names[i])
+                if slot < 0:  # STUN, DTLS, or media from where no endpoint is: Python's
+                    leftovers.append((PyBytes_FromStringAndSize(<char *>data, length),
+                                      _address(PyBytes_FromStringAndSize(
+                                          <char *>self._names[i], 28))))
+                    continue
+                memcpy(self._rx, data, length)  # as handle_packet's one copy
+                status = self._handle(<_Endpoint>self._source_endpoint[slot], length, now_us)
+                self._counters[status] += 1
+                if self._loss_pending:
+                    self._notify_loss()
+            if n < RECEIVE_BATCH:
+                break
+        return leftovers
 
     def handle_packet(self, endpoint, bytes data, int64_t now_us):
         """Take one SRTP or SRTCP datagram from ``endpoint``; return OK or a DROP_* reason.

@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 
 from sfu import rtp
 from sfu._fastpath_feedback import _FeedbackPath
+from sfu._fastpath_receive import _ReceivePath
 from sfu._fastpath_state import (
     Address,
     SendTo,
@@ -40,7 +41,7 @@ from sfu.rtcp.nack import NACK_EARLIER, NACK_RECOVERED, NackGenerator
 from sfu.rtcp.stats import ReceiveStats
 
 
-class Forwarder(_FeedbackPath):
+class Forwarder(_FeedbackPath, _ReceivePath):
     """Routes diverted SRTP between endpoints. Same interface as ``sfu._fastpath.Forwarder``."""
 
     implementation: ClassVar[str] = "python"
@@ -60,11 +61,10 @@ class Forwarder(_FeedbackPath):
 
     # -- tables, pushed by the control plane -------------------------------------------
 
-    def add_endpoint(
-        self, endpoint: int, rx: Any, tx: Any, sendto: SendTo, fd: int, addr: Address
-    ) -> None:
-        """Register a transport: pylibsrtp sessions, and where to send (``fd`` unused here)."""
-        ep = _Endpoint(endpoint, rx, tx, sendto, addr)
+    def add_endpoint(self, endpoint: int, rx: Any, tx: Any, sendto: SendTo, fd: int,
+                     addr: Address) -> None:
+        """Register a transport: SRTP sessions, where to send, ``fd`` (for ``receive``)."""
+        ep = _Endpoint(endpoint, rx, tx, sendto, addr, fd)
         self.remove_endpoint(endpoint)
         self._endpoints[endpoint] = ep
         # Bind the tables that name this endpoint, so no lookup happens per packet.

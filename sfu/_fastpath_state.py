@@ -52,16 +52,17 @@ def _consumer_on(ep: _Endpoint, ssrc: int) -> _Consumer | None:
 class _Endpoint:
     """One DTLS-SRTP transport (one peer connection) and where to send to it."""
 
-    __slots__ = ("addr", "consumers", "id", "producers", "rx", "sendto", "twcc_next",
+    __slots__ = ("addr", "consumers", "fd", "id", "producers", "rx", "sendto", "twcc_next",
                  "twcc_sent", "tx")
 
     def __init__(self, endpoint_id: int, rx: Any, tx: Any, sendto: SendTo,
-                 addr: Address) -> None:
+                 addr: Address, fd: int) -> None:
         self.id = endpoint_id
         self.rx = rx
         self.tx = tx
         self.sendto = sendto
         self.addr = addr
+        self.fd = fd  # its socket, to tell receive()'s datagrams by; -1: none
         self.producers: list[_Producer] = []  # published on this endpoint
         self.consumers: list[_Consumer] = []  # sent on this endpoint
         # The next transport-wide sequence number (extended), and what was sent under

@@ -143,7 +143,7 @@ class ServerCollector(Collector):
         )
         for reason in ("unvalidated_source", "data_channel_refused", "unknown_source",
                        "unknown_ufrag", "too_many_addresses", "tcp_unknown_ufrag",
-                       "tcp_not_stun", "tcp_silent", "tcp_backlog"):
+                       "tcp_not_stun", "tcp_silent", "tcp_backlog", "send_failed"):
             drops.add_metric([reason], server.stats.transport_drops[reason])
         yield drops
         data = CounterMetricFamily(

@@ -36,6 +36,13 @@ CODEC_VP8 = 2
 CODEC_H264 = 3
 CODECS_BY_NAME = {"opus": CODEC_OPUS, "vp8": CODEC_VP8, "h264": CODEC_H264}
 
+# Forwarder.receive: datagrams read per recvmmsg(2) (sfu/_fastpath.pxd's RECEIVE_BATCH),
+# batches per call at most (then the event loop's other work has its turn), and the
+# buffer each is read into (its BUFFER_SIZE: a longer one is cut short, and dropped).
+RECEIVE_BATCH = 32
+RECEIVE_MAX_BATCHES = 8
+RECEIVE_BUFFER = 1500 + 160
+
 # An audio level (RFC 6464, -dBov) at least this loud counts as a loud packet: speech,
 # not background (sfu.router.speakers).
 LOUD_DBOV = 50

@@ -11,6 +11,7 @@ import socket
 import struct
 import subprocess
 import time
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -21,10 +22,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sfu.client import Client
-from sfu.transport.shared_port import request_ufrag
+from sfu.transport.shared_port import SharedSocket, request_ufrag
 from tests.conftest import (
     CHROMIUM,
     make_config,
+    publisher_and_subscriber,
     requires_chromium,
     requires_isolated_network,
     running,
@@ -161,17 +163,11 @@ async def receive_from(client: Client, publishers: set[str | None]) -> None:
 
 @requires_isolated_network
 async def test_hostile_datagrams_at_the_port_are_dropped_and_the_call_goes_on() -> None:
-    async with running(make_config()) as server:
+    async with (running(make_config()) as server,
+                publisher_and_subscriber(server, "h") as (_, _, track)):
         port = server.ctx.udp_port
-        url = f"ws://127.0.0.1:{server.port}/ws"
-        alice, bob = Client(url, room="h", name="alice"), Client(url, room="h", name="bob")
         attacker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
-            await alice.join()
-            await bob.join()
-            await alice.publish([VideoStreamTrack()])
-            _, track = await bob.next_track()
-            await asyncio.wait_for(track.recv(), 10)
             drops = server.stats.transport_drops
             forwarded = server.forwarder.counters()
             rng = os.urandom
@@ -207,25 +203,72 @@ async def test_hostile_datagrams_at_the_port_are_dropped_and_the_call_goes_on() 
             assert after["drop_srtp_fail"] == forwarded["drop_srtp_fail"]
         finally:
             attacker.close()
-            await alice.close()
-            await bob.close()
 
 
 @requires_isolated_network
 async def test_a_port_per_connection_is_still_an_option() -> None:
     config = make_config(port_per_connection=True, port_min=41000, port_max=41999)
-    async with running(config) as server:
+    async with running(config) as server, publisher_and_subscriber(server, "r"):
         assert server.ctx.udp_port is None
-        url = f"ws://127.0.0.1:{server.port}/ws"
-        alice, bob = Client(url, room="r", name="alice"), Client(url, room="r", name="bob")
-        try:
-            await alice.join()
-            await bob.join()
-            await alice.publish([VideoStreamTrack()])
-            _, track = await bob.next_track()
-            await asyncio.wait_for(track.recv(), 10)
-            ours = [p for _, p in udp_sockets(os.getpid()) if p in range(41000, 42000)]
-            assert len(ours) == 2  # alice's publish and bob's subscribe connection
-        finally:
-            await alice.close()
-            await bob.close()
+        ours = [p for _, p in udp_sockets(os.getpid()) if p in range(41000, 42000)]
+        assert len(ours) == 2  # alice's publish and bob's subscribe connection
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.received: list[tuple[bytes, tuple[Any, ...]]] = []
+        self.lost = False
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        self.received.append((data, addr))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+
+
+class NoMedia:
+    """A forwarder that keeps nothing: every datagram comes back to the socket."""
+
+    def receive(self, sock: socket.socket, now_us: int) -> list[tuple[bytes, tuple[Any, ...]]]:
+        out: list[tuple[bytes, tuple[Any, ...]]] = []
+        while True:
+            try:
+                data, addr = sock.recvfrom(2048)
+            except BlockingIOError:
+                return out
+            out.append((data, addr[:2]))
+
+
+async def test_a_port_reused_by_a_new_client_reaches_the_new_connection() -> None:
+    """The churn test's case: a client vanishes, its connection still holds its address,
+    and a new client gets the same port: its binding requests go by their ufrag."""
+    drops: Counter[str] = Counter()
+    shared = SharedSocket.open("127.0.0.1", 0, NoMedia(), drops)
+    old, new = Recorder(), Recorder()
+    old_endpoint = shared.endpoint("oldufrag", old)
+    shared.endpoint("newufrag", new)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.bind(("127.0.0.1", 0))
+    try:
+        old_endpoint.learn(client.getsockname())  # the vanished client's address
+        client.sendto(binding_request("newufrag:x"), shared.address)
+        client.sendto(b"\x16\xfe\xfd" + bytes(20), shared.address)  # then its DTLS
+        async with asyncio.timeout(5):
+            while len(new.received) < 2:
+                await asyncio.sleep(0.01)
+        assert old.received == []
+        # A request naming nobody, from nowhere known: dropped and counted.
+        stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        stranger.sendto(binding_request("nobody:x"), shared.address)
+        stranger.sendto(b"junk", shared.address)
+        async with asyncio.timeout(5):
+            while drops["unknown_ufrag"] + drops["unknown_source"] < 2:
+                await asyncio.sleep(0.01)
+        assert (drops["unknown_ufrag"], drops["unknown_source"]) == (1, 1)
+        stranger.close()
+        old_endpoint.close()
+        await asyncio.sleep(0)
+        assert old.lost
+    finally:
+        client.close()
+        shared.close()

@@ -49,7 +49,8 @@ class RouterContext:
         try:
             for address in rtc.listen_ips:
                 if not rtc.port_per_connection:
-                    shared[address] = await SharedSocket.open(address, udp_port, drops)
+                    shared[address] = SharedSocket.open(address, udp_port, self.forwarder,
+                                                        drops)
                     udp_port = udp_port or shared[address].address[1]  # 0: the same everywhere
                 if rtc.ice_tcp:
                     tcp[address] = await TcpPort.open(address, tcp_port, drops)

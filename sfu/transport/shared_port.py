@@ -7,9 +7,14 @@ to which the socket hands what is the connection's. A datagram is the connection
 when it comes from an address the connection has sent to or taken a binding request
 from (RFC 8445: the peer's checks reach us before anything else); a binding request
 from a new address names its connection in USERNAME, ``<our ufrag>:<theirs>``
-(RFC 8445 §7.2.2). Everything else is dropped and counted. Media keeps going through
-the connection's protocol, so the diverted RTP path and the check that media comes
-from a validated pair (``sfu.transport.peer``) are the same as with a port each.
+(RFC 8445 §7.2.2). Everything else is dropped and counted.
+
+The forwarder reads the socket itself (``Forwarder.receive``: recvmmsg(2) in C, a batch
+per call), once per readiness: SRTP and SRTCP from an endpoint's selected pair never
+become Python objects. What it hands back (STUN, DTLS, media from an address it has no
+endpoint for) is routed here, and media among it goes through the connection's
+protocol, where ``sfu.transport.peer`` checks it comes from a validated pair (a path
+change) as with a port each.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import asyncio
 import logging
 import socket
 import struct
+import time
 from collections import Counter
 from typing import Any, Protocol
 
@@ -30,6 +36,13 @@ USERNAME = 0x0006
 # path change): enough for any client, and a bound on what a peer can make us hold.
 MAX_ADDRESSES = 32
 SOCKET_BUFFER_BYTES = 4 << 20  # every participant's media arrives on this one socket
+
+
+class BatchReader(Protocol):
+    """The forwarder's side: reads a socket, keeps its endpoints' media, returns the rest."""
+
+    def receive(self, sock: socket.socket, now_us: int
+                ) -> list[tuple[bytes, tuple[Any, ...]]]: ...
 
 
 class DatagramReceiver(Protocol):
@@ -58,54 +71,60 @@ def request_ufrag(data: bytes) -> str | None:
     return None
 
 
-class SharedSocket(asyncio.DatagramProtocol):
+class SharedSocket:
     """The one UDP socket of a listen address, and the connections that use it."""
 
-    def __init__(self, drops: Counter[str]) -> None:
-        self.drops = drops  # server-wide: unknown_ufrag, unknown_source
-        self.transport: asyncio.DatagramTransport | None = None
+    def __init__(self, sock: socket.socket, reader: BatchReader, drops: Counter[str]) -> None:
+        self.socket = sock
+        self.drops = drops  # server-wide: unknown_ufrag, unknown_source, send_failed
+        self._reader = reader
         self._by_ufrag: dict[str, SharedEndpoint] = {}
         self._by_address: dict[tuple[Any, ...], SharedEndpoint] = {}
+        host, port = sock.getsockname()[:2]
+        self.address: tuple[str, int] = (host, port)
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(sock.fileno(), self._readable)
 
     @classmethod
-    async def open(cls, host: str, port: int, drops: Counter[str]) -> SharedSocket:
-        loop = asyncio.get_running_loop()
-        _, shared = await loop.create_datagram_endpoint(lambda: cls(drops),
-                                                        local_addr=(host, port))
-        sock = shared.socket
-        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-            sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)
-        return shared
+    def open(cls, host: str, port: int, reader: BatchReader, drops: Counter[str]
+             ) -> SharedSocket:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)
+            sock.bind((host, port))
+        except OSError:
+            sock.close()
+            raise
+        return cls(sock, reader, drops)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+    def _readable(self) -> None:
+        """One call per readiness: the forwarder reads a batch, hands back the rest."""
+        for data, addr in self._reader.receive(self.socket, time.monotonic_ns() // 1000):
+            self.datagram_received(data, addr)
 
-    @property
-    def socket(self) -> socket.socket:
-        assert self.transport is not None
-        sock: socket.socket = self.transport.get_extra_info("socket")
-        return sock
-
-    @property
-    def address(self) -> tuple[str, int]:
-        assert self.transport is not None
-        host, port = self.transport.get_extra_info("sockname")[:2]
-        return host, port
+    def sendto(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        try:
+            self.socket.sendto(data, addr)
+        except OSError:  # a full buffer (a STUN or DTLS packet: retransmitted) or gone
+            self.drops["send_failed"] += 1
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         addr = addr[:2]
-        endpoint = self._by_address.get(addr)
-        if endpoint is None:
-            ufrag = request_ufrag(data)
-            if ufrag is None:
-                self.drops["unknown_source"] += 1
-                return
-            endpoint = self._by_ufrag.get(ufrag)
-            if endpoint is None:
-                self.drops["unknown_ufrag"] += 1
-                return
+        # A binding request goes by its ufrag even from a known address: a client may
+        # reuse the port of one that vanished, whose connection still holds it.
+        ufrag = request_ufrag(data) if data and data[0] < 4 else None
+        endpoint = self._by_ufrag.get(ufrag) if ufrag else None
+        if endpoint is not None:
             if not endpoint.learn(addr):
                 self.drops["too_many_addresses"] += 1
+                return
+        else:
+            endpoint = self._by_address.get(addr)
+            if endpoint is None:
+                self.drops["unknown_ufrag" if ufrag else "unknown_source"] += 1
                 return
         endpoint.receiver.datagram_received(data, addr)
 
@@ -123,8 +142,9 @@ class SharedSocket(asyncio.DatagramProtocol):
                 del self._by_address[addr]
 
     def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
+        if self.socket.fileno() >= 0:
+            self._loop.remove_reader(self.socket.fileno())
+            self.socket.close()
 
     @property
     def connections(self) -> int:
@@ -156,9 +176,7 @@ class SharedEndpoint(asyncio.DatagramTransport):
         addr = tuple(addr[:2])
         if self._closing or (addr not in self.addresses and not self.learn(addr)):
             return
-        transport = self.shared.transport
-        if transport is not None:
-            transport.sendto(data, addr)
+        self.shared.sendto(data, addr)
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         if name == "sockname":
