@@ -14,10 +14,14 @@ mkdir -p "$out"
 .venv/bin/python -P -m build --outdir "$out/dist" . >"$out/build.log" 2>&1 \
     || { tail -40 "$out/build.log"; exit 1; }
 wheel=$(ls "$out"/dist/sfu-*.whl)
-for venv in build/wheel-venv build/wheel-venv-bench; do
-    "$python" -m venv "$venv"
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
-done
-build/wheel-venv/bin/python -m pip install -q --disable-pip-version-check "$wheel"
-build/wheel-venv-bench/bin/python -m pip install -q --disable-pip-version-check "$wheel[bench]"
+# The two environments install side by side (most of it is waiting on the index).
+install() {
+    "$python" -m venv "$1"
+    "$1/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
+    "$1/bin/python" -m pip install -q --disable-pip-version-check "$2"
+}
+install build/wheel-venv "$wheel" & plain=$!
+install build/wheel-venv-bench "$wheel[bench]" & bench=$!
+wait "$plain"  # set -e: a failed install fails the script
+wait "$bench"
 echo "wheel.sh: built $(cd "$out/dist" && ls) and installed it into build/wheel-venv{,-bench}"

@@ -649,6 +649,7 @@ cdef class Forwarder:
         self._loss_pending = False
         self._loss_producer = 0
         self._feedback_listener = None
+        self._index_sources()  # an empty table: memory starts zeroed, i.e. fd 0 everywhere
 
     def add_endpoint(self, int64_t endpoint, rx, tx, sendto, int fd, addr):
         """Register a transport: pylibsrtp sessions, and where to send.
@@ -728,7 +729,10 @@ cdef class Forwarder:
         cdef uint8_t key[20]
         _source_key(name, key)
         cdef uint32_t slot = _source_hash(fd, key) & (SOURCE_SLOTS - 1)
-        while self._source_fd[slot] >= 0:
+        cdef int probes
+        for probes in range(SOURCE_SLOTS):  # at most half full: ends at a free slot
+            if self._source_fd[slot] < 0:
+                return -1
             if self._source_fd[slot] == fd and memcmp(self._source_addr[slot], key, 20) == 0:
                 return slot
             slot = (slot + 1) & (SOURCE_SLOTS - 1)

@@ -102,3 +102,17 @@ def test_the_cython_and_python_forwarders_read_a_socket_alike() -> None:
         side.sock.close()
     publisher.close()
     stranger.close()
+
+
+@pytest.mark.parametrize("impl", implementations())
+def test_media_before_any_endpoint_is_handed_back(impl: Any) -> None:
+    """SRTP may arrive before its endpoint is added (the peer's DTLS finished first):
+    a forwarder with no endpoint yet hands it back (the C table once spun on it)."""
+    server, sender = udp(), udp()
+    fwd = impl(500_000)
+    packet = b"\x80\x60" + bytes(98)
+    sender.sendto(packet, server.getsockname())
+    time.sleep(0.05)
+    assert fwd.receive(server, 0) == [(packet, sender.getsockname())]
+    server.close()
+    sender.close()

@@ -27,7 +27,7 @@ RATE = 48_000
 # Measured here: the talker is named 0.0–1.0 s after everyone's media flows (it speaks
 # from the start, and a newcomer is told at once); bound with room for a slower machine.
 SPEAKER_TIMEOUT_S = 15.0
-OBSERVE_S = 8.0
+OBSERVE_S = 5.0  # ten of the beeper's beeps, three of the clicks
 
 
 def write_wav(path: Path, samples: np.ndarray) -> str:
