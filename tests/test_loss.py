@@ -5,6 +5,7 @@ subscriber gets every packet."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import statistics
 import time
 from typing import Any
@@ -19,27 +20,35 @@ pytestmark = requires_isolated_network
 def drop_every_20th_rtp(server: Server, participant: str,
                         when: list[float] | None = None) -> list[int]:
     """Make the SFU lose every 20th RTP datagram from a publisher, on arrival (and note
-    when, in ``when``)."""
+    when, in ``when``): the shared socket's reader — the forwarder, which would read
+    media itself — is replaced by one that reads every datagram, drops those, and hands
+    the rest back to be routed (through the connection's protocol to the forwarder)."""
     peer = server.participants[participant]
-    assert peer.publish is not None
-    connection = peer.publish.pc.getTransceivers()[0].receiver.transport.transport._connection
+    assert peer.publish is not None and peer.publish.selected is not None
+    publisher = tuple(peer.publish.selected.remote_addr[:2])
     dropped: list[int] = []
-    for protocol in connection._protocols:
-        original = protocol.datagram_received
-        count = [0]
+    count = [0]
 
-        def lossy(data: bytes, addr: Any, original: Any = original,
-                  count: list[int] = count) -> None:
-            if 127 < data[0] < 192 and not 192 <= data[1] <= 223:
-                count[0] += 1
-                if count[0] % 20 == 0:
-                    dropped.append((data[2] << 8) | data[3])
-                    if when is not None:
-                        when.append(time.monotonic())
-                    return
-            original(data, addr)
+    class LossyReader:
+        def receive(self, sock: socket.socket, now_us: int) -> list[tuple[bytes, Any]]:
+            handed: list[tuple[bytes, Any]] = []
+            while True:
+                try:
+                    data, addr = sock.recvfrom(2048)
+                except BlockingIOError:
+                    return handed
+                if (addr[:2] == publisher and 127 < data[0] < 192
+                        and not 192 <= data[1] <= 223):
+                    count[0] += 1
+                    if count[0] % 20 == 0:
+                        dropped.append((data[2] << 8) | data[3])
+                        if when is not None:
+                            when.append(time.monotonic())
+                        continue
+                handed.append((data, addr[:2]))
 
-        setattr(protocol, "datagram_received", lossy)  # noqa: B010
+    for shared in server.ctx.gathering.shared.values():
+        shared._reader = LossyReader()
     return dropped
 
 
