@@ -257,9 +257,10 @@ class Router:
                 continue
             track_id = "TR_" + secrets.token_hex(6)
             layers = self._add_producers(link.publish.endpoint, item)
+            spec = named.get(item.mid, {})
             room_changes += self.room.publish(
                 link.id, track_id, layers[0], item, layers if len(layers) > 1 else (),
-                named.get(item.mid, {}).get("source", ""), named.get(item.mid, {}).get("name", ""))
+                spec.get("source", ""), spec.get("name", ""))
             tracks.append(self.room.tracks[track_id].describe())
         # Earlier tracks this offer did not carry on are gone (the client published
         # fewer tracks after its restart): their subscribers are told.

@@ -20,14 +20,11 @@ change) as with a port each.
 from __future__ import annotations
 
 import asyncio
-import logging
 import socket
 import struct
 import time
 from collections import Counter
 from typing import Any, Protocol
-
-logger = logging.getLogger(__name__)
 
 STUN_MAGIC_COOKIE = 0x2112A442
 BINDING_REQUEST = 0x0001
@@ -145,10 +142,6 @@ class SharedSocket:
         if self.socket.fileno() >= 0:
             self._loop.remove_reader(self.socket.fileno())
             self.socket.close()
-
-    @property
-    def connections(self) -> int:
-        return len(self._by_ufrag)
 
 
 class SharedEndpoint(asyncio.DatagramTransport):

@@ -15,13 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections import Counter
 from typing import Any
 
 from sfu.transport.shared_port import MAX_ADDRESSES, DatagramReceiver, request_ufrag
-
-logger = logging.getLogger(__name__)
 
 FIRST_PACKET_S = 10.0
 # Unsent bytes one stream may hold before packets to it are dropped: a stalled TCP
