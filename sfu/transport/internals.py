@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import socket
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,7 +35,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
 
 from sfu.media import CodecInfo
 from sfu.transport import tcp_port
-from sfu.transport.shared_port import SharedSocket
+from sfu.transport.shared_port import SharedSocket, set_buffers
 from sfu.transport.tcp_port import TcpPort
 
 DatagramHandler = Callable[[bytes, tuple[Any, ...]], None]
@@ -53,6 +52,7 @@ class HostGathering:
     port_max: int
     shared: dict[str, SharedSocket] = field(default_factory=dict)  # by listen address
     tcp: dict[str, TcpPort] = field(default_factory=dict)  # ICE-TCP, by listen address
+    receive_buffer: int = aioice_turn.UDP_SOCKET_BUFFER_SIZE  # SO_RCVBUF of a port's own
 
 
 @dataclass(frozen=True)
@@ -234,9 +234,7 @@ async def _bind_host(
             continue
         sock = transport.get_extra_info("socket")
         if sock is not None:
-            sock.setsockopt(
-                socket.SOL_SOCKET, socket.SO_RCVBUF, aioice_turn.UDP_SOCKET_BUFFER_SIZE
-            )
+            set_buffers(sock, gathering.receive_buffer, send=False)
         return protocol
     raise OSError(f"no free UDP port on {address} in the configured range: {last_error}")
 

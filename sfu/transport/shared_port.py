@@ -20,8 +20,10 @@ change) as with a port each.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import struct
+import sys
 import time
 from collections import Counter
 from typing import Any, Protocol
@@ -33,6 +35,28 @@ USERNAME = 0x0006
 # path change): enough for any client, and a bound on what a peer can make us hold.
 MAX_ADDRESSES = 32
 SOCKET_BUFFER_BYTES = 4 << 20  # every participant's media arrives on this one socket
+
+
+logger = logging.getLogger(__name__)
+_SO_SNDBUFFORCE, _SO_RCVBUFFORCE = 32, 33  # Linux's (asm-generic); Python does not name them
+
+
+def set_buffers(sock: socket.socket, size: int, *, send: bool = True) -> int:
+    """Ask for ``size``-byte receive (and send) buffers; returns the receive buffer the
+    kernel granted (it reports twice what it grants, the bookkeeping share). As root
+    (CAP_NET_ADMIN) the *FORCE options pass ``net.core.rmem_max``, which is 208 KiB on
+    a stock kernel: too little for a burst of video."""
+    pairs = [(socket.SO_RCVBUF, _SO_RCVBUFFORCE)]
+    if send:
+        pairs.append((socket.SO_SNDBUF, _SO_SNDBUFFORCE))
+    for option, forced in pairs:
+        try:
+            if not sys.platform.startswith("linux"):
+                raise OSError("no *FORCE options")
+            sock.setsockopt(socket.SOL_SOCKET, forced, size)
+        except OSError:  # not root: capped at net.core.[rw]mem_max
+            sock.setsockopt(socket.SOL_SOCKET, option, size)
+    return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
 
 
 class BatchReader(Protocol):
@@ -89,8 +113,11 @@ class SharedSocket:
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
-            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-                sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)
+            granted = set_buffers(sock, SOCKET_BUFFER_BYTES)
+            if granted < SOCKET_BUFFER_BYTES:
+                logger.warning("the UDP port's receive buffer is %d KiB, not the %d KiB asked:"
+                               " bursts may be dropped; raise net.core.rmem_max (sysctl)",
+                               granted >> 10, SOCKET_BUFFER_BYTES >> 10)
             sock.bind((host, port))
         except OSError:
             sock.close()
