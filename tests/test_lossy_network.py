@@ -128,6 +128,9 @@ async def call(playwright: Any, lossy: ClientNamespace, nack: bool) -> dict[str,
     config.auth.mode, config.auth.secret = "jwt", SECRET
     config.rtc.listen_ips = ["127.0.0.1", lossy.host_address]
     config.rtc.nack = nack
+    # The loss is UDP's: with ICE-TCP offered, a connection may step around it (CI saw
+    # the lossy participant's subscriber connection see no loss and send no NACK).
+    config.rtc.ice_tcp = False
     server = Server(config)
     await server.start()
     browsers = []
