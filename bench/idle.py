@@ -281,11 +281,11 @@ class Room:
     """N participants from this checkout, each publishing audio and video and
     receiving (and draining) every other's."""
 
-    def __init__(self, base: str, participants: int) -> None:
+    def __init__(self, base: str, participants: int, room: str = ROOM) -> None:
         url = base.replace("http://", "ws://") + "/ws"
         self.gate = asyncio.Event()
         self.gate.set()
-        self.clients = [Client(url, room=ROOM, name=f"p{i}") for i in range(participants)]
+        self.clients = [Client(url, room=room, name=f"p{i}") for i in range(participants)]
         self.pending = participants * 2 * (participants - 1)  # (subscriber, track) pairs
         self.everyone_receives = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
