@@ -612,15 +612,25 @@ def loopback_only() -> bool:
         return False
 
 
+def rerun_in_private_netns(module: str, argv: list[str]) -> int | None:
+    """As root, outside a loopback-only namespace: run ``python -m module argv`` again
+    inside a private network namespace and return its exit status; else None."""
+    if (os.environ.get(NETNS_ENV) or loopback_only() or os.geteuid() != 0
+            or not shutil.which("unshare") or not shutil.which("ip")):
+        return None
+    command = ["unshare", "--net", "--", "sh", "-c", 'ip link set lo up && exec "$@"',
+               "sh", sys.executable, "-m", module, *argv]
+    return subprocess.run(command, env={**os.environ, NETNS_ENV: "1"}).returncode
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    if (not args.no_netns and not os.environ.get(NETNS_ENV) and not loopback_only()
-            and os.geteuid() == 0 and shutil.which("unshare") and shutil.which("ip")):
-        module = __spec__.name if __spec__ is not None else "sfu_bench.idle"
-        command = ["unshare", "--net", "--", "sh", "-c", 'ip link set lo up && exec "$@"',
-                   "sh", sys.executable, "-m", module, *argv]
-        return subprocess.run(command, env={**os.environ, NETNS_ENV: "1"}).returncode
+    if not args.no_netns:
+        status = rerun_in_private_netns(
+            __spec__.name if __spec__ is not None else "sfu_bench.idle", argv)
+        if status is not None:
+            return status
     report = asyncio.run(run_all(args))
     print_table(report, sys.stderr if args.json else sys.stdout)
     if args.json:

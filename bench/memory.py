@@ -30,8 +30,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -40,7 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .idle import NETNS_ENV, Room, Server, check_tree, loopback_only, server_env, tree_commit
+from .idle import Room, Server, check_tree, rerun_in_private_netns, server_env, tree_commit
 from .systems import machine
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -191,12 +189,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    if (not args.no_netns and not os.environ.get(NETNS_ENV) and not loopback_only()
-            and os.geteuid() == 0 and shutil.which("unshare") and shutil.which("ip")):
-        module = __spec__.name if __spec__ is not None else "sfu_bench.memory"
-        command = ["unshare", "--net", "--", "sh", "-c", 'ip link set lo up && exec "$@"',
-                   "sh", sys.executable, "-m", module, *argv]
-        return subprocess.run(command, env={**os.environ, NETNS_ENV: "1"}).returncode
+    if not args.no_netns:
+        status = rerun_in_private_netns(
+            __spec__.name if __spec__ is not None else "sfu_bench.memory", argv)
+        if status is not None:
+            return status
     report = asyncio.run(run(args))
     print_report(report, sys.stderr if args.json else sys.stdout)
     if args.json:
