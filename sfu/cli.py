@@ -53,6 +53,18 @@ def main(argv: list[str] | None = None) -> int:
     token.add_argument("--admin", action="store_true",
                        help="an admin-API token instead (--room/--identity ignored)")
 
+    doctor = commands.add_parser(
+        "doctor", help="what this network does to WebRTC: NAT mapping and filtering",
+        description="RFC 5780 NAT behaviour discovery against a STUN server with two "
+        "addresses (coturn with two listening IPs); prints a report to paste into a "
+        "support ticket.",
+    )
+    doctor.add_argument("--stun", required=True, metavar="HOST[:PORT]",
+                        help="the STUN server's primary address (port 3478 if not given)")
+    doctor.add_argument("--timeout", type=float, default=2.0,
+                        help="seconds to wait for each answer (default 2)")
+    doctor.add_argument("--json", action="store_true", help="the report as JSON")
+
     commands.add_parser(
         "bench", help="forwarding-throughput benchmark (see `sfu bench --help`)", add_help=False
     )
@@ -77,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         return status
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == "doctor":
+        return _doctor(args)
     try:
         config = sfu_config.load(args.config, overrides=_overrides(args))
     except sfu_config.ConfigError as exc:
@@ -115,6 +129,21 @@ def main(argv: list[str] | None = None) -> int:
     except (CoturnError, ListenError) as exc:
         print(f"sfu: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    import json
+
+    from sfu.diagnostics.nat import DiscoveryError, discover
+
+    host, _, port = args.stun.partition(":")  # IPv4 or a name: the tests are IPv4's
+    try:
+        report = asyncio.run(discover((host, int(port or 3478)), args.timeout))
+    except (DiscoveryError, OSError, ValueError) as exc:
+        print(f"sfu doctor: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(report.to_json(), indent=2) if args.json else report.to_text())
     return 0
 
 

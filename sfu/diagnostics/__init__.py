@@ -1,0 +1,1 @@
+"""Connection diagnostics: what a user's network does to WebRTC (``sfu doctor``)."""

@@ -1,0 +1,212 @@
+"""NAT behaviour discovery (RFC 5780 §4.3 and §4.4) against a STUN server that has two
+addresses (coturn started with two listening IPs answers with OTHER-ADDRESS and honours
+CHANGE-REQUEST).
+
+The verdicts are pure functions of what the tests saw (``mapping_behaviour``,
+``filtering_behaviour``, ``rfc3489_name``); ``discover`` runs the tests over UDP.
+
+Mapping (§4.3): test I asks the primary address A1:P1 for our mapped address M1 and
+learns the other address A2:P2; test II asks A2:P1: the same M1 means the NAT maps
+endpoint-independently; else test III asks A2:P2: the same as test II means
+address-dependent, a new one address-and-port-dependent.
+
+Filtering (§4.4), from a fresh socket that has only ever sent to A1:P1 (the mapping
+tests would have opened the NAT's filter to A2): test II asks for the answer from A2:P2
+(CHANGE-REQUEST: change IP and port); it arrives through an endpoint-independent filter.
+Else test III asks for it from A1:P2 (change port): it arrives through an
+address-dependent filter; else the filter is address-and-port-dependent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from dataclasses import asdict, dataclass
+from typing import Any, cast
+
+from aioice import stun
+
+ENDPOINT_INDEPENDENT = "endpoint-independent"
+ADDRESS_DEPENDENT = "address-dependent"
+ADDRESS_AND_PORT_DEPENDENT = "address-and-port-dependent"
+CHANGE_IP, CHANGE_PORT = 0x4, 0x2  # CHANGE-REQUEST flags (RFC 5780 §7.2)
+RETRIES = 3  # a request is sent this many times before the test counts it unanswered
+
+Address = tuple[str, int]
+
+
+class DiscoveryError(RuntimeError):
+    """The test could not be run: no answer at all, or a server without RFC 5780."""
+
+
+def mapping_behaviour(m1: Address, m2: Address, m3: Address | None) -> str:
+    """RFC 5780 §4.3 from the mapped addresses seen by tests I, II and (if run) III."""
+    if m2 == m1:
+        return ENDPOINT_INDEPENDENT
+    if m3 is None:
+        raise ValueError("test III is needed when tests I and II disagree")
+    return ADDRESS_DEPENDENT if m3 == m2 else ADDRESS_AND_PORT_DEPENDENT
+
+
+def filtering_behaviour(answered_from_other_address: bool, answered_from_other_port: bool) -> str:
+    """RFC 5780 §4.4 from whether tests II and III were answered."""
+    if answered_from_other_address:
+        return ENDPOINT_INDEPENDENT
+    return ADDRESS_DEPENDENT if answered_from_other_port else ADDRESS_AND_PORT_DEPENDENT
+
+
+def rfc3489_name(behind_nat: bool, mapping: str, filtering: str) -> str:
+    """The older vocabulary (RFC 3489 §5), which support tickets still use."""
+    if not behind_nat:
+        return "open internet" if filtering == ENDPOINT_INDEPENDENT else "symmetric UDP firewall"
+    if mapping != ENDPOINT_INDEPENDENT:
+        return "symmetric"
+    return {ENDPOINT_INDEPENDENT: "full cone", ADDRESS_DEPENDENT: "restricted cone",
+            ADDRESS_AND_PORT_DEPENDENT: "port-restricted cone"}[filtering]
+
+
+@dataclass(frozen=True)
+class NatReport:
+    server: str
+    other_address: str
+    local: str
+    mapped: str
+    behind_nat: bool
+    mapping: str
+    filtering: str
+    rfc3489: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_text(self) -> str:
+        return "\n".join([
+            f"STUN server        {self.server} (other address {self.other_address})",
+            f"local address      {self.local}",
+            f"mapped address     {self.mapped}" + ("" if self.behind_nat else " (no NAT)"),
+            f"mapping            {self.mapping} (RFC 5780)",
+            f"filtering          {self.filtering} (RFC 5780)",
+            f"NAT type           {self.rfc3489} (RFC 3489)",
+        ])
+
+
+def _text(address: Address) -> str:
+    return f"{address[0]}:{address[1]}"
+
+
+class _StunSocket(asyncio.DatagramProtocol):
+    """One UDP socket; binding requests matched to their responses by transaction ID."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[bytes, asyncio.Future[tuple[stun.Message, Address]]] = {}
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        try:
+            message = stun.parse_message(data)
+        except ValueError:
+            return  # not STUN: ignored
+        waiter = self._waiting.get(message.transaction_id)
+        if waiter is not None and not waiter.done():
+            waiter.set_result((message, (addr[0], addr[1])))
+
+    async def request(self, to: Address, change: int, timeout: float
+                      ) -> tuple[stun.Message, Address] | None:
+        """A binding request to ``to``; the response and where it came from, or None
+        when none came after RETRIES sends spread over ``timeout`` seconds."""
+        assert self.transport is not None
+        message = stun.Message(message_method=stun.Method.BINDING,
+                               message_class=stun.Class.REQUEST)
+        if change:
+            message.attributes["CHANGE-REQUEST"] = change
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiting[message.transaction_id] = waiter
+        try:
+            for _ in range(RETRIES):
+                self.transport.sendto(bytes(message), to)
+                done, _ = await asyncio.wait({waiter}, timeout=timeout / RETRIES)
+                if done:
+                    answer: tuple[stun.Message, Address] = waiter.result()
+                    return answer
+            return None
+        finally:
+            del self._waiting[message.transaction_id]
+
+
+async def _open(local_host: str) -> tuple[_StunSocket, Address]:
+    transport, protocol = await asyncio.get_running_loop().create_datagram_endpoint(
+        _StunSocket, local_addr=(local_host, 0))
+    host, port = transport.get_extra_info("sockname")[:2]
+    return protocol, (host, port)
+
+
+def _source_address(server: Address) -> str:
+    """The local address the kernel would send to ``server`` from."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(server)
+        host: str = probe.getsockname()[0]
+        return host
+
+
+def _mapped(response: stun.Message) -> Address:
+    value = response.attributes.get("XOR-MAPPED-ADDRESS") or response.attributes.get(
+        "MAPPED-ADDRESS")
+    if value is None:
+        raise DiscoveryError("the STUN server's response has no mapped address")
+    return (value[0], value[1])
+
+
+async def discover(server: Address, timeout: float = 2.0) -> NatReport:
+    """Run the mapping and filtering tests against ``server`` (its primary address)."""
+    infos = await asyncio.get_running_loop().getaddrinfo(
+        server[0], server[1], family=socket.AF_INET, type=socket.SOCK_DGRAM)
+    server = (str(infos[0][4][0]), server[1])  # an IP: answers are matched by their source
+    local_host = _source_address(server)
+    mapping_socket, local = await _open(local_host)
+    try:
+        first = await mapping_socket.request(server, 0, timeout)
+        if first is None:
+            raise DiscoveryError(f"no answer from {_text(server)} over UDP (blocked?)")
+        m1 = _mapped(first[0])
+        other = first[0].attributes.get("OTHER-ADDRESS")
+        if other is None:
+            raise DiscoveryError(f"{_text(server)} does not do RFC 5780 (no OTHER-ADDRESS): "
+                                 "coturn needs two listening IPs")
+        other_address: Address = (other[0], other[1])
+        second = await mapping_socket.request((other_address[0], server[1]), 0, timeout)
+        if second is None:
+            raise DiscoveryError(f"no answer from the other address {other_address[0]}")
+        m2, m3 = _mapped(second[0]), None
+        if m2 != m1:
+            third = await mapping_socket.request(other_address, 0, timeout)
+            if third is None:
+                raise DiscoveryError(f"no answer from the other address {_text(other_address)}")
+            m3 = _mapped(third[0])
+        mapping = mapping_behaviour(m1, m2, m3)
+    finally:
+        assert mapping_socket.transport is not None
+        mapping_socket.transport.close()
+
+    filtering_socket, _ = await _open(local_host)
+    try:
+        if await filtering_socket.request(server, 0, timeout) is None:
+            raise DiscoveryError(f"no answer from {_text(server)} over UDP (blocked?)")
+        both = await filtering_socket.request(server, CHANGE_IP | CHANGE_PORT, timeout)
+        from_other = both is not None and both[1] == other_address
+        port_only = None
+        if not from_other:
+            port_only = await filtering_socket.request(server, CHANGE_PORT, timeout)
+        from_other_port = port_only is not None and port_only[1] == (server[0], other_address[1])
+        filtering = filtering_behaviour(from_other, from_other_port)
+    finally:
+        assert filtering_socket.transport is not None
+        filtering_socket.transport.close()
+
+    behind_nat = m1 != local
+    return NatReport(server=_text(server), other_address=_text(other_address),
+                     local=_text(local), mapped=_text(m1), behind_nat=behind_nat,
+                     mapping=mapping, filtering=filtering,
+                     rfc3489=rfc3489_name(behind_nat, mapping, filtering))

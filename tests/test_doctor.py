@@ -1,0 +1,193 @@
+"""`sfu doctor`: RFC 5780 NAT behaviour discovery (sfu/diagnostics/nat.py), run from
+behind NATs the test builds with network namespaces and iptables, against a real coturn
+answering on two addresses.
+
+Topology: the client's namespace → a router namespace (the NAT) → the test's own
+namespace, where coturn listens on 10.93.1.1 and 10.93.1.2 (its primary and other
+address). The NATs, as Linux's netfilter makes them:
+- none: the router only routes → open internet;
+- MASQUERADE: the source port is kept whatever the destination (endpoint-independent
+  mapping), and conntrack lets in only answers from where a packet went
+  (address-and-port-dependent filtering) → port-restricted cone;
+- MASQUERADE --random-fully: a random port for every new destination
+  (address-and-port-dependent mapping) → symmetric;
+- MASQUERADE and a DNAT of everything arriving to the client: anyone may send to a
+  mapping → full cone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from aioice import stun
+
+from sfu.diagnostics.nat import (
+    ADDRESS_AND_PORT_DEPENDENT,
+    ADDRESS_DEPENDENT,
+    ENDPOINT_INDEPENDENT,
+    filtering_behaviour,
+    mapping_behaviour,
+    rfc3489_name,
+)
+from tests.conftest import requires_isolated_network
+from tests.netns import IPTABLES, requires_root_and_iptables, run
+
+TURNSERVER = shutil.which("turnserver", path="/usr/bin:/usr/sbin:/bin")
+PRIMARY, OTHER = "10.93.1.1", "10.93.1.2"
+ROUTER_OUTSIDE, ROUTER_INSIDE, CLIENT = "10.93.1.254", "10.93.0.1", "10.93.0.2"
+SFU = [sys.executable, "-m", "sfu"]
+
+
+def test_mapping_verdicts() -> None:
+    a, b, c = ("192.0.2.1", 1000), ("192.0.2.1", 2000), ("192.0.2.1", 3000)
+    assert mapping_behaviour(a, a, None) == ENDPOINT_INDEPENDENT
+    assert mapping_behaviour(a, b, b) == ADDRESS_DEPENDENT
+    assert mapping_behaviour(a, b, c) == ADDRESS_AND_PORT_DEPENDENT
+    with pytest.raises(ValueError):
+        mapping_behaviour(a, b, None)
+
+
+def test_filtering_verdicts_and_rfc3489_names() -> None:
+    assert filtering_behaviour(True, False) == ENDPOINT_INDEPENDENT
+    assert filtering_behaviour(False, True) == ADDRESS_DEPENDENT
+    assert filtering_behaviour(False, False) == ADDRESS_AND_PORT_DEPENDENT
+    eim, adm = ENDPOINT_INDEPENDENT, ADDRESS_DEPENDENT
+    assert rfc3489_name(False, eim, ENDPOINT_INDEPENDENT) == "open internet"
+    assert rfc3489_name(False, eim, ADDRESS_DEPENDENT) == "symmetric UDP firewall"
+    assert rfc3489_name(True, eim, ENDPOINT_INDEPENDENT) == "full cone"
+    assert rfc3489_name(True, eim, ADDRESS_DEPENDENT) == "restricted cone"
+    assert rfc3489_name(True, eim, ADDRESS_AND_PORT_DEPENDENT) == "port-restricted cone"
+    assert rfc3489_name(True, adm, ENDPOINT_INDEPENDENT) == "symmetric"
+
+
+def answers(address: tuple[str, int]) -> bool:
+    """Whether a STUN binding request to ``address`` is answered within 0.2 s."""
+    request = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.settimeout(0.2)
+        probe.sendto(bytes(request), address)
+        try:
+            return stun.parse_message(probe.recv(2048)).transaction_id == request.transaction_id
+        except (OSError, ValueError):
+            return False
+
+
+@contextlib.contextmanager
+def coturn_stun(*addresses: str) -> Iterator[None]:
+    """coturn as a STUN server on ``addresses`` (port 3478; with two, RFC 5780's other
+    address is the second on port 3479)."""
+    assert TURNSERVER is not None
+    process = subprocess.Popen(
+        [TURNSERVER, "-n", "--stun-only", *(f"--listening-ip={a}" for a in addresses),
+         "--listening-port=3478", "--no-tls", "--no-dtls", "--no-cli", "--log-file=stdout"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        last = (addresses[-1], 3479 if len(addresses) > 1 else 3478)
+        deadline = time.monotonic() + 10
+        while not answers(last):
+            assert process.poll() is None and time.monotonic() < deadline, "coturn not up"
+        yield
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@contextlib.contextmanager
+def behind_nat(kind: str) -> Iterator[str]:
+    """A client namespace behind a router namespace doing ``kind``; yields the client's
+    namespace name. The test's namespace holds the STUN server's side."""
+    tag = os.getpid()
+    router, client = f"sfu-natr-{tag}", f"sfu-natc-{tag}"
+    outside = "sfunat0"  # the test's end of the router's outside link
+    try:
+        run("ip", "netns", "add", router)
+        run("ip", "netns", "add", client)
+        in_router = ("ip", "netns", "exec", router)
+        in_client = ("ip", "netns", "exec", client)
+        run("ip", "link", "add", outside, "type", "veth", "peer", "name", "out0")
+        run("ip", "link", "set", "out0", "netns", router)
+        run("ip", "addr", "add", f"{PRIMARY}/24", "dev", outside)
+        run("ip", "link", "set", outside, "up")
+        run("ip", "route", "add", "10.93.0.0/24", "via", ROUTER_OUTSIDE)  # for "none"
+        run(*in_router, "ip", "link", "add", "in0", "type", "veth", "peer", "name", "eth0")
+        run(*in_router, "ip", "link", "set", "eth0", "netns", client)
+        for command in (("ip", "link", "set", "lo", "up"),
+                        ("ip", "addr", "add", f"{ROUTER_OUTSIDE}/24", "dev", "out0"),
+                        ("ip", "addr", "add", f"{ROUTER_INSIDE}/24", "dev", "in0"),
+                        ("ip", "link", "set", "out0", "up"), ("ip", "link", "set", "in0", "up"),
+                        ("sysctl", "-qw", "net.ipv4.ip_forward=1")):
+            run(*in_router, *command)
+        for command in (("ip", "link", "set", "lo", "up"),
+                        ("ip", "addr", "add", f"{CLIENT}/24", "dev", "eth0"),
+                        ("ip", "link", "set", "eth0", "up"),
+                        ("ip", "route", "add", "default", "via", ROUTER_INSIDE)):
+            run(*in_client, *command)
+        nat = (*in_router, str(IPTABLES), "-t", "nat")
+        if kind in ("masquerade", "full-cone"):
+            run(*nat, "-A", "POSTROUTING", "-o", "out0", "-j", "MASQUERADE")
+        elif kind == "random":
+            run(*nat, "-A", "POSTROUTING", "-o", "out0", "-j", "MASQUERADE", "--random-fully")
+        if kind == "full-cone":
+            run(*nat, "-A", "PREROUTING", "-i", "out0", "-p", "udp", "-j", "DNAT",
+                "--to-destination", CLIENT)
+        run("ip", "addr", "add", f"{OTHER}/24", "dev", outside)
+        with coturn_stun(PRIMARY, OTHER):
+            yield client
+    finally:
+        for name in (client, router):
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        subprocess.run(["ip", "link", "del", outside], capture_output=True)
+
+
+@requires_isolated_network
+@requires_root_and_iptables
+@pytest.mark.skipif(TURNSERVER is None, reason="needs coturn (scripts/install.sh --test)")
+@pytest.mark.parametrize(("kind", "mapping", "filtering", "name"), [
+    ("none", ENDPOINT_INDEPENDENT, ENDPOINT_INDEPENDENT, "open internet"),
+    ("masquerade", ENDPOINT_INDEPENDENT, ADDRESS_AND_PORT_DEPENDENT, "port-restricted cone"),
+    ("random", ADDRESS_AND_PORT_DEPENDENT, ADDRESS_AND_PORT_DEPENDENT, "symmetric"),
+    ("full-cone", ENDPOINT_INDEPENDENT, ENDPOINT_INDEPENDENT, "full cone"),
+])
+def test_doctor_classifies_the_nat(kind: str, mapping: str, filtering: str, name: str) -> None:
+    with behind_nat(kind) as client:
+        done = subprocess.run(
+            ["ip", "netns", "exec", client, *SFU, "doctor", "--stun", f"{PRIMARY}:3478",
+             "--timeout", "0.6", "--json"],
+            capture_output=True, text=True, timeout=60, cwd=Path(__file__).parent.parent)
+        assert done.returncode == 0, done.stderr
+        report = json.loads(done.stdout)
+        assert report["other_address"] == f"{OTHER}:3479", report
+        assert report["behind_nat"] == (kind != "none"), report
+        assert report["mapped"].split(":")[0] == (CLIENT if kind == "none" else ROUTER_OUTSIDE)
+        assert (report["mapping"], report["filtering"], report["rfc3489"]) == (
+            mapping, filtering, name), report
+        text = subprocess.run(
+            ["ip", "netns", "exec", client, *SFU, "doctor", "--stun", PRIMARY, "--timeout",
+             "0.6"], capture_output=True, text=True, timeout=60,
+            cwd=Path(__file__).parent.parent)
+        assert f"NAT type           {name} (RFC 3489)" in text.stdout, text
+
+
+@requires_isolated_network
+@pytest.mark.skipif(TURNSERVER is None, reason="needs coturn (scripts/install.sh --test)")
+def test_doctor_says_when_the_server_cannot_tell() -> None:
+    """No STUN server at all, and one with a single address: a clear error each."""
+    done = subprocess.run([*SFU, "doctor", "--stun", "127.0.0.1:9", "--timeout", "0.3"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "no answer from 127.0.0.1:9 over UDP" in done.stderr
+    with coturn_stun("127.0.0.1"):
+        done = subprocess.run([*SFU, "doctor", "--stun", "127.0.0.1", "--timeout", "0.3"],
+                              capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "does not do RFC 5780 (no OTHER-ADDRESS)" in done.stderr
