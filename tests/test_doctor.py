@@ -12,7 +12,11 @@ address). The NATs, as Linux's netfilter makes them:
 - MASQUERADE --random-fully: a random port for every new destination
   (address-and-port-dependent mapping) → symmetric;
 - MASQUERADE and a DNAT of everything arriving to the client: anyone may send to a
-  mapping → full cone.
+  mapping → full cone;
+- the same, but only hosts the client has sent to may (iptables' ``recent`` match
+  remembers them; address-dependent filtering) → restricted cone. ``recent`` keeps
+  hosts, not a filter per mapping as a real NAT would: the list is cleared between
+  the two runs, and `sfu doctor` runs its filtering tests before its mapping tests.
 """
 
 from __future__ import annotations
@@ -103,9 +107,9 @@ def coturn_stun(*addresses: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def behind_nat(kind: str) -> Iterator[str]:
-    """A client namespace behind a router namespace doing ``kind``; yields the client's
-    namespace name. The test's namespace holds the STUN server's side."""
+def behind_nat(kind: str) -> Iterator[tuple[str, str]]:
+    """A client namespace behind a router namespace doing ``kind``; yields the two
+    namespaces' names. The test's namespace holds the STUN server's side."""
     tag = os.getpid()
     router, client = f"sfu-natr-{tag}", f"sfu-natc-{tag}"
     outside = "sfunat0"  # the test's end of the router's outside link
@@ -133,16 +137,25 @@ def behind_nat(kind: str) -> Iterator[str]:
                         ("ip", "route", "add", "default", "via", ROUTER_INSIDE)):
             run(*in_client, *command)
         nat = (*in_router, str(IPTABLES), "-t", "nat")
-        if kind in ("masquerade", "full-cone"):
+        if kind in ("masquerade", "full-cone", "restricted"):
             run(*nat, "-A", "POSTROUTING", "-o", "out0", "-j", "MASQUERADE")
         elif kind == "random":
             run(*nat, "-A", "POSTROUTING", "-o", "out0", "-j", "MASQUERADE", "--random-fully")
-        if kind == "full-cone":
+        if kind in ("full-cone", "restricted"):
             run(*nat, "-A", "PREROUTING", "-i", "out0", "-p", "udp", "-j", "DNAT",
                 "--to-destination", CLIENT)
+        if kind == "restricted":
+            forward = (*in_router, str(IPTABLES), "-A", "FORWARD")
+            run(*forward, "-i", "in0", "-m", "recent", "--name", "sent", "--rdest", "--set",
+                "-j", "ACCEPT")
+            run(*forward, "-i", "out0", "-m", "conntrack", "--ctstate", "ESTABLISHED",
+                "-j", "ACCEPT")
+            run(*forward, "-i", "out0", "-m", "recent", "--name", "sent", "--rsource",
+                "--rcheck", "-j", "ACCEPT")
+            run(*forward, "-i", "out0", "-j", "DROP")
         run("ip", "addr", "add", f"{OTHER}/24", "dev", outside)
         with coturn_stun(PRIMARY, OTHER):
-            yield client
+            yield client, router
     finally:
         for name in (client, router):
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
@@ -157,9 +170,10 @@ def behind_nat(kind: str) -> Iterator[str]:
     ("masquerade", ENDPOINT_INDEPENDENT, ADDRESS_AND_PORT_DEPENDENT, "port-restricted cone"),
     ("random", ADDRESS_AND_PORT_DEPENDENT, ADDRESS_AND_PORT_DEPENDENT, "symmetric"),
     ("full-cone", ENDPOINT_INDEPENDENT, ENDPOINT_INDEPENDENT, "full cone"),
+    ("restricted", ENDPOINT_INDEPENDENT, ADDRESS_DEPENDENT, "restricted cone"),
 ])
 def test_doctor_classifies_the_nat(kind: str, mapping: str, filtering: str, name: str) -> None:
-    with behind_nat(kind) as client:
+    with behind_nat(kind) as (client, router):
         done = subprocess.run(
             ["ip", "netns", "exec", client, *SFU, "doctor", "--stun", f"{PRIMARY}:3478",
              "--timeout", "0.6", "--json"],
@@ -171,6 +185,8 @@ def test_doctor_classifies_the_nat(kind: str, mapping: str, filtering: str, name
         assert report["mapped"].split(":")[0] == (CLIENT if kind == "none" else ROUTER_OUTSIDE)
         assert (report["mapping"], report["filtering"], report["rfc3489"]) == (
             mapping, filtering, name), report
+        if kind == "restricted":  # forget the hosts the first run sent to
+            run("ip", "netns", "exec", router, "sh", "-c", "echo / > /proc/net/xt_recent/sent")
         text = subprocess.run(
             ["ip", "netns", "exec", client, *SFU, "doctor", "--stun", PRIMARY, "--timeout",
              "0.6"], capture_output=True, text=True, timeout=60,

@@ -11,7 +11,7 @@ endpoint-independently; else test III asks A2:P2: the same as test II means
 address-dependent, a new one address-and-port-dependent.
 
 Filtering (§4.4), from a fresh socket that has only ever sent to A1:P1 (the mapping
-tests would have opened the NAT's filter to A2): test II asks for the answer from A2:P2
+tests open the NAT's filter to A2 for theirs): test II asks for the answer from A2:P2
 (CHANGE-REQUEST: change IP and port); it arrives through an endpoint-independent filter.
 Else test III asks for it from A1:P2 (change port): it arrives through an
 address-dependent filter; else the filter is address-and-port-dependent.
@@ -20,7 +20,9 @@ address-dependent filter; else the filter is address-and-port-dependent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from typing import Any, cast
 
@@ -136,11 +138,16 @@ class _StunSocket(asyncio.DatagramProtocol):
             del self._waiting[message.transaction_id]
 
 
-async def _open(local_host: str) -> tuple[_StunSocket, Address]:
+@contextlib.asynccontextmanager
+async def _socket(local_host: str) -> AsyncIterator[tuple[_StunSocket, Address]]:
+    """A fresh UDP socket (so a fresh NAT mapping) and its local address."""
     transport, protocol = await asyncio.get_running_loop().create_datagram_endpoint(
         _StunSocket, local_addr=(local_host, 0))
-    host, port = transport.get_extra_info("sockname")[:2]
-    return protocol, (host, port)
+    try:
+        host, port = transport.get_extra_info("sockname")[:2]
+        yield protocol, (host, port)
+    finally:
+        transport.close()
 
 
 def _source_address(server: Address) -> str:
@@ -159,54 +166,61 @@ def _mapped(response: stun.Message) -> Address:
     return (value[0], value[1])
 
 
+async def _first_test(sock: _StunSocket, server: Address, timeout: float
+                      ) -> tuple[Address, Address]:
+    """Test I: our mapped address, and the server's other address."""
+    first = await sock.request(server, 0, timeout)
+    if first is None:
+        raise DiscoveryError(f"no answer from {_text(server)} over UDP (blocked?)")
+    other = first[0].attributes.get("OTHER-ADDRESS")
+    if other is None:
+        raise DiscoveryError(f"{_text(server)} does not do RFC 5780 (no OTHER-ADDRESS): "
+                             "coturn needs two listening IPs")
+    return _mapped(first[0]), (other[0], other[1])
+
+
+async def _filtering(sock: _StunSocket, server: Address, timeout: float) -> str:
+    _, other = await _first_test(sock, server, timeout)
+    both = await sock.request(server, CHANGE_IP | CHANGE_PORT, timeout)
+    if both is not None and both[1] == other:
+        return filtering_behaviour(True, False)
+    port_only = await sock.request(server, CHANGE_PORT, timeout)
+    return filtering_behaviour(False, port_only is not None
+                               and port_only[1] == (server[0], other[1]))
+
+
+async def _mapping(sock: _StunSocket, server: Address, timeout: float
+                   ) -> tuple[Address, Address, str]:
+    """Our mapped address, the server's other address, the mapping behaviour."""
+    m1, other = await _first_test(sock, server, timeout)
+    second = await sock.request((other[0], server[1]), 0, timeout)
+    if second is None:
+        raise DiscoveryError(f"no answer from the other address {other[0]}")
+    m2, m3 = _mapped(second[0]), None
+    if m2 != m1:
+        third = await sock.request(other, 0, timeout)
+        if third is None:
+            raise DiscoveryError(f"no answer from the other address {_text(other)}")
+        m3 = _mapped(third[0])
+    return m1, other, mapping_behaviour(m1, m2, m3)
+
+
 async def discover(server: Address, timeout: float = 2.0) -> NatReport:
-    """Run the mapping and filtering tests against ``server`` (its primary address)."""
+    """Run the filtering and mapping tests against ``server`` (its primary address),
+    each from a socket of its own (a mapping of its own): the filtering tests first,
+    while the NAT has seen nothing of ours go to the other address. (A real NAT keeps a
+    filter per mapping, so the order would not matter; one emulated with iptables'
+    ``recent`` match, as tests/test_doctor.py does, keeps one per host.)"""
     infos = await asyncio.get_running_loop().getaddrinfo(
         server[0], server[1], family=socket.AF_INET, type=socket.SOCK_DGRAM)
     server = (str(infos[0][4][0]), server[1])  # an IP: answers are matched by their source
     local_host = _source_address(server)
-    mapping_socket, local = await _open(local_host)
-    try:
-        first = await mapping_socket.request(server, 0, timeout)
-        if first is None:
-            raise DiscoveryError(f"no answer from {_text(server)} over UDP (blocked?)")
-        m1 = _mapped(first[0])
-        other = first[0].attributes.get("OTHER-ADDRESS")
-        if other is None:
-            raise DiscoveryError(f"{_text(server)} does not do RFC 5780 (no OTHER-ADDRESS): "
-                                 "coturn needs two listening IPs")
-        other_address: Address = (other[0], other[1])
-        second = await mapping_socket.request((other_address[0], server[1]), 0, timeout)
-        if second is None:
-            raise DiscoveryError(f"no answer from the other address {other_address[0]}")
-        m2, m3 = _mapped(second[0]), None
-        if m2 != m1:
-            third = await mapping_socket.request(other_address, 0, timeout)
-            if third is None:
-                raise DiscoveryError(f"no answer from the other address {_text(other_address)}")
-            m3 = _mapped(third[0])
-        mapping = mapping_behaviour(m1, m2, m3)
-    finally:
-        assert mapping_socket.transport is not None
-        mapping_socket.transport.close()
-
-    filtering_socket, _ = await _open(local_host)
-    try:
-        if await filtering_socket.request(server, 0, timeout) is None:
-            raise DiscoveryError(f"no answer from {_text(server)} over UDP (blocked?)")
-        both = await filtering_socket.request(server, CHANGE_IP | CHANGE_PORT, timeout)
-        from_other = both is not None and both[1] == other_address
-        port_only = None
-        if not from_other:
-            port_only = await filtering_socket.request(server, CHANGE_PORT, timeout)
-        from_other_port = port_only is not None and port_only[1] == (server[0], other_address[1])
-        filtering = filtering_behaviour(from_other, from_other_port)
-    finally:
-        assert filtering_socket.transport is not None
-        filtering_socket.transport.close()
-
-    behind_nat = m1 != local
-    return NatReport(server=_text(server), other_address=_text(other_address),
-                     local=_text(local), mapped=_text(m1), behind_nat=behind_nat,
+    async with _socket(local_host) as (sock, _):
+        filtering = await _filtering(sock, server, timeout)
+    async with _socket(local_host) as (sock, local):
+        mapped, other, mapping = await _mapping(sock, server, timeout)
+    behind_nat = mapped != local
+    return NatReport(server=_text(server), other_address=_text(other),
+                     local=_text(local), mapped=_text(mapped), behind_nat=behind_nat,
                      mapping=mapping, filtering=filtering,
                      rfc3489=rfc3489_name(behind_nat, mapping, filtering))
