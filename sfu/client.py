@@ -70,14 +70,17 @@ class Client:
         token: str | None = None,
         binary: bool = False,
         host_addresses: tuple[str, ...] = ("127.0.0.1",),
+        nat_type: str | None = None,
     ) -> None:
         """``binary`` speaks msgpack instead of JSON; ``host_addresses`` are the local
-        addresses ICE gathers on (aioice alone would skip loopback)."""
+        addresses ICE gathers on (aioice alone would skip loopback); ``nat_type`` is what
+        a NAT test found (``NatReport.nat_type``), for the server's traversal statistics."""
         self.url = url
         self.room = room
         self.name = name
         self.token = token
         self.binary = binary
+        self.nat_type = nat_type
         self._gathering = HostGathering(host_addresses, "", 20000, 29999,
                                         receive_buffer=CLIENT_RECEIVE_BUFFER_BYTES)
         self._ids = itertools.count(1)
@@ -113,6 +116,8 @@ class Client:
         message: dict[str, Any] = {"type": "join", "room": self.room, "name": self.name}
         if self.token is not None:
             message["token"] = self.token
+        if self.nat_type is not None:
+            message["nat_type"] = self.nat_type
         joined = await self.request(message)
         self.participant_id = joined["participant"]["id"]
         self._take_ice_servers(joined)

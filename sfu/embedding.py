@@ -142,6 +142,11 @@ class Embedding:
         return [{"name": name, "participants": len(router.links),
                  "tracks": len(router.room.tracks)} for name, router in self.routers.items()]
 
+    def traversal(self) -> dict[str, dict[str, Any]]:
+        """Peer connections by the NAT type clients reported at join: attempted, direct,
+        relayed, failed, the share relayed and connect-time percentiles (ms)."""
+        return self.stats.traversal.table()
+
     def forwarded_by_kind(self) -> dict[str, tuple[int, int]]:
         """kind → (packets, bytes) forwarded to subscribers, since the start."""
         retired = self.stats.forwarded_retired

@@ -21,6 +21,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from sfu.control.admission import ConnectionLimiter
+from sfu.diagnostics.traversal import TraversalStats
 from sfu.events import EventBus
 from sfu.fastpath import Forwarder
 
@@ -60,6 +61,7 @@ class Statistics:
     """Counters the routers add to and a scrape reads."""
 
     connections: ConnectionStats = field(default_factory=ConnectionStats)
+    traversal: TraversalStats = field(default_factory=lambda: TraversalStats(CONNECT_BUCKETS))
     rtcp_sent: Counter[str] = field(default_factory=Counter)  # RTCP originated, by type
     restarts: Counter[bool] = field(default_factory=Counter)  # by relay_only
     # Media dropped by the transports before the forwarder, by reason.
@@ -68,6 +70,16 @@ class Statistics:
     forwarded_retired: Counter[tuple[str, str]] = field(default_factory=Counter)
     # Data channel messages, by outcome (sfu.router.data.DataRelay).
     data_messages: Counter[str] = field(default_factory=Counter)
+
+    def connected(self, nat_type: str, local: str, remote: str, seconds: float) -> None:
+        """A peer connection of a client reporting ``nat_type`` connected."""
+        self.connections.connected(local, remote, seconds)
+        self.traversal.connected(nat_type, local, remote, seconds)
+
+    def not_connected(self, nat_type: str, outcome: str) -> None:
+        """One failed ("failed") or never connected ("timeout")."""
+        self.connections.not_connected(outcome)
+        self.traversal.failed(nat_type)
 
 
 DATA_OUTCOMES = ("relayed", "forbidden", "data_rate_limited", "data_too_large", "bad_data",
@@ -190,6 +202,7 @@ class ServerCollector(Collector):
             buckets=[*buckets, ("+Inf", stats.connect_count)],
             sum_value=stats.connect_seconds_sum,
         )
+        yield from traversal_metrics(server.stats.traversal)
         yield GaugeMetricFamily("sfu_control_connections", "Open control WebSockets",
                                 value=server.control_connections.open)
         yield GaugeMetricFamily("sfu_http_connections", "Open HTTP connections",
@@ -232,3 +245,22 @@ def registry(server: MetricsSource) -> CollectorRegistry:
     PlatformCollector(registry=collectors)
     GCCollector(registry=collectors)
     return collectors
+
+
+def traversal_metrics(traversal: TraversalStats
+                      ) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
+    """Peer connections by the NAT type the client reported, and their connect times."""
+    outcomes = CounterMetricFamily(
+        "sfu_traversal_connections",
+        "Peer connections by the client's reported NAT type: attempted, direct, relayed, failed",
+        labels=["nat_type", "outcome"])
+    for (nat_type, outcome), count in traversal.counts().items():
+        outcomes.add_metric([nat_type, outcome], count)
+    yield outcomes
+    times = HistogramMetricFamily(
+        "sfu_traversal_connect_seconds", "Time to connect, by the client's reported NAT type",
+        labels=["nat_type"])
+    for nat_type, (counts, total, seconds) in traversal.histograms().items():
+        buckets = [(str(bound), n) for bound, n in zip(traversal.buckets, counts, strict=True)]
+        times.add_metric([nat_type], [*buckets, ("+Inf", total)], seconds)
+    yield times

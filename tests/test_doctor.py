@@ -4,7 +4,8 @@ answering on two addresses.
 
 Topology: the client's namespace → a router namespace (the NAT) → the test's own
 namespace, where coturn listens on 10.93.1.1 and 10.93.1.2 (its primary and other
-address). The NATs, as Linux's netfilter makes them:
+address, on the loopback link; the SFU listens there too). The NATs, as Linux's
+netfilter makes them:
 - none: the router only routes → open internet;
 - MASQUERADE: the source port is kept whatever the destination (endpoint-independent
   mapping), and conntrack lets in only answers from where a packet went
@@ -21,6 +22,7 @@ address). The NATs, as Linux's netfilter makes them:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -30,11 +32,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aioice import stun
+from aiortc import VideoStreamTrack
 
+from sfu.client import Client
+from sfu.control.auth import mint_token
 from sfu.diagnostics.nat import (
     ADDRESS_AND_PORT_DEPENDENT,
     ADDRESS_DEPENDENT,
@@ -43,12 +50,11 @@ from sfu.diagnostics.nat import (
     mapping_behaviour,
     rfc3489_name,
 )
-from tests.conftest import requires_isolated_network
+from tests.conftest import jwt_config, requires_isolated_network, running
 from tests.netns import IPTABLES, requires_root_and_iptables, run
 
 TURNSERVER = shutil.which("turnserver", path="/usr/bin:/usr/sbin:/bin")
 PRIMARY, OTHER = "10.93.1.1", "10.93.1.2"
-ROUTER_OUTSIDE, ROUTER_INSIDE, CLIENT = "10.93.1.254", "10.93.0.1", "10.93.0.2"
 SFU = [sys.executable, "-m", "sfu"]
 
 
@@ -107,12 +113,39 @@ def coturn_stun(*addresses: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def behind_nat(kind: str) -> Iterator[tuple[str, str]]:
-    """A client namespace behind a router namespace doing ``kind``; yields the two
-    namespaces' names. The test's namespace holds the STUN server's side."""
-    tag = os.getpid()
+def stun_server() -> Iterator[None]:
+    """PRIMARY and OTHER on the test namespace's loopback link (local addresses, reached
+    through any link: this kernel has no dummy links), coturn on both."""
+    try:
+        for address in (PRIMARY, OTHER):
+            run("ip", "addr", "add", f"{address}/32", "dev", "lo")
+        with coturn_stun(PRIMARY, OTHER):
+            yield
+    finally:
+        for address in (PRIMARY, OTHER):
+            subprocess.run(["ip", "addr", "del", f"{address}/32", "dev", "lo"],
+                           capture_output=True)
+
+
+@dataclass(frozen=True)
+class Nat:
+    kind: str
+    client: str  # the client's namespace
+    router: str  # the NAT's namespace
+    client_address: str
+    public_address: str  # the router's outside address: what the NAT maps to
+
+
+@contextlib.contextmanager
+def behind_nat(kind: str, index: int = 0) -> Iterator[Nat]:
+    """A client namespace behind a router namespace doing ``kind``, reached from the
+    test's namespace over 10.93.(10+index).0/24; the client's side is
+    10.93.(30+index).0/24. Several may stand side by side (``index``)."""
+    tag = f"{os.getpid()}-{index}"
     router, client = f"sfu-natr-{tag}", f"sfu-natc-{tag}"
-    outside = "sfunat0"  # the test's end of the router's outside link
+    outside = f"sfunat{index}"  # the test's end of the router's outside link
+    host, public = f"10.93.{10 + index}.1", f"10.93.{10 + index}.254"
+    inside, client_address = f"10.93.{30 + index}.1", f"10.93.{30 + index}.2"
     try:
         run("ip", "netns", "add", router)
         run("ip", "netns", "add", client)
@@ -120,21 +153,22 @@ def behind_nat(kind: str) -> Iterator[tuple[str, str]]:
         in_client = ("ip", "netns", "exec", client)
         run("ip", "link", "add", outside, "type", "veth", "peer", "name", "out0")
         run("ip", "link", "set", "out0", "netns", router)
-        run("ip", "addr", "add", f"{PRIMARY}/24", "dev", outside)
+        run("ip", "addr", "add", f"{host}/24", "dev", outside)
         run("ip", "link", "set", outside, "up")
-        run("ip", "route", "add", "10.93.0.0/24", "via", ROUTER_OUTSIDE)  # for "none"
+        run("ip", "route", "add", f"10.93.{30 + index}.0/24", "via", public)  # for "none"
         run(*in_router, "ip", "link", "add", "in0", "type", "veth", "peer", "name", "eth0")
         run(*in_router, "ip", "link", "set", "eth0", "netns", client)
         for command in (("ip", "link", "set", "lo", "up"),
-                        ("ip", "addr", "add", f"{ROUTER_OUTSIDE}/24", "dev", "out0"),
-                        ("ip", "addr", "add", f"{ROUTER_INSIDE}/24", "dev", "in0"),
+                        ("ip", "addr", "add", f"{public}/24", "dev", "out0"),
+                        ("ip", "addr", "add", f"{inside}/24", "dev", "in0"),
                         ("ip", "link", "set", "out0", "up"), ("ip", "link", "set", "in0", "up"),
+                        ("ip", "route", "add", "default", "via", host),
                         ("sysctl", "-qw", "net.ipv4.ip_forward=1")):
             run(*in_router, *command)
         for command in (("ip", "link", "set", "lo", "up"),
-                        ("ip", "addr", "add", f"{CLIENT}/24", "dev", "eth0"),
+                        ("ip", "addr", "add", f"{client_address}/24", "dev", "eth0"),
                         ("ip", "link", "set", "eth0", "up"),
-                        ("ip", "route", "add", "default", "via", ROUTER_INSIDE)):
+                        ("ip", "route", "add", "default", "via", inside)):
             run(*in_client, *command)
         nat = (*in_router, str(IPTABLES), "-t", "nat")
         if kind in ("masquerade", "full-cone", "restricted"):
@@ -143,7 +177,7 @@ def behind_nat(kind: str) -> Iterator[tuple[str, str]]:
             run(*nat, "-A", "POSTROUTING", "-o", "out0", "-j", "MASQUERADE", "--random-fully")
         if kind in ("full-cone", "restricted"):
             run(*nat, "-A", "PREROUTING", "-i", "out0", "-p", "udp", "-j", "DNAT",
-                "--to-destination", CLIENT)
+                "--to-destination", client_address)
         if kind == "restricted":
             forward = (*in_router, str(IPTABLES), "-A", "FORWARD")
             run(*forward, "-i", "in0", "-m", "recent", "--name", "sent", "--rdest", "--set",
@@ -153,9 +187,7 @@ def behind_nat(kind: str) -> Iterator[tuple[str, str]]:
             run(*forward, "-i", "out0", "-m", "recent", "--name", "sent", "--rsource",
                 "--rcheck", "-j", "ACCEPT")
             run(*forward, "-i", "out0", "-j", "DROP")
-        run("ip", "addr", "add", f"{OTHER}/24", "dev", outside)
-        with coturn_stun(PRIMARY, OTHER):
-            yield client, router
+        yield Nat(kind, client, router, client_address, public)
     finally:
         for name in (client, router):
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
@@ -173,7 +205,8 @@ def behind_nat(kind: str) -> Iterator[tuple[str, str]]:
     ("restricted", ENDPOINT_INDEPENDENT, ADDRESS_DEPENDENT, "restricted cone"),
 ])
 def test_doctor_classifies_the_nat(kind: str, mapping: str, filtering: str, name: str) -> None:
-    with behind_nat(kind) as (client, router):
+    with stun_server(), behind_nat(kind) as nat:
+        client = nat.client
         done = subprocess.run(
             ["ip", "netns", "exec", client, *SFU, "doctor", "--stun", f"{PRIMARY}:3478",
              "--timeout", "0.6", "--json"],
@@ -182,11 +215,13 @@ def test_doctor_classifies_the_nat(kind: str, mapping: str, filtering: str, name
         report = json.loads(done.stdout)
         assert report["other_address"] == f"{OTHER}:3479", report
         assert report["behind_nat"] == (kind != "none"), report
-        assert report["mapped"].split(":")[0] == (CLIENT if kind == "none" else ROUTER_OUTSIDE)
+        assert report["mapped"].split(":")[0] == (
+            nat.client_address if kind == "none" else nat.public_address)
         assert (report["mapping"], report["filtering"], report["rfc3489"]) == (
             mapping, filtering, name), report
         if kind == "restricted":  # forget the hosts the first run sent to
-            run("ip", "netns", "exec", router, "sh", "-c", "echo / > /proc/net/xt_recent/sent")
+            run("ip", "netns", "exec", nat.router, "sh", "-c",
+                "echo / > /proc/net/xt_recent/sent")
         text = subprocess.run(
             ["ip", "netns", "exec", client, *SFU, "doctor", "--stun", PRIMARY, "--timeout",
              "0.6"], capture_output=True, text=True, timeout=60,
@@ -207,3 +242,73 @@ def test_doctor_says_when_the_server_cannot_tell() -> None:
                               capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert "does not do RFC 5780 (no OTHER-ADDRESS)" in done.stderr
+
+
+# Each NAT above, and the NAT type its participant finds and reports at join.
+ROOM = {"none": "open", "masquerade": "port_restricted_cone", "random": "symmetric",
+        "full-cone": "full_cone", "restricted": "restricted_cone"}
+PARTICIPANT = Path(__file__).parent / "clients" / "nat_participant.py"
+SECRET = "n" * 32
+
+
+async def line(process: asyncio.subprocess.Process, seconds: float) -> dict[str, Any]:
+    assert process.stdout is not None
+    raw = await asyncio.wait_for(process.stdout.readline(), seconds)
+    assert raw, "the participant exited"
+    parsed: dict[str, Any] = json.loads(raw)
+    return parsed
+
+
+@requires_isolated_network
+@requires_root_and_iptables
+@pytest.mark.skipif(TURNSERVER is None, reason="needs coturn (scripts/install.sh --test)")
+async def test_a_room_with_a_participant_behind_each_nat() -> None:
+    """Five participants, each behind its own kind of NAT, run the NAT test, join one
+    room with what they found and receive video; the server's traversal table counts
+    each one's two peer connections under its type: all direct (the SFU has a public
+    address, which every NAT lets through once the client has sent to it), with their
+    connect times."""
+    with stun_server(), contextlib.ExitStack() as stack:
+        nats = [stack.enter_context(behind_nat(kind, i)) for i, kind in enumerate(ROOM)]
+        config = jwt_config(SECRET)
+        config.server.host, config.rtc.listen_ips, config.rtc.ice_tcp = "0.0.0.0", [PRIMARY], False
+        async with running(config) as server:
+            url = f"ws://{PRIMARY}:{server.port}/ws"
+            host = Client(url, room="nat", name="host", nat_type="open",
+                          token=mint_token(SECRET, room="nat", identity="host"),
+                          host_addresses=(PRIMARY,))
+            processes = []
+            try:
+                await host.join()
+                await host.publish([VideoStreamTrack()])
+                for nat in nats:
+                    processes.append(await asyncio.create_subprocess_exec(
+                        "ip", "netns", "exec", nat.client, sys.executable, str(PARTICIPANT),
+                        url, PRIMARY, nat.client_address, nat.kind,
+                        mint_token(SECRET, room="nat", identity=nat.kind),
+                        stdout=asyncio.subprocess.PIPE, cwd=Path(__file__).parent.parent))
+                for nat, process in zip(nats, processes, strict=True):
+                    assert await line(process, 30) == {"nat_type": ROOM[nat.kind]}, nat
+                for process in processes:
+                    assert await line(process, 60) == {"received": True}
+                deadline = time.monotonic() + 20
+                while any(server.traversal().get(t, {}).get("direct", 0) < 2
+                          for t in ROOM.values()):
+                    assert time.monotonic() < deadline, server.traversal()
+                    await asyncio.sleep(0.1)
+                table = server.traversal()
+                print("\ntraversal:", json.dumps(table, indent=1))
+                for nat_type in ROOM.values():
+                    row = table[nat_type]
+                    attempted = 2 + (2 if nat_type == "open" else 0)  # the host is "open" too
+                    assert (row["attempted"], row["direct"], row["relayed"], row["failed"]) == (
+                        attempted, attempted, 0, 0), (nat_type, table)
+                    assert 0 < row["connect_ms"]["p50"] <= row["connect_ms"]["p99"] < 20_000
+                reported = {p["name"]: p["nat_type"]
+                            for p in server.room_info("nat")["participants"]}
+                assert reported == {"host": "open", **ROOM}
+            finally:
+                for process in processes:
+                    process.kill()
+                    await process.wait()
+                await host.close()

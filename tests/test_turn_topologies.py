@@ -141,7 +141,8 @@ async def call(topology: tuple[ClientNamespace, TurnConfig],
                 token = mint_token(SECRET, room="turn", identity=name)
                 browser, pages[name] = await launch_demo_page(
                     playwright, executable, address, server.port,
-                    f"room=turn&name={name}&token={token}&connect_timeout_ms=8000")
+                    f"room=turn&name={name}&token={token}&connect_timeout_ms=8000"
+                    + ("&nat=open" if name == "host" else ""))  # the client: "unknown"
                 browsers.append(browser)
             yield Call(server, pages["client"], pages["host"], room_events, turn)
         finally:
@@ -193,6 +194,10 @@ async def test_blocked_direct_udp_goes_through_turn_udp(call: Call) -> None:
             call.turn.relay_port_min <= port <= call.turn.relay_port_max)
     assert sum(n for (_, remote, outcome), n in call.server.stats.connections.outcomes.items()
                if remote == "relay" and outcome == "connected") == 2
+    # Traversal statistics: under the NAT type each page reported (the host's ?nat=open).
+    traversal = call.server.traversal()
+    assert (traversal["unknown"]["relayed"], traversal["unknown"]["direct"]) == (2, 0)
+    assert (traversal["open"]["relayed"], traversal["open"]["direct"]) == (0, 2)
 
 
 @pytest.mark.parametrize("call", [DROP_ALL_UDP], indirect=True, ids=["all-udp-blocked"])

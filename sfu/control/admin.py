@@ -16,6 +16,7 @@ aiohttp's own (no route, wrong method) included, is ``{"error": {"code", "messag
            {can_publish?, can_subscribe?}
     POST   /admin/rooms/{room}/tracks/{track}/mute {muted}       server-side mute
     POST   /admin/tokens {room, identity, ttl?, can_publish?, can_subscribe?}  → {token}
+    GET    /admin/traversal   peer connections by the NAT type clients reported at join
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ class AdminApi(Protocol):
     config: Config
 
     def rooms_info(self) -> list[dict[str, Any]]: ...
+    def traversal(self) -> dict[str, dict[str, Any]]: ...
     def create_room(self, name: str, *, max_participants: int | None = None,
                     auto_subscribe: bool | None = None) -> Any: ...
     def room_info(self, name: str) -> dict[str, Any]: ...
@@ -131,6 +133,9 @@ def routes(server: AdminApi) -> web.Application:
         server.create_room(name, max_participants=field(body, "max_participants", int),
                            auto_subscribe=field(body, "auto_subscribe", bool))
         return reply(request, server.room_info(name), 201)
+
+    async def traversal(request: web.Request) -> web.Response:
+        return reply(request, {"nat_types": server.traversal()})
 
     async def get_room(request: web.Request) -> web.Response:
         return reply(request, server.room_info(request.match_info["room"]))
@@ -199,6 +204,7 @@ def routes(server: AdminApi) -> web.Application:
     app.router.add_post("/rooms/{room}/data", data)
     app.router.add_post("/rooms/{room}/tracks/{track}/mute", mute)
     app.router.add_post("/tokens", token)
+    app.router.add_get("/traversal", traversal)
     return app
 
 

@@ -10,6 +10,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from sfu.diagnostics.traversal import NAT_TYPES
 from sfu.media import SOURCES
 
 
@@ -66,6 +67,10 @@ def _quality(value: Any) -> str | None:
     return None if value in ("low", "medium", "high") else '"low", "medium" or "high"'
 
 
+def _nat_type(value: Any) -> str | None:
+    return None if value in NAT_TYPES else f"one of {', '.join(NAT_TYPES)}"
+
+
 def _track_sources(value: Any) -> str | None:
     expected = (f"a list of 1 to {MAX_TRACKS_PER_MESSAGE} {{mid, source, name?}} with "
                 f"source one of {', '.join(SOURCES)}")
@@ -115,7 +120,7 @@ def _candidate(value: Any) -> str | None:
 SCHEMA: dict[str, tuple[dict[str, Check], dict[str, Check]]] = {
     "join": (
         {"room": _string(64, ROOM_NAME), "name": _string(64)},
-        {"token": _string(4096), "resume": _string(64)},
+        {"token": _string(4096), "resume": _string(64), "nat_type": _nat_type},
     ),
     "publish": ({"sdp": _string(MAX_SDP_BYTES)}, {"tracks": _track_sources}),
     "unpublish": ({"track": _string(64)}, {}),

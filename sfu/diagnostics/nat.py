@@ -20,21 +20,18 @@ address-dependent filter; else the filter is address-and-port-dependent.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
-from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
-from typing import Any, cast
+from typing import Any
 
-from aioice import stun
+from sfu.diagnostics.traversal import nat_type_of
+from sfu.transport.stun_probe import Address, BindingAnswer, BindingProbe
 
 ENDPOINT_INDEPENDENT = "endpoint-independent"
 ADDRESS_DEPENDENT = "address-dependent"
 ADDRESS_AND_PORT_DEPENDENT = "address-and-port-dependent"
 CHANGE_IP, CHANGE_PORT = 0x4, 0x2  # CHANGE-REQUEST flags (RFC 5780 §7.2)
 RETRIES = 3  # a request is sent this many times before the test counts it unanswered
-
-Address = tuple[str, int]
 
 
 class DiscoveryError(RuntimeError):
@@ -77,6 +74,7 @@ class NatReport:
     mapping: str
     filtering: str
     rfc3489: str
+    nat_type: str  # the identifier a client reports at join (sfu.diagnostics.traversal)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,60 +94,6 @@ def _text(address: Address) -> str:
     return f"{address[0]}:{address[1]}"
 
 
-class _StunSocket(asyncio.DatagramProtocol):
-    """One UDP socket; binding requests matched to their responses by transaction ID."""
-
-    def __init__(self) -> None:
-        self._waiting: dict[bytes, asyncio.Future[tuple[stun.Message, Address]]] = {}
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
-
-    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        try:
-            message = stun.parse_message(data)
-        except ValueError:
-            return  # not STUN: ignored
-        waiter = self._waiting.get(message.transaction_id)
-        if waiter is not None and not waiter.done():
-            waiter.set_result((message, (addr[0], addr[1])))
-
-    async def request(self, to: Address, change: int, timeout: float
-                      ) -> tuple[stun.Message, Address] | None:
-        """A binding request to ``to``; the response and where it came from, or None
-        when none came after RETRIES sends spread over ``timeout`` seconds."""
-        assert self.transport is not None
-        message = stun.Message(message_method=stun.Method.BINDING,
-                               message_class=stun.Class.REQUEST)
-        if change:
-            message.attributes["CHANGE-REQUEST"] = change
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiting[message.transaction_id] = waiter
-        try:
-            for _ in range(RETRIES):
-                self.transport.sendto(bytes(message), to)
-                done, _ = await asyncio.wait({waiter}, timeout=timeout / RETRIES)
-                if done:
-                    answer: tuple[stun.Message, Address] = waiter.result()
-                    return answer
-            return None
-        finally:
-            del self._waiting[message.transaction_id]
-
-
-@contextlib.asynccontextmanager
-async def _socket(local_host: str) -> AsyncIterator[tuple[_StunSocket, Address]]:
-    """A fresh UDP socket (so a fresh NAT mapping) and its local address."""
-    transport, protocol = await asyncio.get_running_loop().create_datagram_endpoint(
-        _StunSocket, local_addr=(local_host, 0))
-    try:
-        host, port = transport.get_extra_info("sockname")[:2]
-        yield protocol, (host, port)
-    finally:
-        transport.close()
-
-
 def _source_address(server: Address) -> str:
     """The local address the kernel would send to ``server`` from."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
@@ -158,50 +102,47 @@ def _source_address(server: Address) -> str:
         return host
 
 
-def _mapped(response: stun.Message) -> Address:
-    value = response.attributes.get("XOR-MAPPED-ADDRESS") or response.attributes.get(
-        "MAPPED-ADDRESS")
-    if value is None:
-        raise DiscoveryError("the STUN server's response has no mapped address")
-    return (value[0], value[1])
-
-
-async def _first_test(sock: _StunSocket, server: Address, timeout: float
+async def _first_test(sock: BindingProbe, server: Address, timeout: float
                       ) -> tuple[Address, Address]:
     """Test I: our mapped address, and the server's other address."""
-    first = await sock.request(server, 0, timeout)
+    first = await sock.request(server, 0, timeout, RETRIES)
     if first is None:
         raise DiscoveryError(f"no answer from {_text(server)} over UDP (blocked?)")
-    other = first[0].attributes.get("OTHER-ADDRESS")
-    if other is None:
+    if first.other is None:
         raise DiscoveryError(f"{_text(server)} does not do RFC 5780 (no OTHER-ADDRESS): "
                              "coturn needs two listening IPs")
-    return _mapped(first[0]), (other[0], other[1])
+    return _mapped(first), first.other
 
 
-async def _filtering(sock: _StunSocket, server: Address, timeout: float) -> str:
+def _mapped(answer: BindingAnswer) -> Address:
+    if answer.mapped is None:
+        raise DiscoveryError("the STUN server's response has no mapped address")
+    return answer.mapped
+
+
+async def _filtering(sock: BindingProbe, server: Address, timeout: float) -> str:
     _, other = await _first_test(sock, server, timeout)
-    both = await sock.request(server, CHANGE_IP | CHANGE_PORT, timeout)
-    if both is not None and both[1] == other:
+    both = await sock.request(server, CHANGE_IP | CHANGE_PORT, timeout, RETRIES)
+    if both is not None and both.source == other:
         return filtering_behaviour(True, False)
-    port_only = await sock.request(server, CHANGE_PORT, timeout)
+    port_only = await sock.request(server, CHANGE_PORT, timeout, RETRIES)
     return filtering_behaviour(False, port_only is not None
-                               and port_only[1] == (server[0], other[1]))
+                               and port_only.source == (server[0], other[1]))
 
 
-async def _mapping(sock: _StunSocket, server: Address, timeout: float
+async def _mapping(sock: BindingProbe, server: Address, timeout: float
                    ) -> tuple[Address, Address, str]:
     """Our mapped address, the server's other address, the mapping behaviour."""
     m1, other = await _first_test(sock, server, timeout)
-    second = await sock.request((other[0], server[1]), 0, timeout)
+    second = await sock.request((other[0], server[1]), 0, timeout, RETRIES)
     if second is None:
         raise DiscoveryError(f"no answer from the other address {other[0]}")
-    m2, m3 = _mapped(second[0]), None
+    m2, m3 = _mapped(second), None
     if m2 != m1:
-        third = await sock.request(other, 0, timeout)
+        third = await sock.request(other, 0, timeout, RETRIES)
         if third is None:
             raise DiscoveryError(f"no answer from the other address {_text(other)}")
-        m3 = _mapped(third[0])
+        m3 = _mapped(third)
     return m1, other, mapping_behaviour(m1, m2, m3)
 
 
@@ -215,12 +156,14 @@ async def discover(server: Address, timeout: float = 2.0) -> NatReport:
         server[0], server[1], family=socket.AF_INET, type=socket.SOCK_DGRAM)
     server = (str(infos[0][4][0]), server[1])  # an IP: answers are matched by their source
     local_host = _source_address(server)
-    async with _socket(local_host) as (sock, _):
+    async with BindingProbe.open(local_host) as sock:
         filtering = await _filtering(sock, server, timeout)
-    async with _socket(local_host) as (sock, local):
+    async with BindingProbe.open(local_host) as sock:
         mapped, other, mapping = await _mapping(sock, server, timeout)
+        local = sock.local
     behind_nat = mapped != local
+    name = rfc3489_name(behind_nat, mapping, filtering)
     return NatReport(server=_text(server), other_address=_text(other),
                      local=_text(local), mapped=_text(mapped), behind_nat=behind_nat,
                      mapping=mapping, filtering=filtering,
-                     rfc3489=rfc3489_name(behind_nat, mapping, filtering))
+                     rfc3489=name, nat_type=nat_type_of(name))

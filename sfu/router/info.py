@@ -32,6 +32,7 @@ def room_info(room: Room, links: dict[str, ParticipantLink], forwarder: Forwarde
         participants.append({
             "id": link.id, "identity": participant.identity, "name": participant.name,
             "connected": link.control is not None,
+            "nat_type": link.nat_type,
             "can_publish": participant.can_publish,
             "can_subscribe": participant.can_subscribe,
             "can_publish_data": participant.can_publish_data,

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sfu.control.websocket import ControlConnection
+from sfu.diagnostics.traversal import UNKNOWN
 from sfu.router.room import Participant, Track
 from sfu.transport.peer import PublishTransport, SubscribeTransport
 
@@ -31,6 +32,7 @@ class ParticipantLink:
     # Sent to this participant alone in `joined`: what `join.resume` must present. The
     # participant id is no proof, since every other participant in the room knows it.
     resume_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    nat_type: str = UNKNOWN  # as the client reported it at join (traversal statistics)
 
     @property
     def id(self) -> str:

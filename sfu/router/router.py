@@ -18,6 +18,7 @@ from sfu import events, rtp
 from sfu.control.auth import Grants
 from sfu.control.schema import ProtocolError
 from sfu.control.websocket import ControlConnection
+from sfu.diagnostics.traversal import UNKNOWN
 from sfu.media import SOURCES, PublishedMedia
 from sfu.router import room as changes
 from sfu.router.allocation import LayerAllocator
@@ -91,7 +92,7 @@ class Router:
                                   grants.can_publish_data, grants.can_update_metadata,
                                   metadata)
         room_changes = self.room.join(participant)
-        link = ParticipantLink(participant, control)
+        link = ParticipantLink(participant, control, nat_type=message.get("nat_type", UNKNOWN))
         self.links[participant.id] = link
         control.send(self._joined(link, message))
         if self.speakers.detector.speakers:  # else told only at the next change
@@ -155,6 +156,7 @@ class Router:
             self.ctx.spawn(link.control.close())
         link.control = control
         link.participant.name = message["name"]
+        link.nat_type = message.get("nat_type", link.nat_type)
         link.participant.can_publish_data = grants.can_publish_data
         link.participant.can_update_metadata = grants.can_update_metadata
         link.resume_token = secrets.token_urlsafe(24)  # each token resumes once
@@ -558,30 +560,31 @@ class Router:
                 None if link.leaving else self.data.received(link, label, message))
         elif isinstance(transport, SubscribeTransport):
             transport.offer_twcc = ctx.config.rtc.bandwidth_estimation
-        # By weak reference: the timer must not keep a transport that is gone (closed
-        # and dropped) alive for CONNECT_TIMEOUT_S; one that is gone timed nothing out.
+        # By weak reference: the timer keeps no transport alive; one gone timed out nothing.
         ref: weakref.ref[PeerTransport] = weakref.ref(transport)
-        asyncio.get_running_loop().call_later(CONNECT_TIMEOUT_S, self._connect_timeout, ref)
+        asyncio.get_running_loop().call_later(CONNECT_TIMEOUT_S, self._connect_timeout, ref,
+                                              link.nat_type)
+        ctx.stats.traversal.attempted(link.nat_type)
         return transport
 
-    def _connect_timeout(self, ref: weakref.ref[PeerTransport]) -> None:
+    def _connect_timeout(self, ref: weakref.ref[PeerTransport], nat_type: str) -> None:
         transport = ref()
         if (transport is not None and not transport.connected.is_set()
                 and not transport.is_closed):
-            self.ctx.stats.connections.not_connected("timeout")
+            self.ctx.stats.not_connected(nat_type, "timeout")
 
     def _connection_state(self, link: ParticipantLink, transport: PeerTransport,
                           state: str) -> None:
         """Statistics and events; ICE or DTLS failure (consent expiry included) removes
         the participant."""
         logger.debug("endpoint %d: %s", transport.endpoint, state)
-        selected, stats = transport.selected, self.ctx.stats.connections
+        selected, stats = transport.selected, self.ctx.stats
         if state == "connected" and selected is not None:
-            stats.connected(selected.local_type, selected.remote_type,
+            stats.connected(link.nat_type, selected.local_type, selected.remote_type,
                             time.monotonic() - transport.created)
         elif state in ("failed", "closed") and not transport.closing and (
                 not transport.connected.is_set()):
-            stats.not_connected("failed")
+            stats.not_connected(link.nat_type, "failed")
         if transport not in (link.publish, link.subscribe) or link.id not in self.links:
             return  # an old connection (restarted), or the participant has left
         self.ctx.events.publish(events.ConnectionStateChanged(

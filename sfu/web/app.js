@@ -765,6 +765,7 @@ async function join({ viewer = false } = {}) {
   resetNotice(); // an earlier attempt's problem is not this one's
   const c = (client = window.sfu = new SfuClient({
     room, name, token: params.get('token') || undefined,
+    natType: params.get('nat') || undefined, // ?nat=symmetric: what a NAT test found
     // ?relay=1 uses TURN from the start; ?fallback=0 turns the automatic TURN restart off.
     iceTransportPolicy: params.get('relay') === '1' ? 'relay' : undefined,
     relayFallback: params.get('fallback') !== '0',

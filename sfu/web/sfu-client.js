@@ -124,7 +124,7 @@ export class SfuClient extends EventTarget {
   // `resumeTimeoutMs` (default 30 s; 0: never): how long to try to resume after the
   // WebSocket drops, keeping both peer connections, before giving up with `close`.
   constructor({
-    url, room, name, token, iceTransportPolicy, relayFallback = true,
+    url, room, name, token, natType, iceTransportPolicy, relayFallback = true,
     connectTimeoutMs = CONNECT_TIMEOUT_MS, disconnectedTimeoutMs = DISCONNECTED_TIMEOUT_MS,
     resumeTimeoutMs = RESUME_TIMEOUT_MS,
   } = {}) {
@@ -132,7 +132,8 @@ export class SfuClient extends EventTarget {
     const scheme = globalThis.location?.protocol === 'https:' ? 'wss' : 'ws';
     this.url = url || `${scheme}://${globalThis.location?.host}/ws`;
     Object.assign(this, {
-      room, name, token, iceTransportPolicy, relayFallback, connectTimeoutMs, disconnectedTimeoutMs,
+      room, name, token, natType, iceTransportPolicy, relayFallback, connectTimeoutMs,
+      disconnectedTimeoutMs,
       resumeTimeoutMs,
     });
     this.ws = null;
@@ -207,7 +208,9 @@ export class SfuClient extends EventTarget {
   }
 
   _joinFields() {
-    return { room: this.room, name: this.name, ...(this.token ? { token: this.token } : {}) };
+    // natType: what a NAT test found (docs/protocol.md, `join`), for traversal statistics.
+    return { room: this.room, name: this.name, ...(this.token ? { token: this.token } : {}),
+             ...(this.natType ? { nat_type: this.natType } : {}) };
   }
 
   // A new WebSocket as `this.ws`; resolves once open, rejects (code 'unreachable') if it
