@@ -164,6 +164,12 @@ class TurnConfig:
     start_local: bool = False
     relay_port_min: int = 50000
     relay_port_max: int = 50999
+    # More TURN servers beside `host` (a fleet sharing `secret` and `realm`):
+    # "host", "host:port" or "host:port:tls_port". Each is checked with a real
+    # allocation every health_interval_s (0: never; all count as healthy); a joiner gets
+    # the healthy ones, least loaded first (sfu.transport.turn_pool).
+    servers: list[str] = field(default_factory=list)
+    health_interval_s: float = 10.0
 
 
 @dataclass
@@ -307,6 +313,13 @@ class Config:
         _check(turn.port, 1 <= turn.port <= 65535, "turn.port", "1..65535")
         _check(turn.tls_port, 0 <= turn.tls_port <= 65535 and turn.tls_port != turn.port,
                "turn.tls_port", "0..65535, not turn.port")
+        for entry in turn.servers:
+            host, *ports = entry.split(":")
+            _check(entry, bool(host) and len(ports) <= 2 and all(
+                p.isdigit() and 1 <= int(p) <= 65535 for p in ports), "turn.servers",
+                '"host", "host:port" or "host:port:tls_port" entries')
+        _check(turn.health_interval_s, turn.health_interval_s >= 0, "turn.health_interval_s",
+               "0 (no checks) or more seconds")
         _check(turn.credential_ttl_s, 10 <= turn.credential_ttl_s <= 86_400,
                "turn.credential_ttl_s", "10..86400")
         _check(

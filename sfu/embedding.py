@@ -15,6 +15,7 @@ from sfu.metrics import Statistics
 from sfu.router.context import RouterContext
 from sfu.router.room import Room
 from sfu.router.router import Router
+from sfu.transport.turn_pool import TurnPool
 
 
 class Embedding:
@@ -33,6 +34,10 @@ class Embedding:
     @property
     def stats(self) -> Statistics:
         return self.ctx.stats
+
+    @property
+    def turn_pool(self) -> TurnPool:
+        return self.ctx.turn_pool
 
     def _start_room(self, name: str, max_participants: int | None = None,
                     auto_subscribe: bool | None = None) -> Router:

@@ -24,6 +24,7 @@ from sfu.control.admission import ConnectionLimiter
 from sfu.diagnostics.traversal import TraversalStats
 from sfu.events import EventBus
 from sfu.fastpath import Forwarder
+from sfu.transport.turn_pool import TurnPool
 
 # Upper bounds of the time-to-connect histogram buckets, in seconds.
 CONNECT_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
@@ -103,6 +104,8 @@ class MetricsSource(Protocol):
     def loop_lag(self) -> float: ...
     @property
     def webhook_outcomes(self) -> Counter[str]: ...
+    @property
+    def turn_pool(self) -> TurnPool: ...
     def counts(self) -> tuple[int, int, int]: ...
     def forwarded_by_kind(self) -> dict[str, tuple[int, int]]: ...
     def downlinks(self) -> tuple[list[int], dict[str, int]]: ...
@@ -203,6 +206,7 @@ class ServerCollector(Collector):
             sum_value=stats.connect_seconds_sum,
         )
         yield from traversal_metrics(server.stats.traversal)
+        yield from turn_pool_metrics(server.turn_pool)
         yield GaugeMetricFamily("sfu_control_connections", "Open control WebSockets",
                                 value=server.control_connections.open)
         yield GaugeMetricFamily("sfu_http_connections", "Open HTTP connections",
@@ -264,3 +268,26 @@ def traversal_metrics(traversal: TraversalStats
         buckets = [(str(bound), n) for bound, n in zip(traversal.buckets, counts, strict=True)]
         times.add_metric([nat_type], [*buckets, ("+Inf", total)], seconds)
     yield times
+
+
+def turn_pool_metrics(pool: TurnPool) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    """Each TURN server of the pool: in it or not, its load, its health checks."""
+    up = GaugeMetricFamily("sfu_turn_server_up",
+                           "1 while the TURN server passes its allocation check",
+                           labels=["server"])
+    relayed = GaugeMetricFamily("sfu_turn_relayed_connections",
+                                "Peer connections relayed through the TURN server now",
+                                labels=["server"])
+    first = CounterMetricFamily("sfu_turn_handed_first",
+                                "Joiners given the TURN server first (least loaded)",
+                                labels=["server"])
+    checks = CounterMetricFamily("sfu_turn_health_checks",
+                                 "TURN allocation checks by outcome (ok, failed)",
+                                 labels=["server", "outcome"])
+    for server in pool.servers:
+        up.add_metric([server.name], int(server.healthy))
+        relayed.add_metric([server.name], server.relayed)
+        first.add_metric([server.name], server.handed_first)
+        for outcome in ("ok", "failed"):
+            checks.add_metric([server.name, outcome], server.checks[outcome])
+    yield from (up, relayed, first, checks)

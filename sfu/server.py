@@ -122,6 +122,7 @@ class Server(Embedding):
         """
         await self.ctx.open_ports()
         self.ctx.spawn(self._watch_loop_lag())
+        self.ctx.turn_pool.start()
         self.webhooks.start()
         if serve:
             self._runner = web.AppRunner(self.app)
@@ -162,6 +163,7 @@ class Server(Embedding):
             router.stop()
         await self.webhooks.stop()
         await self.events.close()
+        await self.ctx.turn_pool.stop()
         self.ctx.cancel_tasks()
         self.ctx.close_ports()
         if self._listener is not None:

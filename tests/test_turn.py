@@ -19,7 +19,8 @@ import pytest
 
 from sfu.config import Config, ConfigError, TurnConfig
 from sfu.transport.coturn import Coturn, config_text
-from sfu.transport.turn import credential, ephemeral_credentials, ice_servers, turn_urls
+from sfu.transport.turn import credential, ephemeral_credentials
+from sfu.transport.turn_pool import TurnPool, TurnServer
 from tests.conftest import requires_isolated_network
 
 SECRET = "north-wind-" + "x" * 12
@@ -45,14 +46,14 @@ def test_username_is_expiry_then_identity() -> None:
 
 def test_ice_servers_carry_udp_tcp_and_tls_urls_and_never_the_secret() -> None:
     turn = TurnConfig(host="10.1.2.3", secret=SECRET, credential_ttl_s=300)
-    (server,) = ice_servers(turn, "bob", now=1000)
+    (server,) = TurnPool(turn).ice_servers("bob", now=1000)
     assert server["urls"] == ["turn:10.1.2.3:3478?transport=udp",
                               "turn:10.1.2.3:3478?transport=tcp",
                               "turns:10.1.2.3:5349?transport=tcp"]
     assert server["username"] == "1300:bob"
     assert SECRET not in str(server)
-    assert ice_servers(TurnConfig(), "bob") == []  # no TURN configured
-    assert turn_urls(TurnConfig(host="::1", tls_port=0)) == [
+    assert TurnPool(TurnConfig()).ice_servers("bob") == []  # no TURN configured
+    assert TurnServer("::1", 3478, 0).urls() == [
         "turn:[::1]:3478?transport=udp", "turn:[::1]:3478?transport=tcp"]
 
 

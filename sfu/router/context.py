@@ -17,6 +17,7 @@ from sfu.metrics import Statistics
 from sfu.transport.internals import HostGathering
 from sfu.transport.shared_port import SharedSocket
 from sfu.transport.tcp_port import TcpPort
+from sfu.transport.turn_pool import TurnPool
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ class RouterContext:
         self.gathering = HostGathering(
             tuple(rtc.listen_ips), rtc.announced_ip, rtc.port_min, rtc.port_max)
         self.stats = Statistics()
+        self.turn_pool = TurnPool(config.turn)  # what joiners get in `ice_servers`
         # Forwarder endpoint, producer and consumer ids: unique across the server.
         self.ids = itertools.count(1)
         # Producer → what to wake when the forwarder finds a gap in its packets.

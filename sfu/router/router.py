@@ -30,7 +30,6 @@ from sfu.router.negotiation import SubscribeNegotiation
 from sfu.router.participants import ParticipantLink
 from sfu.router.room import Participant, Room, RoomError, Track
 from sfu.router.speaking import SpeakerTimer
-from sfu.transport import turn
 from sfu.transport.peer import PeerTransport, PublishTransport, SubscribeTransport, now_us
 
 logger = logging.getLogger(__name__)
@@ -114,8 +113,7 @@ class Router:
             "participants": [p.describe() for p in self.room.participants.values()
                              if p.id != participant.id],
             "tracks": [t.describe() for t in self.room.tracks.values()],
-            "ice_servers": turn.ice_servers(self.ctx.config.turn,
-                                            participant.identity or participant.id),
+            "ice_servers": self.ctx.turn_pool.ice_servers(participant.identity or participant.id),
             "simulcast": self.ctx.config.rtc.simulcast,
             "can_update_metadata": participant.can_update_metadata,
             "data_limits": {"max_message_bytes": limits.max_data_message_bytes,
@@ -393,8 +391,7 @@ class Router:
                     extra={"room": self.name, "participant": link.id})
         # Fresh credentials: the ones from `joined` may be close to their expiry.
         return {"type": "restarted", "relay_only": relay_only,
-                "ice_servers": turn.ice_servers(self.ctx.config.turn,
-                                                participant.identity or link.id)}
+                "ice_servers": self.ctx.turn_pool.ice_servers(participant.identity or link.id)}
 
     async def _close_transports(self, link: ParticipantLink) -> None:
         """Close both connections; from here on their states are no longer reported."""
@@ -554,6 +551,7 @@ class Router:
         transport = kind(next(ctx.ids), ctx.forwarder, ctx.gathering,
                          lambda t, state: self._connection_state(link, t, state),
                          ctx.stats.transport_drops)
+        transport.turn_pool = ctx.turn_pool  # counts the relays its selected pairs use
         if isinstance(transport, PublishTransport):
             transport.accept_simulcast = ctx.config.rtc.simulcast
             transport.on_data = lambda label, message: (

@@ -31,6 +31,7 @@ from sfu.fastpath import Forwarder
 from sfu.media import CodecInfo, DownTrack, PublishedMedia
 from sfu.transport import internals, sdp_extras
 from sfu.transport.internals import HostGathering
+from sfu.transport.turn_pool import TurnPool, TurnServer
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,8 @@ class PeerTransport:
         self._on_connection_state = on_connection_state
         self._remote_addr: tuple[Any, ...] | None = None
         self.selected: internals.SelectedPair | None = None
+        self.turn_pool: TurnPool | None = None  # told when a selected pair is a relay
+        self._relay: TurnServer | None = None
         # Media from an address other than the ICE-selected one (RFC 8445 §7.3: only
         # validated pairs carry media).
         self.drops_unvalidated_source = 0
@@ -93,7 +96,7 @@ class PeerTransport:
         logger.info("endpoint %d: media moved to %s (%s → %s)", self.endpoint,
                     pair.remote_addr, pair.local_type, pair.remote_type)
         rx, tx = internals.srtp_sessions(internals.dtls_transport(self.pc))
-        self.selected = pair
+        self._select(pair)
         self._remote_addr = pair.remote_addr
         self._forwarder.add_endpoint(self.endpoint, rx, tx, pair.sendto, pair.fd,
                                      pair.remote_addr)
@@ -109,7 +112,7 @@ class PeerTransport:
             if rx is None or tx is None or pair is None:
                 logger.warning("endpoint %d connected without SRTP keys or pair", self.endpoint)
                 return
-            self.selected = pair
+            self._select(pair)
             self._remote_addr = pair.remote_addr
             self._forwarder.add_endpoint(
                 self.endpoint, rx, tx, pair.sendto, pair.fd, pair.remote_addr
@@ -117,7 +120,19 @@ class PeerTransport:
             self.connected.set()
         elif state in ("failed", "closed"):
             self._forwarder.remove_endpoint(self.endpoint)
+            self._select(None)
         self._on_connection_state(self, state)
+
+    def _select(self, pair: internals.SelectedPair | None) -> None:
+        """The pair media goes over (None: none any more); a relay's is counted by the
+        TURN pool, whose load it is."""
+        if self._relay is not None:
+            TurnPool.relay_ended(self._relay)
+            self._relay = None
+        if pair is not None:
+            self.selected = pair
+            if pair.remote_type == "relay" and self.turn_pool is not None:
+                self._relay = self.turn_pool.relay_started(str(pair.remote_addr[0]))
 
     @property
     def is_closed(self) -> bool:
@@ -140,6 +155,7 @@ class PeerTransport:
     async def close(self) -> None:
         self.closing = True  # a "closed" state from here on is ours, not a failure
         self._forwarder.remove_endpoint(self.endpoint)
+        self._select(None)
         # Shielded: when the peer closed first, aiortc is already closing the connection
         # itself, and this call waits on that close's future, unshielded; cancelling
         # this caller (a leave cut short by the server stopping) would cancel the

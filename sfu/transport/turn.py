@@ -11,9 +11,6 @@ import base64
 import hashlib
 import hmac
 import time
-from typing import Any
-
-from sfu.config import TurnConfig
 
 
 def credential(secret: str, username: str) -> str:
@@ -29,20 +26,3 @@ def ephemeral_credentials(secret: str, identity: str, ttl_s: int,
     expiry = int(now if now is not None else time.time()) + ttl_s
     username = f"{expiry}:{identity or 'participant'}"
     return username, credential(secret, username)
-
-
-def turn_urls(turn: TurnConfig) -> list[str]:
-    host = f"[{turn.host}]" if ":" in turn.host else turn.host
-    urls = [f"turn:{host}:{turn.port}?transport=udp", f"turn:{host}:{turn.port}?transport=tcp"]
-    if turn.tls_port:
-        urls.append(f"turns:{host}:{turn.tls_port}?transport=tcp")
-    return urls
-
-
-def ice_servers(turn: TurnConfig, identity: str, now: float | None = None
-                ) -> list[dict[str, Any]]:
-    """What `joined.ice_servers` carries: RTCIceServer dictionaries (W3C WebRTC §4.2.1)."""
-    if not turn.host:
-        return []
-    username, password = ephemeral_credentials(turn.secret, identity, turn.credential_ttl_s, now)
-    return [{"urls": turn_urls(turn), "username": username, "credential": password}]
