@@ -18,7 +18,7 @@ ROOT = Path(__file__).parent.parent
 
 def test_memory_bench_breaks_the_rss_down() -> None:
     done = subprocess.run([sys.executable, "-m", "bench.memory", "--participants", "2",
-                           "--settle", "0.5", "--json", "--no-netns"],
+                           "--settle", "0.3", "--json", "--no-netns"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     print(done.stderr[-3000:])

@@ -155,7 +155,8 @@ def behind_nat(kind: str, index: int = 0) -> Iterator[Nat]:
         run("ip", "link", "set", "out0", "netns", router)
         run("ip", "addr", "add", f"{host}/24", "dev", outside)
         run("ip", "link", "set", outside, "up")
-        run("ip", "route", "add", f"10.93.{30 + index}.0/24", "via", public)  # for "none"
+        if kind == "none":  # a routed private network; behind a NAT, one nobody reaches
+            run("ip", "route", "add", f"10.93.{30 + index}.0/24", "via", public)
         run(*in_router, "ip", "link", "add", "in0", "type", "veth", "peer", "name", "eth0")
         run(*in_router, "ip", "link", "set", "eth0", "netns", client)
         for command in (("ip", "link", "set", "lo", "up"),
@@ -219,9 +220,10 @@ def test_doctor_classifies_the_nat(kind: str, mapping: str, filtering: str, name
             nat.client_address if kind == "none" else nat.public_address)
         assert (report["mapping"], report["filtering"], report["rfc3489"]) == (
             mapping, filtering, name), report
-        if kind == "restricted":  # forget the hosts the first run sent to
-            run("ip", "netns", "exec", nat.router, "sh", "-c",
-                "echo / > /proc/net/xt_recent/sent")
+        if kind != "restricted":
+            return  # the text report once: it says the same
+        run("ip", "netns", "exec", nat.router, "sh", "-c",  # forget where the first run went
+            "echo / > /proc/net/xt_recent/sent")
         text = subprocess.run(
             ["ip", "netns", "exec", client, *SFU, "doctor", "--stun", PRIMARY, "--timeout",
              "0.6"], capture_output=True, text=True, timeout=60,
