@@ -54,13 +54,20 @@ def main(argv: list[str] | None = None) -> int:
                        help="an admin-API token instead (--room/--identity ignored)")
 
     doctor = commands.add_parser(
-        "doctor", help="what this network does to WebRTC: NAT mapping and filtering",
+        "doctor", help="what this network does to WebRTC: NAT type, TURN reachability",
         description="RFC 5780 NAT behaviour discovery against a STUN server with two "
-        "addresses (coturn with two listening IPs); prints a report to paste into a "
-        "support ticket.",
+        "addresses (coturn with two listening IPs), and TURN over UDP, TCP and TLS with "
+        "the credential the SFU gives a joiner; prints a report to paste into a support "
+        "ticket.",
     )
-    doctor.add_argument("--stun", required=True, metavar="HOST[:PORT]",
+    doctor.add_argument("--stun", metavar="HOST[:PORT]",
                         help="the STUN server's primary address (port 3478 if not given)")
+    doctor.add_argument("--server", metavar="URL",
+                        help="the SFU (http[s]://host:port): try its TURN servers")
+    doctor.add_argument("--token", help="a join token, when the SFU asks for one")
+    doctor.add_argument("--room", default="sfu-doctor", help="the room to join (sfu-doctor)")
+    doctor.add_argument("--insecure-tls", action="store_true",
+                        help="accept any TURNS certificate (a development coturn's own)")
     doctor.add_argument("--timeout", type=float, default=2.0,
                         help="seconds to wait for each answer (default 2)")
     doctor.add_argument("--json", action="store_true", help="the report as JSON")
@@ -135,16 +142,37 @@ def main(argv: list[str] | None = None) -> int:
 def _doctor(args: argparse.Namespace) -> int:
     import json
 
-    from sfu.diagnostics.nat import DiscoveryError, discover
+    import aiohttp
 
-    host, _, port = args.stun.partition(":")  # IPv4 or a name: the tests are IPv4's
+    from sfu.diagnostics.nat import DiscoveryError, discover
+    from sfu.diagnostics.turn_reach import check_turn_urls, sfu_ice_servers
+
+    if not args.stun and not args.server:
+        print("sfu doctor: give --stun, --server or both", file=sys.stderr)
+        return 2
+
+    async def run() -> tuple[dict[str, Any], list[str]]:
+        report: dict[str, Any] = {}
+        lines: list[str] = []
+        if args.stun:
+            host, _, port = args.stun.partition(":")  # IPv4 or a name
+            nat = await discover((host, int(port or 3478)), args.timeout)
+            report.update(nat.to_json())
+            lines.append(nat.to_text())
+        if args.server:
+            servers = await sfu_ice_servers(args.server, args.room, args.token)
+            reach = await check_turn_urls(servers, args.timeout, not args.insecure_tls)
+            report["turn"] = [r.to_json() for r in reach]
+            lines += [r.to_text() for r in reach] or ["TURN               none offered"]
+        return report, lines
+
     try:
-        report = asyncio.run(discover((host, int(port or 3478)), args.timeout))
-    except (DiscoveryError, OSError, ValueError) as exc:
+        report, lines = asyncio.run(run())
+    except (DiscoveryError, OSError, ValueError, RuntimeError, aiohttp.ClientError) as exc:
         print(f"sfu doctor: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps(report.to_json(), indent=2) if args.json else report.to_text())
-    return 0
+    print(json.dumps(report, indent=2) if args.json else "\n".join(lines))
+    return 0  # a report, failed TURN transports included (they are what it is for)
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:

@@ -41,6 +41,7 @@ from aioice import stun
 from aiortc import VideoStreamTrack
 
 from sfu.client import Client
+from sfu.config import TurnConfig
 from sfu.control.auth import mint_token
 from sfu.diagnostics.nat import (
     ADDRESS_AND_PORT_DEPENDENT,
@@ -50,6 +51,7 @@ from sfu.diagnostics.nat import (
     mapping_behaviour,
     rfc3489_name,
 )
+from sfu.transport.coturn import Coturn
 from tests.conftest import jwt_config, requires_isolated_network, running
 from tests.netns import IPTABLES, requires_root_and_iptables, run
 
@@ -314,3 +316,46 @@ async def test_a_room_with_a_participant_behind_each_nat() -> None:
                     process.kill()
                     await process.wait()
                 await host.close()
+
+
+async def doctor(*args: str) -> tuple[int, str, str]:
+    """`sfu doctor` as a child process (the server under test runs in this loop)."""
+    process = await asyncio.create_subprocess_exec(
+        *SFU, "doctor", *args, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, cwd=Path(__file__).parent.parent)
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+@requires_isolated_network
+@pytest.mark.skipif(TURNSERVER is None, reason="needs coturn (scripts/install.sh --test)")
+async def test_doctor_tries_the_sfus_turn_over_udp_tcp_and_tls() -> None:
+    """With --server, the TURN URLs and credential a joiner gets, each allocated: all
+    three transports with a working coturn (its own certificate accepted only when
+    told), none once it is gone, and a clear error for a refused join."""
+    turn = TurnConfig(host="127.0.0.1", secret="d" * 24, relay_port_min=52000,
+                      relay_port_max=52099)
+    config = jwt_config(SECRET)
+    config.turn = turn
+    token = mint_token(SECRET, room="sfu-doctor", identity="doctor")
+    with Coturn(turn) as coturn:
+        async with running(config) as server:
+            url = f"http://127.0.0.1:{server.port}"
+            status, out, err = await doctor("--server", url, "--token", token, "--json",
+                                            "--insecure-tls")
+            assert status == 0, err
+            reach = {r["url"]: r for r in json.loads(out)["turn"]}
+            assert set(reach) == {"turn:127.0.0.1:3478?transport=udp",
+                                  "turn:127.0.0.1:3478?transport=tcp",
+                                  "turns:127.0.0.1:5349?transport=tcp"}
+            assert all(r["ok"] and r["ms"] > 0 for r in reach.values()), reach
+            _, out, _ = await doctor("--server", url, "--token", token, "--json")
+            tls = next(r for r in json.loads(out)["turn"] if r["url"].startswith("turns:"))
+            assert not tls["ok"] and "CERTIFICATE_VERIFY_FAILED" in tls["error"], tls
+            coturn.stop()
+            status, out, _ = await doctor("--server", url, "--token", token,
+                                          "--timeout", "0.5")
+            assert status == 0 and out.count("FAILED") == 3, out
+            status, _, err = await doctor("--server", url, "--token", "not a token")
+            assert status == 1 and "unauthorized" in err, err

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -129,14 +130,28 @@ class TurnPool:
     async def allocates(self, server: TurnServer) -> bool:
         """Whether ``server`` grants a TURN allocation over UDP to a minted credential."""
         username, password = ephemeral_credentials(self.turn.secret, HEALTH_IDENTITY, 60)
-        try:
-            transport, _ = await asyncio.wait_for(aioice_turn.create_turn_endpoint(
-                asyncio.DatagramProtocol, (server.host, server.port), username, password,
-                lifetime=60), CHECK_TIMEOUT_S)
-        except (OSError, TimeoutError, stun.TransactionError):
-            return False
-        except Exception:  # whatever else a broken server makes aioice raise
-            logger.debug("TURN check of %s", server.name, exc_info=True)
-            return False
-        transport.close()
-        return True
+        failure = await try_allocation((server.host, server.port), username, password)
+        if failure is not None:
+            logger.debug("TURN check of %s: %s", server.name, failure)
+        return failure is None
+
+
+async def try_allocation(server: tuple[str, int], username: str, password: str,
+                         transport: str = "udp", tls: ssl.SSLContext | None = None,
+                         timeout: float = CHECK_TIMEOUT_S) -> str | None:
+    """Ask ``server`` for a TURN allocation (RFC 8656) over ``transport`` ("udp" or
+    "tcp", with ``tls`` for TURNS) and release it: None when granted, else why not."""
+    try:
+        relayed, _ = await asyncio.wait_for(aioice_turn.create_turn_endpoint(
+            asyncio.DatagramProtocol, server, username, password, lifetime=60,
+            ssl=tls, transport=transport), timeout)
+    except TimeoutError:
+        return f"no answer within {timeout:g} s"
+    except stun.TransactionFailed as exc:
+        return f"refused: {exc}"
+    except (OSError, stun.TransactionError) as exc:
+        return str(exc) or type(exc).__name__
+    except Exception as exc:  # whatever else a broken server makes aioice raise
+        return f"{type(exc).__name__}: {exc}"
+    relayed.close()
+    return None
