@@ -192,18 +192,23 @@ async def _serve(config: sfu_config.Config) -> None:
     from sfu.control.admission import raise_fd_limit
     from sfu.server import Server
 
-    coturn = None
-    if config.turn.start_local:
-        from sfu.transport.coturn import Coturn
-
-        coturn = Coturn(config.turn)
-        await asyncio.to_thread(coturn.start)
-        print(f"sfu: coturn on {config.turn.host}:{config.turn.port} "
-              f"(TLS {config.turn.tls_port})", flush=True)
     # Every WebSocket and peer connection costs a descriptor: take all the process may
     # have (the connection caps are derived from it, leaving headroom).
     raise_fd_limit()
+    coturns: list[Any] = []
     try:
+        if config.turn.start_local:
+            from sfu.transport.coturn import Coturn, local_fleet
+
+            fleet = local_fleet(config.turn)
+            # The others join the pool beside turn.host:port (sfu.transport.turn_pool).
+            config.turn.servers = [*config.turn.servers,
+                                   *(f"{t.host}:{t.port}:{t.tls_port}" for t in fleet[1:])]
+            for turn in fleet:
+                coturns.append(Coturn(turn))
+                await asyncio.to_thread(coturns[-1].start)
+                print(f"sfu: coturn on {turn.host}:{turn.port} (TLS {turn.tls_port})",
+                      flush=True)
         server = Server(config)
         try:
             await server.start()
@@ -225,5 +230,5 @@ async def _serve(config: sfu_config.Config) -> None:
         await stop.wait()
         await server.stop()
     finally:
-        if coturn is not None:
+        for coturn in coturns:
             coturn.stop()

@@ -162,6 +162,7 @@ class TurnConfig:
     # `sfu serve` starts a coturn for development with this section (sfu.transport.coturn);
     # it relays on host, on these ports.
     start_local: bool = False
+    local_count: int = 1  # start_local: this many coturns, on port, port + 2, ... (a pool)
     relay_port_min: int = 50000
     relay_port_max: int = 50999
     # More TURN servers beside `host` (a fleet sharing `secret` and `realm`):
@@ -328,6 +329,9 @@ class Config:
             "turn.relay_port_min/turn.relay_port_max",
             "1024 <= relay_port_min <= relay_port_max <= 65535",
         )
+        _check(turn.local_count, 1 <= turn.local_count <= 8 and (
+            turn.relay_port_max - turn.relay_port_min + 1) // turn.local_count >= 10,
+            "turn.local_count", "1..8, with 10 relay ports each at least")
         if turn.start_local:
             _check(turn.host, _is_ip(turn.host), "turn.host",
                    "an IP address when turn.start_local is true (coturn listens on it)")

@@ -20,7 +20,7 @@ import pytest
 from sfu.config import Config, ConfigError, TurnConfig
 from sfu.transport.coturn import Coturn, config_text
 from sfu.transport.turn import credential, ephemeral_credentials
-from sfu.transport.turn_pool import TurnPool, TurnServer
+from sfu.transport.turn_pool import TurnPool, TurnServer, try_allocation
 from tests.conftest import requires_isolated_network
 
 SECRET = "north-wind-" + "x" * 12
@@ -132,9 +132,11 @@ def test_start_local_needs_an_ip() -> None:
 
 
 @requires_isolated_network
-async def test_sfu_serve_starts_coturn_and_hands_out_working_credentials() -> None:
+@pytest.mark.parametrize("count", [1, 2])
+async def test_sfu_serve_starts_coturn_and_hands_out_working_credentials(count: int) -> None:
     """`sfu serve` with `[turn] start_local`: coturn runs, a participant's
-    `joined.ice_servers` credential allocates on it, and both stop together."""
+    `joined.ice_servers` credential allocates on it, and both stop together. With
+    `local_count = 2`, two coturns (ports 3478 and 3480), both handed out and working."""
     import asyncio
     import os
     import signal
@@ -149,7 +151,8 @@ async def test_sfu_serve_starts_coturn_and_hands_out_working_credentials() -> No
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     env = {**os.environ, "SFU_SERVER_PORT": str(port), "SFU_TURN_HOST": "127.0.0.1",
-           "SFU_TURN_SECRET": SECRET, "SFU_TURN_START_LOCAL": "true"}
+           "SFU_TURN_SECRET": SECRET, "SFU_TURN_START_LOCAL": "true",
+           "SFU_TURN_LOCAL_COUNT": str(count)}
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "sfu", "serve", env=env, stdout=asyncio.subprocess.PIPE)
     try:
@@ -161,10 +164,16 @@ async def test_sfu_serve_starts_coturn_and_hands_out_working_credentials() -> No
                 f"ws://127.0.0.1:{port}/ws") as ws:
             await ws.send_json({"type": "join", "room": "turn", "name": "alice"})
             joined = await ws.receive_json(timeout=10)
-        (server,) = joined["ice_servers"]
-        assert server["urls"][0] == "turn:127.0.0.1:3478?transport=udp"
-        result = await asyncio.to_thread(allocate, server["username"], server["credential"])
+        servers = joined["ice_servers"]
+        assert sorted(s["urls"][0] for s in servers) == [
+            f"turn:127.0.0.1:{3478 + 2 * i}?transport=udp" for i in range(count)]
+        result = await asyncio.to_thread(allocate, servers[0]["username"],
+                                         servers[0]["credential"])
         assert result.returncode == 0, result.stdout[-2000:]
+        for server in servers:  # each coturn grants an allocation (the pool's own check)
+            port = int(server["urls"][0].split(":")[2].split("?")[0])
+            assert await try_allocation(("127.0.0.1", port), server["username"],
+                                        server["credential"]) is None
     finally:
         if process.returncode is None:
             process.send_signal(signal.SIGTERM)

@@ -10,6 +10,7 @@ local use. Loopback peers are allowed only when coturn itself listens on loopbac
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 import shutil
@@ -60,6 +61,17 @@ def config_text(turn: TurnConfig, directory: Path, cert: Path, key: Path) -> str
     if loopback:
         lines.append("allow-loopback-peers")  # development on 127.0.0.1 only
     return "\n".join(lines) + "\n"
+
+
+def local_fleet(turn: TurnConfig) -> list[TurnConfig]:
+    """The coturns ``start_local`` runs: ``local_count`` of them on ``host``, the i-th on
+    ``port + 2i`` (TLS ``tls_port + 2i``), each with its share of the relay ports."""
+    span = (turn.relay_port_max - turn.relay_port_min + 1) // turn.local_count
+    return [dataclasses.replace(
+        turn, port=turn.port + 2 * i, tls_port=turn.tls_port + 2 * i if turn.tls_port else 0,
+        relay_port_min=turn.relay_port_min + i * span,
+        relay_port_max=turn.relay_port_min + (i + 1) * span - 1)
+        for i in range(turn.local_count)]
 
 
 class Coturn:
