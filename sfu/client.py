@@ -28,6 +28,7 @@ from aiortc import (
     RTCConfiguration,
     RTCDataChannel,
     RTCIceServer,
+    RTCIceTransportPolicy,
     RTCPeerConnection,
     RTCSessionDescription,
 )
@@ -71,16 +72,20 @@ class Client:
         binary: bool = False,
         host_addresses: tuple[str, ...] = ("127.0.0.1",),
         nat_type: str | None = None,
+        relay_only: bool = False,
     ) -> None:
         """``binary`` speaks msgpack instead of JSON; ``host_addresses`` are the local
         addresses ICE gathers on (aioice alone would skip loopback); ``nat_type`` is what
-        a NAT test found (``NatReport.nat_type``), for the server's traversal statistics."""
+        a NAT test found (``NatReport.nat_type``), for the server's traversal statistics;
+        ``relay_only`` connects through the TURN servers `joined` names only (aiortc
+        uses the first), as a browser with ``iceTransportPolicy: "relay"``."""
         self.url = url
         self.room = room
         self.name = name
         self.token = token
         self.binary = binary
         self.nat_type = nat_type
+        self.relay_only = relay_only
         self._gathering = HostGathering(host_addresses, "", 20000, 29999,
                                         receive_buffer=CLIENT_RECEIVE_BUFFER_BYTES)
         self._ids = itertools.count(1)
@@ -220,8 +225,8 @@ class Client:
         """Replace both peer connections and publish the same tracks again (or
         ``tracks``); the room keeps this participant's tracks and subscriptions (see
         docs/protocol.md), and unpublishes those not published again.
-        ``relay_only`` is passed to the server; aiortc itself has no relay-only policy,
-        so the new connections use every candidate, with the fresh ICE servers."""
+        ``relay_only`` is passed to the server; the new connections keep the client's
+        own policy (``Client(relay_only=...)``), with the fresh ICE servers."""
         if tracks is not None:
             self._published = list(tracks)
         for pc in (self.publish_pc, self.subscribe_pc):
@@ -287,9 +292,10 @@ class Client:
 
     def _new_pc(self) -> RTCPeerConnection:
         # One transport per connection, as browsers do with BUNDLE.
-        return RTCPeerConnection(
-            RTCConfiguration(iceServers=self.ice_servers, bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
-        )
+        policy = RTCIceTransportPolicy.RELAY if self.relay_only else RTCIceTransportPolicy.ALL
+        return RTCPeerConnection(RTCConfiguration(
+            iceServers=self.ice_servers, bundlePolicy=RTCBundlePolicy.MAX_BUNDLE,
+            iceTransportPolicy=policy))
 
     async def _read_loop(self) -> None:
         assert self._ws is not None

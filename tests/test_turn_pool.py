@@ -126,3 +126,51 @@ async def test_a_stopped_turn_server_leaves_the_pool_and_comes_back() -> None:
     finally:
         for turnserver in coturns:
             turnserver.stop()
+
+
+@requires_isolated_network
+@pytest.mark.skipif(shutil.which("turnserver", path="/usr/bin:/usr/sbin") is None,
+                    reason="needs coturn (scripts/install.sh --test)")
+async def test_relayed_connections_spread_over_the_pool() -> None:
+    """Four relay-only participants (aiortc takes the first TURN server it is given)
+    publishing video to each other: their eight connections are relayed, counted
+    against the servers they went through, and spread over all three."""
+    from aiortc import VideoStreamTrack
+
+    coturns = [coturn(host, i) for i, host in enumerate(HOSTS)]
+    config: Config = make_config()
+    config.turn = TurnConfig(host=HOSTS[0], tls_port=0, secret=SECRET,
+                             servers=list(HOSTS[1:]), health_interval_s=INTERVAL_S)
+    clients: list[Client] = []
+    try:
+        for turnserver in coturns:
+            await asyncio.to_thread(turnserver.start)
+        async with running(config) as server:
+            pool = server.turn_pool
+            await wait_until(lambda: all(s.checks["ok"] for s in pool.servers), 10,
+                             "every coturn passes a first allocation check")
+            for i in range(4):
+                client = Client(f"ws://127.0.0.1:{server.port}/ws", room="relay",
+                                name=f"r{i}", relay_only=True)
+                clients.append(client)
+                await client.join()
+                await client.publish([VideoStreamTrack()])
+                # The next joiner sees this one's connections in the load.
+                expected = 1 + 2 * i  # its publish connection, and the others' so far
+                await wait_until(lambda n=expected: sum(  # type: ignore[misc]
+                    s.relayed for s in pool.servers) >= n, 20, "its connections relayed")
+            for client in clients:
+                _, track = await client.next_track(20)
+                await asyncio.wait_for(track.recv(), 20)
+            await wait_until(lambda: sum(s.relayed for s in pool.servers) == 8, 20,
+                             "all eight connections relayed")
+            load = {s.host: s.relayed for s in pool.servers}
+            print("\nrelayed connections per TURN server:", load)
+            assert all(n >= 2 for n in load.values()) and max(load.values()) <= 4, load
+            traversal = server.traversal()["unknown"]
+            assert (traversal["relayed"], traversal["direct"]) == (8, 0), traversal
+    finally:
+        for client in clients:
+            await client.close()
+        for turnserver in coturns:
+            turnserver.stop()

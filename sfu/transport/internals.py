@@ -138,6 +138,9 @@ def prepare_gathering(
     if getattr(connection, "_sfu_prepared", False):
         return
     setattr(connection, "_sfu_prepared", True)  # noqa: B010 - not an aioice attribute
+    if connection._transport_policy == aioice_ice.TransportPolicy.RELAY:
+        guard_consent(connection)  # a relay-only client: aioice gathers its TURN relay
+        return
 
     async def gather_candidates() -> None:
         if connection._local_candidates_start:
