@@ -56,16 +56,20 @@ def main(argv: list[str] | None = None) -> int:
     doctor = commands.add_parser(
         "doctor", help="what this network does to WebRTC: NAT type, TURN reachability",
         description="RFC 5780 NAT behaviour discovery against a STUN server with two "
-        "addresses (coturn with two listening IPs), and TURN over UDP, TCP and TLS with "
-        "the credential the SFU gives a joiner; prints a report to paste into a support "
-        "ticket.",
+        "addresses (coturn with two listening IPs); TURN over UDP, TCP and TLS with the "
+        "credential the SFU gives a joiner, and video through the SFU and back; prints a "
+        "report to paste into a support ticket.",
     )
     doctor.add_argument("--stun", metavar="HOST[:PORT]",
                         help="the STUN server's primary address (port 3478 if not given)")
     doctor.add_argument("--server", metavar="URL",
                         help="the SFU (http[s]://host:port): try its TURN servers")
     doctor.add_argument("--token", help="a join token, when the SFU asks for one")
+    doctor.add_argument("--token2", help="a second one (another identity, the same room) "
+                        "for the video loopback's receiving end")
     doctor.add_argument("--room", default="sfu-doctor", help="the room to join (sfu-doctor)")
+    doctor.add_argument("--no-loopback", action="store_true",
+                        help="skip the video sent through the SFU and back")
     doctor.add_argument("--insecure-tls", action="store_true",
                         help="accept any TURNS certificate (a development coturn's own)")
     doctor.add_argument("--timeout", type=float, default=2.0,
@@ -144,6 +148,7 @@ def _doctor(args: argparse.Namespace) -> int:
 
     import aiohttp
 
+    from sfu.diagnostics.loopback import loopback
     from sfu.diagnostics.nat import DiscoveryError, discover
     from sfu.diagnostics.turn_reach import check_turn_urls, sfu_ice_servers
 
@@ -164,6 +169,18 @@ def _doctor(args: argparse.Namespace) -> int:
             reach = await check_turn_urls(servers, args.timeout, not args.insecure_tls)
             report["turn"] = [r.to_json() for r in reach]
             lines += [r.to_text() for r in reach] or ["TURN               none offered"]
+            ws_url = args.server.replace("http", "ws", 1).rstrip("/") + "/ws"
+            if args.no_loopback:
+                return report, lines
+            try:
+                looped = await loopback(ws_url, args.room,
+                                        (args.token, args.token2 or args.token))
+            except (OSError, RuntimeError) as exc:  # no video came back: part of the report
+                report["loopback"] = {"error": str(exc) or type(exc).__name__}
+                lines.append(f"loopback           FAILED: {report['loopback']['error']}")
+            else:
+                report["loopback"] = looped.to_json()
+                lines.append(looped.to_text())
         return report, lines
 
     try:

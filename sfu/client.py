@@ -31,6 +31,7 @@ from aiortc import (
     RTCIceTransportPolicy,
     RTCPeerConnection,
     RTCSessionDescription,
+    VideoStreamTrack,
 )
 from aiortc.contrib.media import MediaRelay
 from aiortc.exceptions import InvalidStateError
@@ -44,6 +45,11 @@ from sfu.transport.internals import HostGathering, prepare_gathering
 # 256 KiB buffer an aiortc client decoding three videos lost ~1,000 datagrams in 30 s to
 # a full buffer (ss -uamn: drops); Chromium asks for 1 MiB.
 CLIENT_RECEIVE_BUFFER_BYTES = 2 << 20
+
+def pattern_track() -> MediaStreamTrack:
+    """A video track to publish when there is no camera: aiortc's green test frames."""
+    return VideoStreamTrack()
+
 
 class ServerError(RuntimeError):
     """The server answered a request with ``error``."""

@@ -330,32 +330,38 @@ async def doctor(*args: str) -> tuple[int, str, str]:
 
 @requires_isolated_network
 @pytest.mark.skipif(TURNSERVER is None, reason="needs coturn (scripts/install.sh --test)")
-async def test_doctor_tries_the_sfus_turn_over_udp_tcp_and_tls() -> None:
+async def test_doctor_tries_the_sfus_turn_and_a_loopback() -> None:
     """With --server, the TURN URLs and credential a joiner gets, each allocated: all
     three transports with a working coturn (its own certificate accepted only when
-    told), none once it is gone, and a clear error for a refused join."""
+    told), none once it is gone, and a clear error for a refused join; and video sent
+    through the SFU and back, with its rate, loss and round-trip time."""
     turn = TurnConfig(host="127.0.0.1", secret="d" * 24, relay_port_min=52000,
                       relay_port_max=52099)
     config = jwt_config(SECRET)
     config.turn = turn
     token = mint_token(SECRET, room="sfu-doctor", identity="doctor")
+    token2 = mint_token(SECRET, room="sfu-doctor", identity="doctor-2")
     with Coturn(turn) as coturn:
         async with running(config) as server:
             url = f"http://127.0.0.1:{server.port}"
-            status, out, err = await doctor("--server", url, "--token", token, "--json",
-                                            "--insecure-tls")
+            status, out, err = await doctor("--server", url, "--token", token, "--token2",
+                                            token2, "--json", "--insecure-tls")
             assert status == 0, err
+            looped = json.loads(out)["loopback"]  # aiortc's test video: 30 fps
+            assert looped["fps"] >= 10 and looped["packets"] > 0, looped
+            assert looped["loss"] < 0.05 and 0 < looped["rtt_ms"] < 500, looped
             reach = {r["url"]: r for r in json.loads(out)["turn"]}
             assert set(reach) == {"turn:127.0.0.1:3478?transport=udp",
                                   "turn:127.0.0.1:3478?transport=tcp",
                                   "turns:127.0.0.1:5349?transport=tcp"}
             assert all(r["ok"] and r["ms"] > 0 for r in reach.values()), reach
-            _, out, _ = await doctor("--server", url, "--token", token, "--json")
+            _, out, _ = await doctor("--server", url, "--token", token, "--json",
+                                     "--no-loopback")
             tls = next(r for r in json.loads(out)["turn"] if r["url"].startswith("turns:"))
             assert not tls["ok"] and "CERTIFICATE_VERIFY_FAILED" in tls["error"], tls
             coturn.stop()
             status, out, _ = await doctor("--server", url, "--token", token,
-                                          "--timeout", "0.5")
+                                          "--timeout", "0.5", "--no-loopback")
             assert status == 0 and out.count("FAILED") == 3, out
             status, _, err = await doctor("--server", url, "--token", "not a token")
             assert status == 1 and "unauthorized" in err, err
