@@ -5,16 +5,17 @@ comes back when restarted; joiners get the least loaded first."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sfu.client import Client
+from sfu.client import Client, pattern_track
 from sfu.config import Config, ConfigError, TurnConfig
 from sfu.server import Server
 from sfu.transport.coturn import Coturn
@@ -61,6 +62,25 @@ def coturn(host: str, index: int) -> Coturn:
                              relay_port_max=51099 + 100 * index))
 
 
+@contextlib.asynccontextmanager
+async def pool_of_three() -> AsyncIterator[tuple[Server, list[Coturn]]]:
+    """Three running coturns and a server whose pool holds them, each checked once."""
+    coturns = [coturn(host, i) for i, host in enumerate(HOSTS)]
+    config: Config = make_config()
+    config.turn = TurnConfig(host=HOSTS[0], tls_port=0, secret=SECRET,
+                             servers=list(HOSTS[1:]), health_interval_s=INTERVAL_S)
+    try:
+        for turnserver in coturns:
+            await asyncio.to_thread(turnserver.start)
+        async with running(config) as server:
+            await wait_until(lambda: all(s.checks["ok"] for s in server.turn_pool.servers),
+                             10, "every coturn passes a first allocation check")
+            yield server, coturns
+    finally:
+        for turnserver in coturns:
+            turnserver.stop()
+
+
 async def wait_until(condition: Callable[[], bool], seconds: float, what: str) -> float:
     """Seconds until ``condition`` holds; fails after ``seconds``."""
     started = time.monotonic()
@@ -91,41 +111,29 @@ async def server_up(server: Server) -> dict[str, float]:
 @pytest.mark.skipif(shutil.which("turnserver", path="/usr/bin:/usr/sbin") is None,
                     reason="needs coturn (scripts/install.sh --test)")
 async def test_a_stopped_turn_server_leaves_the_pool_and_comes_back() -> None:
-    coturns = [coturn(host, i) for i, host in enumerate(HOSTS)]
-    config: Config = make_config()
-    config.turn = TurnConfig(host=HOSTS[0], tls_port=0, secret=SECRET,
-                             servers=list(HOSTS[1:]), health_interval_s=INTERVAL_S)
-    try:
-        for turnserver in coturns:
-            await asyncio.to_thread(turnserver.start)
-        async with running(config) as server:
-            pool = server.turn_pool
-            await wait_until(lambda: all(s.checks["ok"] for s in pool.servers), 10,
-                             "every coturn passes a first allocation check")
-            # Six joiners: each gets the three, a different one first in turn.
-            lists = [await joined_servers(server, f"j{i}") for i in range(6)]
-            assert all(sorted(servers) == sorted(HOSTS) for servers in lists), lists
-            assert Counter(servers[0] for servers in lists) == dict.fromkeys(HOSTS, 2)
+    async with pool_of_three() as (server, coturns):
+        pool = server.turn_pool
+        # Six joiners: each gets the three, a different one first in turn.
+        lists = [await joined_servers(server, f"j{i}") for i in range(6)]
+        assert all(sorted(servers) == sorted(HOSTS) for servers in lists), lists
+        assert Counter(servers[0] for servers in lists) == dict.fromkeys(HOSTS, 2)
 
-            await asyncio.to_thread(coturns[1].stop)
-            # One check period, and a check that times out.
-            bound = INTERVAL_S + CHECK_TIMEOUT_S + 2
-            left = await wait_until(lambda: not pool.servers[1].healthy, bound,
-                                    "the stopped coturn leaves the pool")
-            print(f"\nstopped coturn out of the pool after {left:.1f} s (bound {bound} s)")
-            assert sorted(await joined_servers(server, "after")) == [HOSTS[0], HOSTS[2]]
-            assert (await server_up(server))[f"{HOSTS[1]}:3478"] == 0
+        await asyncio.to_thread(coturns[1].stop)
+        # One check period, and a check that times out.
+        bound = INTERVAL_S + CHECK_TIMEOUT_S + 2
+        left = await wait_until(lambda: not pool.servers[1].healthy, bound,
+                                "the stopped coturn leaves the pool")
+        print(f"\nstopped coturn out of the pool after {left:.1f} s (bound {bound} s)")
+        assert sorted(await joined_servers(server, "after")) == [HOSTS[0], HOSTS[2]]
+        assert (await server_up(server))[f"{HOSTS[1]}:3478"] == 0
 
-            coturns[1] = coturn(HOSTS[1], 1)
-            await asyncio.to_thread(coturns[1].start)
-            back = await wait_until(lambda: pool.servers[1].healthy, bound,
-                                    "the restarted coturn is back")
-            print(f"restarted coturn back after {back:.1f} s")
-            assert sorted(await joined_servers(server, "back")) == sorted(HOSTS)
-            assert set((await server_up(server)).values()) == {1}
-    finally:
-        for turnserver in coturns:
-            turnserver.stop()
+        coturns[1] = coturn(HOSTS[1], 1)  # stopped with the others on the way out
+        await asyncio.to_thread(coturns[1].start)
+        back = await wait_until(lambda: pool.servers[1].healthy, bound,
+                                "the restarted coturn is back")
+        print(f"restarted coturn back after {back:.1f} s")
+        assert sorted(await joined_servers(server, "back")) == sorted(HOSTS)
+        assert set((await server_up(server)).values()) == {1}
 
 
 @requires_isolated_network
@@ -135,26 +143,16 @@ async def test_relayed_connections_spread_over_the_pool() -> None:
     """Four relay-only participants (aiortc takes the first TURN server it is given)
     publishing video to each other: their eight connections are relayed, counted
     against the servers they went through, and spread over all three."""
-    from aiortc import VideoStreamTrack
-
-    coturns = [coturn(host, i) for i, host in enumerate(HOSTS)]
-    config: Config = make_config()
-    config.turn = TurnConfig(host=HOSTS[0], tls_port=0, secret=SECRET,
-                             servers=list(HOSTS[1:]), health_interval_s=INTERVAL_S)
     clients: list[Client] = []
-    try:
-        for turnserver in coturns:
-            await asyncio.to_thread(turnserver.start)
-        async with running(config) as server:
-            pool = server.turn_pool
-            await wait_until(lambda: all(s.checks["ok"] for s in pool.servers), 10,
-                             "every coturn passes a first allocation check")
+    async with pool_of_three() as (server, _):
+        pool = server.turn_pool
+        try:
             for i in range(4):
                 client = Client(f"ws://127.0.0.1:{server.port}/ws", room="relay",
                                 name=f"r{i}", relay_only=True)
                 clients.append(client)
                 await client.join()
-                await client.publish([VideoStreamTrack()])
+                await client.publish([pattern_track()])
                 # The next joiner sees this one's connections in the load.
                 expected = 1 + 2 * i  # its publish connection, and the others' so far
                 await wait_until(lambda n=expected: sum(  # type: ignore[misc]
@@ -169,8 +167,6 @@ async def test_relayed_connections_spread_over_the_pool() -> None:
             assert all(n >= 2 for n in load.values()) and max(load.values()) <= 4, load
             traversal = server.traversal()["unknown"]
             assert (traversal["relayed"], traversal["direct"]) == (8, 0), traversal
-    finally:
-        for client in clients:
-            await client.close()
-        for turnserver in coturns:
-            turnserver.stop()
+        finally:
+            for client in clients:
+                await client.close()
