@@ -132,11 +132,11 @@ def test_start_local_needs_an_ip() -> None:
 
 
 @requires_isolated_network
-@pytest.mark.parametrize("count", [1, 2])
-async def test_sfu_serve_starts_coturn_and_hands_out_working_credentials(count: int) -> None:
-    """`sfu serve` with `[turn] start_local`: coturn runs, a participant's
-    `joined.ice_servers` credential allocates on it, and both stop together. With
-    `local_count = 2`, two coturns (ports 3478 and 3480), both handed out and working."""
+async def test_sfu_serve_starts_coturn_and_hands_out_working_credentials() -> None:
+    """`sfu serve` with `[turn] start_local` and `local_count = 2`: two coturns run
+    (ports 3478 and 3480), a participant's `joined.ice_servers` names both, its
+    credential allocates on each, and they all stop together."""
+    count = 2
     import asyncio
     import os
     import signal
