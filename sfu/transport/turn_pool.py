@@ -92,7 +92,9 @@ class TurnPool:
 
     def relay_started(self, relay_host: str) -> TurnServer | None:
         """A peer connection's selected pair goes through a relay on ``relay_host``:
-        counted against the server there (None if it is none of ours)."""
+        counted against the server there (None if it is none of ours). Matched by
+        address: a server listed by name, or relaying on another address than it
+        listens on, is not counted, and only the hand-outs spread the load."""
         server = next((s for s in self.servers if s.host == relay_host), None)
         if server is not None:
             server.relayed += 1
