@@ -3,24 +3,10 @@
 cimport cython
 from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
+from sfu._mmsg cimport iovec, mmsghdr
+
 # libsrtp 2.x in-place API, as pylibsrtp's cffi binding declares it:
 # srtp_err_status_t fn(srtp_t ctx, void *packet, int *len)
-cdef extern from "<sys/socket.h>" nogil:
-    struct iovec:
-        void *iov_base
-        size_t iov_len
-    struct msghdr:
-        void *msg_name
-        unsigned int msg_namelen
-        iovec *msg_iov
-        size_t msg_iovlen
-        void *msg_control
-        size_t msg_controllen
-        int msg_flags
-    struct mmsghdr:
-        msghdr msg_hdr
-        unsigned int msg_len
-
 ctypedef int (*srtp_fn)(void *ctx, void *packet, int *length) noexcept nogil
 
 cdef enum:

@@ -32,15 +32,13 @@ from sfu.rtcp import retransmit as _retransmit
 cdef extern from *:
     int __builtin_popcount(unsigned int x) nogil
 
+from sfu._mmsg cimport MSG_DONTWAIT, MSG_TRUNC, recvmmsg
+
 cdef extern from "<sys/socket.h>" nogil:
     struct sockaddr:
         pass
     ssize_t c_sendto "sendto" (int fd, const void *buf, size_t n, int flags,
                                const sockaddr *addr, unsigned int addrlen)
-    int c_recvmmsg "recvmmsg" (int fd, mmsghdr *messages, unsigned int count, int flags,
-                               void *timeout)
-    int MSG_DONTWAIT
-    int MSG_TRUNC
 
 # -- constants shared with sfu/rtp.py and sfu/rtcp/ (one source of truth, read at import)
 
@@ -996,7 +994,7 @@ cdef class Forwarder:
                 self._messages[i].msg_hdr.msg_control = NULL
                 self._messages[i].msg_hdr.msg_controllen = 0
                 self._messages[i].msg_hdr.msg_flags = 0
-            n = c_recvmmsg(fd, self._messages, RECEIVE_BATCH, MSG_DONTWAIT, NULL)
+            n = recvmmsg(fd, self._messages, RECEIVE_BATCH, MSG_DONTWAIT, NULL)
             if n <= 0:
                 break
             batches += 1

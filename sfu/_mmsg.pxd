@@ -1,0 +1,27 @@
+# recvmmsg(2): its structures and the call, for the forwarder's receive path
+# (sfu/_fastpath.pyx) and the load generator's (bench/_receiver.pyx). Declarations
+# only: no module is built from this file.
+
+from posix.time cimport timespec
+
+cdef extern from "<sys/uio.h>" nogil:
+    struct iovec:
+        void *iov_base
+        size_t iov_len
+
+cdef extern from "<sys/socket.h>" nogil:
+    ctypedef unsigned int socklen_t
+    struct msghdr:
+        void *msg_name
+        socklen_t msg_namelen
+        iovec *msg_iov
+        size_t msg_iovlen
+        void *msg_control
+        size_t msg_controllen
+        int msg_flags
+    struct mmsghdr:
+        msghdr msg_hdr
+        unsigned int msg_len
+    int recvmmsg(int fd, mmsghdr *msgs, unsigned int vlen, int flags, timespec *timeout)
+    int MSG_DONTWAIT
+    int MSG_TRUNC
