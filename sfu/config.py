@@ -174,6 +174,15 @@ class TurnConfig:
 
 
 @dataclass
+class DiagnosticsConfig:
+    # A STUN server with two addresses (RFC 5780: coturn with two listening IPs), as
+    # "host:port" for its primary address and its other address (OTHER-ADDRESS: the
+    # second IP, on the alternate port). The demo and diagnostics pages run the
+    # browser's NAT mapping test against it (GET /nat-test.json); [] : no test.
+    stun: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
@@ -183,6 +192,7 @@ class Config:
     liveness: LivenessConfig = field(default_factory=LivenessConfig)
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     turn: TurnConfig = field(default_factory=TurnConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
 
     def validate(self) -> None:
         _check(self.server.port, 0 <= self.server.port <= 65535, "server.port", "0..65535")
@@ -301,6 +311,10 @@ class Config:
             "1..1000",
         )
         self._validate_turn()
+        stun = self.diagnostics.stun
+        _check(stun, not stun or (len(stun) == 2 and all(
+            _host_port(entry) for entry in stun)), "diagnostics.stun",
+            '[] or ["primary host:port", "other host:port"]')
 
     def _validate_turn(self) -> None:
         turn = self.turn
@@ -340,6 +354,11 @@ class Config:
 def _check(value: object, ok: bool, key: str, expected: str) -> None:
     if not ok:
         raise ConfigError(f"{key} = {value!r}: expected {expected}")
+
+
+def _host_port(entry: str) -> bool:
+    host, _, port = entry.rpartition(":")
+    return bool(host) and port.isdigit() and 1 <= int(port) <= 65535
 
 
 def _is_ip(text: str) -> bool:

@@ -111,6 +111,7 @@ class Server(Embedding):
         app.router.add_get("/metrics", self._metrics)
         app.add_subapp("/admin", admin.routes(self))
         app.router.add_get("/", self._index)
+        app.router.add_get("/nat-test.json", self._nat_test)
         app.router.add_get(r"/{name:[A-Za-z0-9_-]+\.(?:js|css|html)}", self._web_file)
         return app
 
@@ -203,6 +204,17 @@ class Server(Embedding):
 
     async def _index(self, request: web.Request) -> web.FileResponse:
         return web.FileResponse(WEB_DIR / "index.html")
+
+    async def _nat_test(self, request: web.Request) -> web.Response:
+        """The STUN URLs of the browser's NAT mapping test (sfu/web/nat-test.js): the
+        primary address, the other address on the primary port, the other address."""
+        stun = self.config.diagnostics.stun
+        if not stun:
+            return web.json_response({"stun": []})
+        primary, other = stun
+        other_host, primary_port = other.rpartition(":")[0], primary.rpartition(":")[2]
+        return web.json_response({"stun": [f"stun:{primary}", f"stun:{other_host}:{primary_port}",
+                                           f"stun:{other}"]})
 
     async def _web_file(self, request: web.Request) -> web.StreamResponse:
         path = WEB_DIR / request.match_info["name"]

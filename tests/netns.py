@@ -51,6 +51,16 @@ class ClientNamespace:
 
 
 @contextlib.contextmanager
+def chromium_in(namespace: str) -> Iterator[str]:
+    """An executable that runs Chromium inside ``namespace`` (for Playwright's launch)."""
+    with tempfile.TemporaryDirectory() as directory:
+        wrapper = Path(directory) / "chromium"
+        wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {namespace} {CHROMIUM} "$@"\n')
+        wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
+        yield str(wrapper)
+
+
+@contextlib.contextmanager
 def client_namespace(tag: str, subnet: str) -> Iterator[ClientNamespace]:
     """``subnet`` like "10.88.0": the host side gets .1, the namespace .2."""
     name, host_link, client_link = f"sfu-{tag}-{os.getpid()}", f"sfu{tag}0", f"sfu{tag}1"
@@ -66,12 +76,9 @@ def client_namespace(tag: str, subnet: str) -> Iterator[ClientNamespace]:
         run(*inside, "ip", "addr", "add", f"{namespace.client_address}/24", "dev", client_link)
         run(*inside, "ip", "link", "set", client_link, "up")
         run(*inside, "ip", "route", "add", "default", "via", namespace.host_address)
-        with tempfile.TemporaryDirectory() as directory:
-            wrapper = Path(directory) / "chromium"
-            wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {name} {CHROMIUM} "$@"\n')
-            wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
+        with chromium_in(name) as wrapper:
             yield ClientNamespace(name, namespace.host_address, namespace.client_address,
-                                  str(wrapper), host_link)
+                                  wrapper, host_link)
     finally:
         subprocess.run(["ip", "netns", "del", name], capture_output=True)
         subprocess.run(["ip", "link", "del", host_link], capture_output=True)

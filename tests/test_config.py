@@ -489,3 +489,16 @@ def test_any_env_value_loads_or_raises_config_error(
     section, key = section_key
     with contextlib.suppress(ConfigError):
         load(None, env={f"SFU_{section}_{key}".upper(): value})
+
+
+@pytest.mark.parametrize("stun", ['["10.0.0.1:3478"]', '["10.0.0.1", "10.0.0.2:3479"]',
+                                  '["10.0.0.1:3478", "10.0.0.2:70000"]'])
+def test_the_nat_test_needs_both_stun_addresses_with_ports(tmp_path: Path, stun: str) -> None:
+    message = load_error(tmp_path, f"[diagnostics]\nstun = {stun}\n")
+    assert message.startswith("diagnostics.stun = ") and "other host:port" in message
+
+
+def test_the_nat_test_takes_a_primary_and_an_other_address(tmp_path: Path) -> None:
+    stun = ["10.0.0.1:3478", "[2001:db8::2]:3479"]
+    config = load(write(tmp_path, f"[diagnostics]\nstun = {stun!r}\n".replace("'", '"')), env={})
+    assert config.diagnostics.stun == stun

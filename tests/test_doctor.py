@@ -17,7 +17,10 @@ netfilter makes them:
 - the same, but only hosts the client has sent to may (iptables' ``recent`` match
   remembers them; address-dependent filtering) → restricted cone. ``recent`` keeps
   hosts, not a filter per mapping as a real NAT would: the list is cleared between
-  the two runs, and `sfu doctor` runs its filtering tests before its mapping tests.
+  the two runs, and `sfu doctor` runs its filtering tests before its mapping tests;
+- for tests/test_nat_page.py also: MASQUERADE to one port range for PRIMARY and
+  another for the rest (address-dependent mapping: the port is kept within a range) →
+  symmetric; and MASQUERADE with no UDP forwarded at all.
 """
 
 from __future__ import annotations
@@ -174,8 +177,16 @@ def behind_nat(kind: str, index: int = 0) -> Iterator[Nat]:
                         ("ip", "route", "add", "default", "via", inside)):
             run(*in_client, *command)
         nat = (*in_router, str(IPTABLES), "-t", "nat")
-        if kind in ("masquerade", "full-cone", "restricted"):
+        if kind in ("masquerade", "full-cone", "restricted", "udp-blocked"):
             run(*nat, "-A", "POSTROUTING", "-o", "out0", "-j", "MASQUERADE")
+        if kind == "address-dependent":  # a port range per destination address
+            run(*nat, "-A", "POSTROUTING", "-o", "out0", "-p", "udp", "-d", PRIMARY, "-j",
+                "MASQUERADE", "--to-ports", "20000-29999")
+            run(*nat, "-A", "POSTROUTING", "-o", "out0", "-p", "udp", "-j", "MASQUERADE",
+                "--to-ports", "30000-39999")
+            run(*nat, "-A", "POSTROUTING", "-o", "out0", "-j", "MASQUERADE")
+        if kind == "udp-blocked":  # a firewall that lets only TCP out
+            run(*in_router, str(IPTABLES), "-A", "FORWARD", "-p", "udp", "-j", "DROP")
         elif kind == "random":
             run(*nat, "-A", "POSTROUTING", "-o", "out0", "-j", "MASQUERADE", "--random-fully")
         if kind in ("full-cone", "restricted"):

@@ -15,9 +15,11 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-# RFC 3489's names, as identifiers, and what a client may say it does not know.
+# RFC 3489's names, as identifiers; "cone", what a browser can tell (it maps
+# endpoint-independently, but a browser cannot test filtering: a cone NAT of any kind,
+# or none); and what a client may say it does not know.
 NAT_TYPES = ("open", "full_cone", "restricted_cone", "port_restricted_cone", "symmetric",
-             "udp_firewall", "udp_blocked", "unknown")
+             "udp_firewall", "udp_blocked", "cone", "unknown")
 UNKNOWN = "unknown"
 OUTCOMES = ("attempted", "direct", "relayed", "failed")
 RECENT_CONNECT_TIMES = 1000  # per NAT type, for the percentiles

@@ -1,5 +1,6 @@
 // Demo page: join a room, publish camera + microphone (and a screen share), show one tile
 // per remote participant and one per remote screen share, chat over the data channel.
+import { natTest, stunUrlsOf } from './nat-test.js';
 import { SfuClient } from './sfu-client.js';
 
 const $ = (id) => document.getElementById(id);
@@ -18,6 +19,11 @@ const grid = $('grid');
 const chatLog = $('chat-log');
 const chatInput = $('chat-input');
 const STATS_INTERVAL_MS = 1000;
+// How this browser's NAT maps (nat-test.js), tested as the page loads when the server
+// names a STUN server for it ([diagnostics] stun); the verdict goes with the join for
+// the server's traversal statistics, unless ?nat= names one.
+const natFound = window.sfuNat = stunUrlsOf()
+  .then((stun) => (stun.length ? natTest(stun) : null)).catch(() => null);
 const RECONNECTED_NOTICE_MS = 3000; // "Reconnected" is news for a moment, then clutter
 const VIDEO = { width: 640, height: 480 };
 const RESIZE_DEBOUNCE_MS = 250; // a window drag resizes every frame: tell the server once it settles
@@ -788,6 +794,7 @@ async function join({ viewer = false } = {}) {
     }
     $('local').querySelector('figcaption').textContent = `${name} (you)`;
     setStatus(`Joining ${room}…`);
+    c.natType ??= (await natFound)?.natType;
     const joined = await c.join();
     startStats(c);
     showCount();

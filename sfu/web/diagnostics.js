@@ -1,4 +1,6 @@
 // The diagnostics page: what a browser can tell about its network with this server.
+// 0. How its NAT maps (nat-test.js), when the server names a STUN server with two
+//    addresses ([diagnostics] stun) or the page is given one (?stun=A1:P1,A2:P2).
 // 1. Joins a room of its own (as any client) for the TURN URLs and credential a
 //    joiner gets. 2. Gathers candidates with all of them: which types come (host,
 //    srflx, relay). 3. Per TURN URL (UDP, TCP, TLS), a relay-only gathering: a relay
@@ -6,6 +8,8 @@
 //    client of this page receives a canvas video the first publishes; frames, loss and
 //    round-trip time. The report is JSON (`window.diagnostics` resolves to it).
 // ?token=&token2= when the server asks for tokens (two identities: the loopback's ends).
+// `window.natTest` resolves to the NAT test's result alone, as soon as it has one.
+import { natTest, stunUrlsOf } from './nat-test.js';
 import { SfuClient } from './sfu-client.js';
 
 const params = new URLSearchParams(location.search);
@@ -132,7 +136,36 @@ async function loopback() {
   }
 }
 
+// ?stun=A1:P1,A2:P2 → the URLs the server would name for that pair (server.py).
+function stunUrlsFromParams() {
+  const [primary, other] = (params.get('stun') || '').split(',');
+  if (!primary || !other) return null;
+  const port = (hostPort) => hostPort.slice(hostPort.lastIndexOf(':') + 1);
+  const host = (hostPort) => hostPort.slice(0, hostPort.lastIndexOf(':'));
+  return [`stun:${primary}`, `stun:${host(other)}:${port(primary)}`, `stun:${other}`];
+}
+
+async function natCheck() {
+  const stun = stunUrlsFromParams() ?? await stunUrlsOf();
+  if (!stun.length) {
+    row('NAT mapping', 'none', 'the server names no STUN server with two addresses ' +
+        '([diagnostics] stun); `sfu doctor --stun` tests the NAT from the command line');
+    return null;
+  }
+  const result = await natTest(stun);
+  report.nat = result;
+  const seen = `mapped to ${result.mapped.join(', ') || 'nothing'} by ${stun.join(', ')}`;
+  if (result.natType === 'udp_blocked') {
+    row('NAT mapping', 'failed', `no answer from the STUN server over UDP (${stun[0]})`);
+  } else {
+    row('NAT mapping', result.mapping ? 'ok' : 'none',
+        `${result.mapping ?? 'cannot tell'} (reported as ${result.natType}): ${seen}`);
+  }
+  return result;
+}
+
 async function run() {
+  await window.natTest;
   const probe = new SfuClient({ room, name: 'diagnostics', token: params.get('token') || undefined });
   try {
     await probe.join();
@@ -147,6 +180,10 @@ async function run() {
   await loopback();
 }
 
+window.natTest = natCheck().catch((err) => {
+  row('NAT mapping', 'failed', String(err?.message || err));
+  return null;
+});
 window.diagnostics = run().then(() => {
   report.finished = new Date().toISOString();
   const text = JSON.stringify(report, null, 2);
