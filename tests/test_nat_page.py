@@ -8,7 +8,9 @@ page, which runs the same test and reports its verdict at join. A browser cannot
 filtering, so the page must agree on the mapping behaviour, report the symmetric NAT
 as "symmetric" and every other as "cone", and the server must hold that at join. A
 sixth maps per destination address (a port range for each), a seventh forwards no
-UDP: the page says "udp_blocked" (the doctor gets no answer).
+UDP: the page says "udp_blocked" (the doctor gets no answer). Each demo page's
+connection (its chat's data channels) counts under its verdict in the traversal
+table: direct for every NAT, relayed (TURN over TCP) for the one without UDP.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ from typing import Any
 
 import pytest
 
-from sfu.config import Config
+from sfu.config import Config, TurnConfig
 from sfu.control.auth import mint_token
 from sfu.diagnostics.nat import ADDRESS_DEPENDENT
+from sfu.transport.coturn import Coturn
 from tests.conftest import jwt_config, requires_chromium, requires_isolated_network, running
 from tests.netns import chromium_in, requires_root_and_iptables
 from tests.test_browser_room import CHROMIUM_ARGS
@@ -35,6 +38,10 @@ pytestmark = [requires_isolated_network, requires_root_and_iptables, requires_ch
                   TURNSERVER is None, reason="needs coturn (scripts/install.sh --test)")]
 
 SECRET = "p" * 32
+# TURN for the page that has no UDP: over TCP, beside the STUN server's ports.
+TURN = TurnConfig(host=PRIMARY, port=3480, tls_port=0, secret="t" * 24,
+                  relay_port_min=54000, relay_port_max=54099)
+CONNECT_TIMEOUT_S = 30  # measured: 0.04-0.2 s direct, 0.1 s relayed over TURN/TCP
 STUN_URLS = [f"stun:{PRIMARY}:3478", f"stun:{OTHER}:3478", f"stun:{OTHER}:3479"]
 
 
@@ -64,6 +71,9 @@ async def page_in(playwright: Any, nat: Nat, port: int) -> dict[str, Any]:
                             f"&name={nat.kind}&token={token}")
             await page.evaluate("() => window.sfuReady.then(() => true)")
             result["demo"] = await page.evaluate("() => window.sfuNat")
+            # Its connection for the chat's data channels: counted under its NAT type.
+            await page.wait_for_function("() => window.sfu.pubPc?.connectionState === "
+                                         "'connected'", timeout=CONNECT_TIMEOUT_S * 1000)
             return result
         finally:
             await browser.close()
@@ -73,6 +83,7 @@ def nat_page_config() -> Config:
     config = jwt_config(SECRET)
     config.server.host, config.rtc.listen_ips, config.rtc.ice_tcp = "0.0.0.0", [PRIMARY], False
     config.diagnostics.stun = [f"{PRIMARY}:3478", f"{OTHER}:3479"]
+    config.turn = TURN
     return config
 
 
@@ -82,6 +93,7 @@ async def test_the_page_tells_the_mapping_as_the_doctor_does() -> None:
     with stun_server(), contextlib.ExitStack() as stack:
         nats = [stack.enter_context(behind_nat(kind, i))
                 for i, kind in enumerate([*ROOM, "address-dependent", "udp-blocked"])]
+        stack.enter_context(Coturn(TURN))
         async with running(nat_page_config()) as server:
             assert server.port is not None
             # The doctor first: the browser's requests would open the restricted NAT's filter.
@@ -91,6 +103,13 @@ async def test_the_page_tells_the_mapping_as_the_doctor_does() -> None:
                                                for nat in nats))
             reported = {p["name"]: p["nat_type"]
                         for p in server.room_info("nat-page")["participants"]}
+            table = server.traversal()
+    print("\ntraversal:", json.dumps(table, indent=1))
+    # Every page's connection went direct to the SFU, but the one without UDP: relayed.
+    outcomes = {nat_type: (row["attempted"], row["direct"], row["relayed"], row["failed"])
+                for nat_type, row in table.items()}
+    assert outcomes == {"cone": (4, 4, 0, 0), "symmetric": (2, 2, 0, 0),
+                        "udp_blocked": (1, 0, 1, 0)}, table
     blocked = pages.pop()
     assert (blocked["mapped"], blocked["mapping"], blocked["natType"]) == (
         [], None, "udp_blocked"), blocked
