@@ -8,6 +8,8 @@ this SFU's own accounting: the peer connections whose selected pair runs through
 its relays now (the remote candidate is a relay on its address), then how often it was
 handed out first; a joiner gets the healthy servers in that order (browsers prefer the
 first server's relay candidates), so new relayed connections go to the least loaded.
+(coturn's own allocation counts need its Prometheus exporter, which Debian's build
+lacks.)
 """
 
 from __future__ import annotations
