@@ -36,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", help="address to bind the HTTP server to (server.host)")
     serve.add_argument("--port", type=int, help="HTTP port (server.port); 0: any free port")
     serve.add_argument("--log-level", choices=LOG_LEVELS, help="server.log_level")
+    serve.add_argument("--workers", type=int,
+                       help="worker processes, a room on one each (server.workers; "
+                       "0: one per core, the default; 1: a single process)")
     serve.add_argument(
         "--dev", action="store_true",
         help="development mode, whatever the config says: auth.mode = development (joins "
@@ -134,10 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         run = uvloop.run
     from sfu.transport.coturn import CoturnError
+    from sfu.workers.supervisor import WorkerError
 
     try:
         run(_serve(config))
-    except (CoturnError, ListenError) as exc:
+    except (CoturnError, ListenError, WorkerError) as exc:
         print(f"sfu: {exc}", file=sys.stderr)
         return 2
     return 0
@@ -199,7 +203,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     if getattr(args, "dev", False):
         server["host"] = "127.0.0.1"
         auth["mode"] = "development"
-    for key in ("host", "port", "log_level"):
+    for key in ("host", "port", "log_level", "workers"):
         if getattr(args, key, None) is not None:
             server[key] = getattr(args, key)
     return {"server": server, "auth": auth}
@@ -207,7 +211,6 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 async def _serve(config: sfu_config.Config) -> None:
     from sfu.control.admission import raise_fd_limit
-    from sfu.server import Server
 
     # Every WebSocket and peer connection costs a descriptor: take all the process may
     # have (the connection caps are derived from it, leaving headroom).
@@ -226,7 +229,16 @@ async def _serve(config: sfu_config.Config) -> None:
                 await asyncio.to_thread(coturns[-1].start)
                 print(f"sfu: coturn on {turn.host}:{turn.port} (TLS {turn.tls_port})",
                       flush=True)
-        server = Server(config)
+        workers = config.server.workers or os.cpu_count() or 1
+        server: Any
+        if workers == 1:
+            from sfu.server import Server
+
+            server = Server(config)
+        else:  # the front imports no media stack: its workers have it
+            from sfu.workers.front import Front
+
+            server = Front(config, workers)
         try:
             await server.start()
         except OSError as exc:
@@ -243,7 +255,8 @@ async def _serve(config: sfu_config.Config) -> None:
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, server.reload_tls)  # a renewed certificate
         scheme = "https" if server.tls else "http"
-        print(f"sfu: serving {scheme}://{config.server.host}:{server.port}/", flush=True)
+        print(f"sfu: serving {scheme}://{config.server.host}:{server.port}/"
+              + (f" with {workers} workers" if workers > 1 else ""), flush=True)
         await stop.wait()
         await server.stop()
     finally:

@@ -40,6 +40,10 @@ class ServerConfig:
     # Reverse proxies (addresses) whose X-Forwarded-For names the client: connection
     # limits per address then count the client, not the proxy.
     trusted_proxies: list[str] = field(default_factory=list)
+    # `sfu serve` runs this many worker processes, a room on one of them, behind a front
+    # that serves this port (sfu.workers); 0: one per core; 1: one process, no front.
+    # Worker i has media on rtc.udp_port + i and rtc.tcp_port + i.
+    workers: int = 0
 
 
 @dataclass
@@ -310,6 +314,8 @@ class Config:
             "rooms.max_participants",
             "1..1000",
         )
+        _check(self.server.workers, 0 <= self.server.workers <= 64, "server.workers",
+               "0 (one per core) .. 64")
         self._validate_turn()
         stun = self.diagnostics.stun
         _check(stun, not stun or (len(stun) == 2 and all(

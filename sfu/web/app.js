@@ -157,6 +157,7 @@ function endedText({ error, resumeFailed }) {
   if (error?.code === 'replaced') return 'You joined this room from another tab or device, so this one left the call.';
   if (error?.code === 'kicked') return 'You were removed from the room.';
   if (error?.code === 'room_closed') return 'The room was closed.';
+  if (error?.code === 'room_moved') return 'The server moved the room too often: join again.';
   if (resumeFailed) return 'The connection to the server was lost and could not be resumed: the call has ended.';
   return 'Disconnected from the server: the call has ended.';
 }
@@ -753,9 +754,28 @@ function listen(c, room, name) {
       setStatus('Left the room.');
       return;
     }
+    if (detail.error?.code === 'room_moved' && rejoinAllowed()) {
+      // The room's worker stopped; the room goes on elsewhere once someone joins it.
+      setStatus('The server moved the room: joining again…');
+      setTimeout(() => { if (!client) join({ viewer: viewerOnly }); }, REJOIN_DELAY_MS);
+      return;
+    }
     notify('error', endedText(detail), [{ id: 'notice-retry', label: 'Join again', onClick: () => join() }]);
     setStatus('Disconnected.', true);
   });
+}
+
+// At most REJOIN_LIMIT automatic rejoins a minute: a room that keeps moving is a fault
+// for the person to see.
+const REJOIN_DELAY_MS = 500;
+const REJOIN_LIMIT = 5;
+const rejoins = [];
+function rejoinAllowed() {
+  const now = Date.now();
+  while (rejoins.length && now - rejoins[0] > 60_000) rejoins.shift();
+  if (rejoins.length >= REJOIN_LIMIT) return false;
+  rejoins.push(now);
+  return true;
 }
 
 // `viewer`: publish nothing, as ?publish=0 does (the insecure notice offers it).

@@ -21,7 +21,8 @@ const RESUME_ATTEMPT_TIMEOUT_MS = 8000; // a socket that neither opens nor fails
 const OPEN_TIMEOUT_MS = 15000; // the first socket: past this, the server is unreachable
 // Errors after which the server closes the socket and the session is over for good:
 // resuming would fight the other tab (`replaced`) or come back against the admin's will.
-const FINAL_ERRORS = new Set(['replaced', 'kicked', 'room_closed']);
+// room_moved: the room's worker stopped (sfu serve --workers): join again, not resume.
+const FINAL_ERRORS = new Set(['replaced', 'kicked', 'room_closed', 'room_moved']);
 // ICE fallback (docs/protocol.md, "Restarting"): a connection not connected this long
 // after it was made, or disconnected this long, is rebuilt through TURN.
 const CONNECT_TIMEOUT_MS = 10000;

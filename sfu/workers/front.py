@@ -1,0 +1,261 @@
+"""``sfu serve --workers N``: the front process. It serves the public HTTP port (TLS
+too), keeps N workers running (sfu.workers.supervisor), places each room on one
+(sfu.workers.placement), relays each participant's WebSocket to its room's worker
+(sfu.workers.relay) — media goes straight to the worker's own UDP/TCP port, named in
+its ICE candidates — and answers for all of them: one /metrics scrape, one admin API
+(sfu.workers.admin_proxy). Webhooks leave each worker directly.
+
+Relaying, not handing the socket over: the front must read the `join` to know the
+room, and an upgraded WebSocket cannot be passed to another process's aiohttp; control
+messages are a few a second per participant, so the extra hop costs little.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import aiohttp
+from aiohttp import WSCloseCode, WSMsgType, web
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+from sfu.config import Config
+from sfu.control.admission import (
+    REFUSALS,
+    ConnectionLimiter,
+    client_address,
+    connection_budget,
+    http_limiter,
+)
+from sfu.control.listener import GatedListener
+from sfu.control.tls import Tls, make_tls
+from sfu.workers import admin_proxy
+from sfu.workers.metrics_merge import merge
+from sfu.workers.placement import Placement
+from sfu.workers.relay import ROOM_MOVED, copy_downstream, open_upstream, room_of, send_upstream
+from sfu.workers.supervisor import Supervisor
+
+logger = logging.getLogger(__name__)
+CLOSED = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR)
+
+
+class Front:
+    def __init__(self, config: Config, workers: int) -> None:
+        self.config = config
+        liveness = config.liveness
+        self.placement = Placement(workers, liveness.reconnect_grace_s + liveness.restart_grace_s)
+        self.supervisor = Supervisor(config, workers, self._worker_up, self._worker_lost)
+        self.placement.live.clear()  # live once each listens
+        limits = config.limits
+        self.control_connections = ConnectionLimiter(
+            connection_budget(limits.max_connections, 1), limits.max_connections_per_address)
+        self.http_connections = http_limiter(self.control_connections)
+        # Per worker: the client sockets relayed to it (closed with room_moved if it dies).
+        self.relayed: dict[int, set[web.WebSocketResponse]] = {i: set() for i in range(workers)}
+        self.session: aiohttp.ClientSession | None = None
+        self.tls: Tls | None = None
+        self.port: int | None = None
+        self._runner: web.AppRunner | None = None
+        self._listener: GatedListener | None = None
+        self._next = 0
+        # Set once every worker has started: requests wait for it (the port listens
+        # first, so that a port in use fails at once).
+        self.workers_started = asyncio.Event()
+        self.app = web.Application(middlewares=[self._wait_for_workers])
+        self.app.router.add_get("/ws", self._websocket)
+        self.app.router.add_get("/metrics", self._metrics)
+        self.app.router.add_get("/healthz", self._healthz)
+        self.app.router.add_get("/readyz", self._readyz)
+        self.app.add_subapp("/admin", admin_proxy.routes(self))
+        self.app.router.add_get("/{tail:.*}", self._any_worker)
+
+    @web.middleware
+    async def _wait_for_workers(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path != "/healthz":
+            await self.workers_started.wait()
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    # -- workers ----------------------------------------------------------------------
+
+    def _worker_up(self, index: int) -> None:
+        self.placement.worker_up(index)
+
+    def _worker_lost(self, index: int) -> None:
+        rooms = self.placement.worker_lost(index)
+        logger.warning("worker %d lost with %d room(s): %s", index, len(rooms),
+                       ", ".join(rooms) or "none")
+
+    def port_of(self, index: int) -> int:
+        return self.supervisor.workers[index].port
+
+    def any_worker(self) -> int:
+        """A live worker, in turn (for what any of them can answer)."""
+        live = sorted(self.placement.live)
+        if not live:
+            raise web.HTTPServiceUnavailable(text="no worker is running")
+        self._next = (self._next + 1) % len(live)
+        return live[self._next]
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Listen (OSError if the port is taken), then start the workers (WorkerError if
+        one cannot start: its ports taken, say)."""
+        self.session = aiohttp.ClientSession()
+        self._runner = web.AppRunner(self.app)
+        await self._runner.setup()
+        assert self._runner.server is not None
+        self.tls = make_tls(self.config)
+        self._listener = GatedListener(
+            self._runner.server, self.http_connections, self.tls.context if self.tls else None,
+            frozenset(self.config.server.trusted_proxies))
+        self.port = self._listener.listen(self.config.server.host, self.config.server.port)
+        await self.supervisor.start()
+        self.workers_started.set()
+        logger.info("sfu front on %s:%s, %d workers (pids %s)", self.config.server.host,
+                    self.port, len(self.supervisor.workers),
+                    ", ".join(str(w.pid) for w in self.supervisor.workers))
+
+    def reload_tls(self) -> None:
+        if self.tls is not None:
+            try:
+                self.tls.reload()
+            except OSError as exc:
+                logger.error("TLS certificate not reloaded, keeping the old one: %s", exc)
+
+    async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+        for sockets in self.relayed.values():
+            for ws in list(sockets):
+                await ws.close(code=WSCloseCode.GOING_AWAY)
+        await self.supervisor.stop()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self.session is not None:
+            await self.session.close()
+
+    # -- HTTP -------------------------------------------------------------------------
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        live = len(self.placement.live)
+        return web.json_response({"ready": live > 0, "workers": live},
+                                 status=200 if live else 503)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        assert self.session is not None
+
+        async def scrape(index: int) -> tuple[str, str]:
+            assert self.session is not None
+            async with self.session.get(f"http://127.0.0.1:{self.port_of(index)}/metrics") as r:
+                return str(index), await r.text()
+
+        texts = await asyncio.gather(*(scrape(i) for i in sorted(self.placement.live)),
+                                     return_exceptions=True)
+        expositions = [t for t in texts if isinstance(t, tuple)]
+        expositions.append(("front", generate_latest(REGISTRY).decode()))
+        return web.Response(body=merge(expositions), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _any_worker(self, request: web.Request) -> web.StreamResponse:
+        """The page, its scripts, /nat-test.json: what every worker serves alike."""
+        assert self.session is not None
+        url = f"http://127.0.0.1:{self.port_of(self.any_worker())}{request.path_qs}"
+        async with self.session.get(url) as upstream:
+            return web.Response(body=await upstream.read(), status=upstream.status,
+                                content_type=upstream.content_type)
+
+    # -- WebSocket relay --------------------------------------------------------------
+
+    async def _websocket(self, request: web.Request) -> web.StreamResponse:
+        max_bytes = self.config.server.max_message_bytes
+        ws = web.WebSocketResponse(max_msg_size=max_bytes + 1, autoping=False)
+        await ws.prepare(request)
+        address = client_address(request.remote or "", request.headers.get("X-Forwarded-For"),
+                                 self.config.server.trusted_proxies)
+        refusal = self.control_connections.admit(address)
+        if refusal is not None:
+            await ws.send_json({"type": "error", "code": refusal, "message": REFUSALS[refusal]})
+            await ws.close(code=WSCloseCode.TRY_AGAIN_LATER)
+            return ws
+        try:
+            await self._relay(request, ws, address)
+        finally:
+            self.control_connections.release(address)
+        return ws
+
+    async def _relay(self, request: web.Request, ws: web.WebSocketResponse, address: str) -> None:
+        timeout = self.config.limits.join_timeout_s
+        try:
+            message: Any = await ws.receive(timeout=timeout)
+        except TimeoutError:  # as a worker would say it
+            await ws.send_json({"type": "error", "code": "join_timeout",
+                                "message": f"no join within {timeout} s"})
+            await ws.close()
+            return
+        while message is not None and message.type not in CLOSED:
+            room = room_of(message)  # not a join: any worker answers as it would alone
+            try:
+                worker = (self.placement.place(room, time.monotonic()) if room
+                          else self.any_worker())
+            except (LookupError, web.HTTPServiceUnavailable):
+                await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"no worker")
+                return
+            message = await self._relay_to(request, ws, address, worker, room, message)
+
+    async def _relay_to(self, request: web.Request, ws: web.WebSocketResponse, address: str,
+                        worker: int, room: str | None, first: Any) -> Any:
+        """Relay to ``worker`` until either side ends; returns a client `join` for a room
+        on another worker (the caller moves the relay), else None."""
+        assert self.session is not None
+        try:
+            upstream = await open_upstream(self.session, self.port_of(worker), request,
+                                           address, self.config.server.max_message_bytes)
+        except aiohttp.ClientError:
+            await ws.send_json(ROOM_MOVED)
+            await ws.close(code=WSCloseCode.TRY_AGAIN_LATER)
+            return None
+        if room:
+            self.placement.connected(room)
+        self.relayed[worker].add(ws)
+        downstream = asyncio.create_task(copy_downstream(upstream, ws))
+        moved_to: Any = None
+        try:
+            await send_upstream(upstream, first)
+            while not downstream.done():
+                receiving = asyncio.ensure_future(ws.receive())
+                await asyncio.wait({receiving, downstream}, return_when=asyncio.FIRST_COMPLETED)
+                if not receiving.done():
+                    receiving.cancel()
+                    break
+                message = receiving.result()
+                other = room_of(message)
+                if other and other != room and self.placement.place(
+                        other, time.monotonic()) != worker:
+                    moved_to = message
+                    break
+                if not await send_upstream(upstream, message):
+                    break
+            code = await downstream if downstream.done() else None
+            if downstream.done() and code is None and not ws.closed:
+                await ws.send_json(ROOM_MOVED)  # the worker died under the room
+                await ws.close(code=WSCloseCode.TRY_AGAIN_LATER)
+            elif downstream.done() and not ws.closed:
+                await ws.close(code=code or WSCloseCode.OK)
+        except (ConnectionResetError, aiohttp.ClientError):
+            pass
+        finally:
+            downstream.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await downstream
+            await upstream.close()
+            self.relayed[worker].discard(ws)
+            if room:
+                self.placement.disconnected(room, time.monotonic())
+        return moved_to

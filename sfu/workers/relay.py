@@ -1,0 +1,84 @@
+"""A participant's control WebSocket, relayed by the front to its room's worker.
+
+The front reads the first message (a `join` names the room), opens a WebSocket to the
+room's worker on loopback with the client's address in X-Forwarded-For, and copies
+frames both ways as they are — text, binary, pings and pongs (the worker's liveness
+pings reach the client and its pongs come back). A later `join` for a room on another
+worker (after `leave`) moves the relay there. When the worker dies, the client gets
+`error {code: "room_moved"}` and the socket closes: it joins again, and the room is
+placed on a live worker.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import orjson
+from aiohttp import ClientSession, ClientWebSocketResponse, WSMsgType, web
+
+ROOM_MOVED = {"type": "error", "code": "room_moved",
+              "message": "the room's worker stopped: join again to continue the room"}
+
+
+def room_of(message: Any) -> str | None:
+    """The room a client frame joins, if it is a `join` (JSON text or msgpack)."""
+    try:
+        if message.type == WSMsgType.TEXT:
+            if '"join"' not in message.data:
+                return None
+            body = orjson.loads(message.data)
+        elif message.type == WSMsgType.BINARY:
+            body = msgpack.unpackb(message.data, raw=False, max_ext_len=0)
+        else:
+            return None
+    except (ValueError, msgpack.UnpackException, TypeError):
+        return None
+    if isinstance(body, dict) and body.get("type") == "join" and isinstance(body.get("room"), str):
+        room: str = body["room"]
+        return room
+    return None
+
+
+async def send_upstream(upstream: ClientWebSocketResponse, message: Any) -> bool:
+    """Copy a client frame to the worker; False when the client closed."""
+    if message.type == WSMsgType.TEXT:
+        await upstream.send_str(message.data)
+    elif message.type == WSMsgType.BINARY:
+        await upstream.send_bytes(message.data)
+    elif message.type == WSMsgType.PONG:
+        await upstream.pong(message.data)
+    elif message.type == WSMsgType.PING:
+        await upstream.ping(message.data)
+    else:  # CLOSE, CLOSING, CLOSED, ERROR
+        return False
+    return True
+
+
+async def copy_downstream(upstream: ClientWebSocketResponse, ws: web.WebSocketResponse
+                          ) -> int | None:
+    """Copy the worker's frames to the client until the worker's socket ends: the close
+    code the worker sent, or None when it ended without one (the worker died)."""
+    async for message in upstream:
+        if message.type == WSMsgType.TEXT:
+            await ws.send_str(message.data)
+        elif message.type == WSMsgType.BINARY:
+            await ws.send_bytes(message.data)
+        elif message.type == WSMsgType.PING:
+            await ws.ping(message.data)
+        elif message.type == WSMsgType.PONG:
+            await ws.pong(message.data)
+        else:
+            break
+    code = upstream.close_code
+    return None if code is None or code == 1006 else code
+
+
+async def open_upstream(session: ClientSession, port: int, request: web.Request,
+                        address: str, max_bytes: int) -> ClientWebSocketResponse:
+    headers = {"X-Forwarded-For": address}
+    if "Origin" in request.headers:
+        headers["Origin"] = request.headers["Origin"]
+    return await session.ws_connect(f"http://127.0.0.1:{port}/ws", headers=headers,
+                                    autoping=False, autoclose=False,
+                                    max_msg_size=max_bytes + 1)
