@@ -231,11 +231,12 @@ async def _serve(config: sfu_config.Config) -> None:
                       flush=True)
         workers = config.server.workers or os.cpu_count() or 1
         server: Any
-        if workers == 1:
+        if workers == 1 and not config.cluster.redis_url:
             from sfu.server import Server
 
             server = Server(config)
-        else:  # the front imports no media stack: its workers have it
+        else:  # the front imports no media stack: its workers have it (a cluster node
+            # is a front, even with one worker: it relays to the other nodes)
             from sfu.workers.front import Front
 
             server = Front(config, workers)

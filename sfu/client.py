@@ -46,6 +46,10 @@ from sfu.transport.internals import HostGathering, prepare_gathering
 # a full buffer (ss -uamn: drops); Chromium asks for 1 MiB.
 CLIENT_RECEIVE_BUFFER_BYTES = 2 << 20
 
+# Errors that end the session (docs/protocol.md, "Error codes"): requests under way fail.
+SESSION_ENDING = frozenset({"replaced", "kicked", "room_closed", "room_moved"})
+
+
 def pattern_track() -> MediaStreamTrack:
     """A video track to publish when there is no camera: aiortc's green test frames."""
     return VideoStreamTrack()
@@ -318,7 +322,17 @@ class Client:
             elif message["type"] == "offer":
                 self._offers.put_nowait((-1 if self._restarting else self._epoch, message))
             else:
+                if message["type"] == "error" and message.get("code") in SESSION_ENDING:
+                    self._fail_pending(ServerError(message))
                 self.events.put_nowait(message)
+        # The socket is gone: nothing waiting will be answered.
+        self._fail_pending(ConnectionError("the server closed the WebSocket"))
+
+    def _fail_pending(self, error: Exception) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(error)
+        self._pending.clear()
 
     async def _offer_loop(self) -> None:
         """Answer the server's subscribe offers one at a time, in order."""

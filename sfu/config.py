@@ -187,6 +187,21 @@ class DiagnosticsConfig:
 
 
 @dataclass
+class ClusterConfig:
+    # Several nodes (`sfu serve` on several machines) sharing rooms through Redis
+    # (sfu/cluster/): each registers itself with a heartbeat and its load; a room is
+    # placed on the least-loaded live node when first joined, and a participant whose
+    # WebSocket reaches another node is relayed there. "": one node, no Redis.
+    redis_url: str = ""
+    node_id: str = ""  # "": the host name and the HTTP port
+    # How the other nodes reach this one's HTTP port (relayed WebSockets, the admin
+    # API), e.g. "http://10.0.0.5:8080"; "": from server.host and the port.
+    advertise_url: str = ""
+    heartbeat_s: float = 1.0
+    node_ttl_s: float = 3.0  # no heartbeat for this long: the node is gone
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
@@ -197,6 +212,7 @@ class Config:
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     turn: TurnConfig = field(default_factory=TurnConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def validate(self) -> None:
         _check(self.server.port, 0 <= self.server.port <= 65535, "server.port", "0..65535")
@@ -316,6 +332,14 @@ class Config:
         )
         _check(self.server.workers, 0 <= self.server.workers <= 64, "server.workers",
                "0 (one per core) .. 64")
+        cluster = self.cluster
+        _check(cluster.redis_url, not cluster.redis_url or cluster.redis_url.startswith(
+            ("redis://", "rediss://", "unix://")), "cluster.redis_url",
+            '"" or a redis://, rediss:// or unix:// URL')
+        _check(cluster.heartbeat_s, 0.1 <= cluster.heartbeat_s <= 60, "cluster.heartbeat_s",
+               "0.1..60")
+        _check(cluster.node_ttl_s, cluster.node_ttl_s >= 2 * cluster.heartbeat_s,
+               "cluster.node_ttl_s", "at least two heartbeats")
         self._validate_turn()
         stun = self.diagnostics.stun
         _check(stun, not stun or (len(stun) == 2 and all(

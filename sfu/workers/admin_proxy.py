@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import asdict
 from typing import Any, Protocol
 
 import aiohttp
@@ -14,6 +15,7 @@ import msgpack
 import orjson
 from aiohttp import web
 
+from sfu.cluster.registry import NodeRegistry
 from sfu.control.admin import MSGPACK
 from sfu.diagnostics.traversal import OUTCOMES
 from sfu.workers.placement import Placement
@@ -26,24 +28,36 @@ class Workers(Protocol):
     placement: Placement
     supervisor: Supervisor
     session: aiohttp.ClientSession | None
+    cluster: NodeRegistry | None
 
     def port_of(self, index: int) -> int: ...
     def any_worker(self) -> int: ...
 
 
 async def _forward(front: Workers, request: web.Request, worker: int,
-                   body: bytes | None = None) -> tuple[int, bytes, str]:
+                   body: bytes | None = None, path: str | None = None) -> tuple[int, bytes, str]:
     """The worker's answer; a worker that is not there (it just died) a 503."""
+    return await _request(front, request, f"http://127.0.0.1:{front.port_of(worker)}",
+                          f"worker {worker}", body, path)
+
+
+async def _to_node(front: Workers, request: web.Request, url: str) -> tuple[int, bytes, str]:
+    return await _request(front, request, url, f"node {url}")
+
+
+async def _request(front: Workers, request: web.Request, base: str, what: str,
+                   body: bytes | None = None, path: str | None = None
+                   ) -> tuple[int, bytes, str]:
     assert front.session is not None
     headers = {k: request.headers[k] for k in FORWARDED_HEADERS if k in request.headers}
     try:
         async with front.session.request(
-                request.method, f"http://127.0.0.1:{front.port_of(worker)}{request.path_qs}",
-                data=await request.read() if body is None else body,
+                "GET" if path else request.method, f"{base}{path or request.path_qs}",
+                data=None if path else (await request.read() if body is None else body),
                 headers=headers) as upstream:
             return upstream.status, await upstream.read(), upstream.content_type
     except aiohttp.ClientError as exc:
-        error = {"error": {"code": "unavailable", "message": f"worker {worker}: {exc}"}}
+        error = {"error": {"code": "unavailable", "message": f"{what}: {exc}"}}
         return 503, orjson.dumps(error), "application/json"
 
 
@@ -114,6 +128,11 @@ def routes(front: Workers) -> web.Application:
 
     async def room_route(request: web.Request) -> web.Response:
         room = request.match_info["room"]
+        if front.placement.worker_of(room, time.monotonic()) is None and front.cluster:
+            # Held by another node? Its admin API answers (the same token works there).
+            held = await front.cluster.holder(room)
+            if held is not None and held.id != front.cluster.node_id:
+                return _response(*await _to_node(front, request, held.url))
         status, body, content_type = await _forward(front, request, owner(room))
         if request.method == "DELETE" and request.match_info["tail"] == "" and status == 204:
             front.placement.keep(room, False, time.monotonic())
@@ -122,6 +141,17 @@ def routes(front: Workers) -> web.Application:
     async def any_worker(request: web.Request) -> web.Response:
         return _response(*await _forward(front, request, front.any_worker()))
 
+    async def cluster(request: web.Request) -> web.Response:
+        """Every live node with its rooms and load (the token checked by a worker)."""
+        status, body, content_type = await _forward(front, request, front.any_worker(),
+                                                    path="/admin/traversal")
+        if status != 200:
+            return _response(status, body, content_type)
+        if front.cluster is None:
+            return web.json_response({"nodes": []})
+        return web.json_response({"nodes": [asdict(n) for n in await front.cluster.nodes()]})
+
+    app.router.add_get("/cluster", cluster)
     app.router.add_get("/rooms", list_rooms)
     app.router.add_post("/rooms", create_room)
     app.router.add_get("/traversal", traversal)

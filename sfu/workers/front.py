@@ -22,6 +22,7 @@ import aiohttp
 from aiohttp import WSCloseCode, WSMsgType, web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from sfu.cluster.registry import NodeRegistry, NodeState, advertise_url_of, node_id_of
 from sfu.config import Config
 from sfu.control.admission import (
     REFUSALS,
@@ -33,13 +34,25 @@ from sfu.control.admission import (
 from sfu.control.listener import GatedListener
 from sfu.control.tls import Tls, make_tls
 from sfu.workers import admin_proxy
+from sfu.workers.load import LoadSampler
 from sfu.workers.metrics_merge import merge
 from sfu.workers.placement import Placement
-from sfu.workers.relay import ROOM_MOVED, copy_downstream, open_upstream, room_of, send_upstream
+from sfu.workers.relay import (
+    RELAYED_HEADER,
+    ROOM_MOVED,
+    copy_downstream,
+    open_upstream,
+    room_of,
+    send_upstream,
+)
 from sfu.workers.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
 CLOSED = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR)
+
+
+class Unreachable(Exception):
+    """The room's worker or node did not take the WebSocket."""
 
 
 class Front:
@@ -56,6 +69,8 @@ class Front:
         # Per worker: the client sockets relayed to it (closed with room_moved if it dies).
         self.relayed: dict[int, set[web.WebSocketResponse]] = {i: set() for i in range(workers)}
         self.session: aiohttp.ClientSession | None = None
+        self.cluster: NodeRegistry | None = None  # with [cluster] redis_url
+        self.load = LoadSampler(self)
         self.tls: Tls | None = None
         self.port: int | None = None
         self._runner: web.AppRunner | None = None
@@ -115,6 +130,15 @@ class Front:
             frozenset(self.config.server.trusted_proxies))
         self.port = self._listener.listen(self.config.server.host, self.config.server.port)
         await self.supervisor.start()
+        cluster = self.config.cluster
+        if cluster.redis_url:
+            self.cluster = NodeRegistry(
+                cluster, node_id_of(cluster, self.port),
+                advertise_url_of(cluster, self.config.server.host, self.port, bool(self.tls)),
+                self.node_state)
+            await self.load.sample()
+            await self.cluster.start()
+            self.load.start(cluster.heartbeat_s)
         self.workers_started.set()
         logger.info("sfu front on %s:%s, %d workers (pids %s)", self.config.server.host,
                     self.port, len(self.supervisor.workers),
@@ -127,7 +151,17 @@ class Front:
             except OSError as exc:
                 logger.error("TLS certificate not reloaded, keeping the old one: %s", exc)
 
+    def node_state(self) -> NodeState:
+        """This node's rooms and load, for its heartbeat in Redis."""
+        assert self.cluster is not None
+        rooms = self.placement.occupancy()
+        return NodeState(self.cluster.node_id, self.cluster.url, rooms, sum(rooms.values()),
+                         self.load.forwarded_pps, self.load.cpu)
+
     async def stop(self) -> None:
+        self.load.stop()
+        if self.cluster is not None:
+            await self.cluster.stop()
         if self._listener is not None:
             self._listener.close()
         for sockets in self.relayed.values():
@@ -199,31 +233,50 @@ class Front:
                                 "message": f"no join within {timeout} s"})
             await ws.close()
             return
+        # Relayed by another node: the room is ours, whatever Redis said meanwhile.
+        relayed_in = (RELAYED_HEADER in request.headers
+                      and request.remote in self.config.server.trusted_proxies)
+        unreachable: set[str] = set()  # nodes this socket could not reach
         while message is not None and message.type not in CLOSED:
             room = room_of(message)  # not a join: any worker answers as it would alone
             try:
+                if room and self.cluster is not None and not relayed_in:
+                    owner = await self.cluster.owner(room, avoid=unreachable)
+                    if owner is not None and owner.id != self.cluster.node_id:
+                        try:
+                            message = await self._relay_to(
+                                request, ws, address, f"{owner.url}/ws", None, room, message)
+                        except Unreachable:  # gone before its heartbeat expired: elsewhere
+                            unreachable.add(owner.id)
+                        continue
                 worker = (self.placement.place(room, time.monotonic()) if room
                           else self.any_worker())
-            except (LookupError, web.HTTPServiceUnavailable):
-                await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"no worker")
+                message = await self._relay_to(
+                    request, ws, address, f"http://127.0.0.1:{self.port_of(worker)}/ws",
+                    worker, room, message)
+            except (LookupError, web.HTTPServiceUnavailable, Unreachable):
+                # No worker (or one dying): the client joins again in a moment.
+                await ws.send_json(ROOM_MOVED)
+                await ws.close(code=WSCloseCode.TRY_AGAIN_LATER)
                 return
-            message = await self._relay_to(request, ws, address, worker, room, message)
 
     async def _relay_to(self, request: web.Request, ws: web.WebSocketResponse, address: str,
-                        worker: int, room: str | None, first: Any) -> Any:
-        """Relay to ``worker`` until either side ends; returns a client `join` for a room
-        on another worker (the caller moves the relay), else None."""
+                        url: str, worker: int | None, room: str | None, first: Any) -> Any:
+        """Relay to a local ``worker`` (or, None, to another node) at ``url`` until either
+        side ends; returns a client `join` for another room (the caller routes it
+        afresh), else None."""
         assert self.session is not None
+        node = None if worker is not None or self.cluster is None else self.cluster.node_id
         try:
-            upstream = await open_upstream(self.session, self.port_of(worker), request,
-                                           address, self.config.server.max_message_bytes)
-        except aiohttp.ClientError:
-            await ws.send_json(ROOM_MOVED)
-            await ws.close(code=WSCloseCode.TRY_AGAIN_LATER)
-            return None
-        if room:
-            self.placement.connected(room)
-        self.relayed[worker].add(ws)
+            upstream = await open_upstream(self.session, url, request, address,
+                                           self.config.server.max_message_bytes, node)
+        except aiohttp.ClientError as exc:
+            raise Unreachable(url) from exc
+        local_room = room if worker is not None else None
+        if local_room:
+            self.placement.connected(local_room)
+        if worker is not None:
+            self.relayed[worker].add(ws)
         downstream = asyncio.create_task(copy_downstream(upstream, ws))
         moved_to: Any = None
         try:
@@ -236,15 +289,14 @@ class Front:
                     break
                 message = receiving.result()
                 other = room_of(message)
-                if other and other != room and self.placement.place(
-                        other, time.monotonic()) != worker:
+                if other and other != room:
                     moved_to = message
                     break
                 if not await send_upstream(upstream, message):
                     break
             code = await downstream if downstream.done() else None
             if downstream.done() and code is None and not ws.closed:
-                await ws.send_json(ROOM_MOVED)  # the worker died under the room
+                await ws.send_json(ROOM_MOVED)  # the worker (or node) died under the room
                 await ws.close(code=WSCloseCode.TRY_AGAIN_LATER)
             elif downstream.done() and not ws.closed:
                 await ws.close(code=code or WSCloseCode.OK)
@@ -255,7 +307,8 @@ class Front:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await downstream
             await upstream.close()
-            self.relayed[worker].discard(ws)
-            if room:
-                self.placement.disconnected(room, time.monotonic())
+            if worker is not None:
+                self.relayed[worker].discard(ws)
+            if local_room:
+                self.placement.disconnected(local_room, time.monotonic())
         return moved_to

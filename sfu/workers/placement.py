@@ -53,6 +53,10 @@ class Placement:
             load[placed.worker] = (connections + placed.connections, rooms + 1)
         return load
 
+    def occupancy(self) -> dict[str, int]:
+        """Every placed room's relayed connections (its participants here)."""
+        return {name: placed.connections for name, placed in self._rooms.items()}
+
     def rooms(self, worker: int) -> list[str]:
         return sorted(name for name, placed in self._rooms.items() if placed.worker == worker)
 

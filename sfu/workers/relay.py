@@ -74,11 +74,19 @@ async def copy_downstream(upstream: ClientWebSocketResponse, ws: web.WebSocketRe
     return None if code is None or code == 1006 else code
 
 
-async def open_upstream(session: ClientSession, port: int, request: web.Request,
-                        address: str, max_bytes: int) -> ClientWebSocketResponse:
+# On a WebSocket one node relays to another: the room's node serves it itself.
+RELAYED_HEADER = "X-Sfu-Relayed"
+
+
+async def open_upstream(session: ClientSession, url: str, request: web.Request,
+                        address: str, max_bytes: int, node: str | None = None
+                        ) -> ClientWebSocketResponse:
+    """The WebSocket to the room's worker (or, with ``node``, to the room's node,
+    saying which node relays)."""
     headers = {"X-Forwarded-For": address}
     if "Origin" in request.headers:
         headers["Origin"] = request.headers["Origin"]
-    return await session.ws_connect(f"http://127.0.0.1:{port}/ws", headers=headers,
-                                    autoping=False, autoclose=False,
+    if node is not None:
+        headers[RELAYED_HEADER] = node
+    return await session.ws_connect(url, headers=headers, autoping=False, autoclose=False,
                                     max_msg_size=max_bytes + 1)
