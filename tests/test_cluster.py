@@ -22,6 +22,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 import redis
 
@@ -201,6 +202,18 @@ async def _run(nodes: list[Node], view: ClusterView, redis_port: int,
     rooms = await placed(view)
     assert len({rooms[r][0] for r in "rst"}) == 3, rooms
 
+    # Any node's admin API: the cluster, and a room wherever it is.
+    holder = rooms["r"][0]
+    other = next(n for n in nodes if n.id != holder)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"http://127.0.0.1:{other.port}/admin/cluster") as response:
+            listed = {n["id"]: n["rooms"] for n in (await response.json())["nodes"]}
+        async with http.get(f"http://127.0.0.1:{other.port}/admin/rooms/r") as response:
+            assert response.status == 200, await response.text()
+            names = {p["name"] for p in (await response.json())["participants"]}
+    assert set(listed) == {"n1", "n2", "n3"} and listed[holder]["r"] == 2, listed
+    assert names == {"alice", "bob"}, names
+
     # The cluster view: a kick reaches carol's room wherever it is.
     await view.kick("s", carol.client.participant_id or "")
     assert (await carol.client.next_event("error", 10))["code"] == "kicked"
@@ -219,7 +232,6 @@ async def _run(nodes: list[Node], view: ClusterView, redis_port: int,
           f"longest frame gaps meanwhile {gaps[0]:.2f} / {gaps[1]:.2f} s")
     assert max(gaps) < 1.0, gaps
     # The placement came back too: a joiner through another node lands in the same room.
-    holder = (await placed(view))["r"][0]
     erin = Participant(next(n for n in nodes if n.id != holder), "r", "erin")
     people.append(erin)
     await erin.join(publish=False)

@@ -1,8 +1,9 @@
 """`sfu serve --workers 2` (sfu/workers/): two rooms land on two worker processes,
-media flows in both, one /metrics scrape and the admin API cover both; `kill -9` of the
-worker holding one room: its two browser participants are told `room_moved`, join again
-by themselves and see each other within REJOIN_BOUND_S, while the other room's
-participants (aiortc) never stop receiving video."""
+media flows in both, one /metrics scrape and the admin API cover both, each worker's
+webhooks arrive; `kill -9` of the worker holding one room: its two browser
+participants are told `room_moved`, join again by themselves and see each other within
+REJOIN_BOUND_S, while the other room's participants (aiortc) never stop receiving
+video."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from sfu.client import Client, pattern_track
 from sfu.config import Config
@@ -71,8 +73,32 @@ def test_each_worker_has_its_own_ports_and_trusts_the_front() -> None:
 
 
 @contextlib.asynccontextmanager
-async def front(workers: int) -> AsyncIterator[tuple[subprocess.Popen[str], int]]:
-    env = {**os.environ, "SFU_RTC_UDP_PORT": str(UDP_PORT), "SFU_RTC_TCP_PORT": str(UDP_PORT)}
+async def webhook_receiver() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
+    """(URL, the event bodies posted to it so far)."""
+    received: list[dict[str, Any]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append(await request.json())
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield f"http://127.0.0.1:{port}/hook", received
+    finally:
+        await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def front(workers: int, webhook: str = ""
+                ) -> AsyncIterator[tuple[subprocess.Popen[str], int]]:
+    env = {**os.environ, "SFU_RTC_UDP_PORT": str(UDP_PORT), "SFU_RTC_TCP_PORT": str(UDP_PORT),
+           "SFU_WEBHOOKS_URLS": webhook, "SFU_WEBHOOKS_SECRET": "w" * 32}
     process = subprocess.Popen([sys.executable, "-m", "sfu", "serve", "--workers", str(workers),
                                 "--port", "0"], stdout=subprocess.PIPE, text=True, env=env)
     try:
@@ -136,7 +162,8 @@ async def decoding(page: Any, other: str) -> tuple[bool, Any]:
 async def test_two_workers_two_rooms_and_a_worker_killed() -> None:
     from playwright.async_api import async_playwright
 
-    async with front(2) as (_, port), async_playwright() as playwright:
+    async with webhook_receiver() as (hook, events), front(2, hook) as (_, port), \
+            async_playwright() as playwright:
         browsers = []
         watchers = [Watcher(port, "w1"), Watcher(port, "w2")]
         tasks: list[asyncio.Task[None]] = []
@@ -156,6 +183,9 @@ async def test_two_workers_two_rooms_and_a_worker_killed() -> None:
             placed = rooms(port)
             assert placed["a"]["participants"] == placed["b"]["participants"] == 2, placed
             assert placed["a"]["pid"] != placed["b"]["pid"], placed  # two processes
+            # Each worker's events leave by its own webhooks.
+            joined = {(e["room"], e["name"]) for e in events if e["type"] == "participant_joined"}
+            assert joined >= {("a", "p1"), ("a", "p2"), ("b", "w1"), ("b", "w2")}, events
             text = get(port, "/metrics")
             for worker in ("0", "1"):
                 assert metric(text, "sfu_participants", worker) == 2, text
