@@ -16,9 +16,9 @@ with_test=0
 # loss and firewalls in the tests' network namespaces; openssl: an independent HMAC for
 # the TURN credential test; iproute2/util-linux: `ip` and `unshare` for those
 # namespaces; build-essential/python3-dev: the Cython extensions; redis-server: the
-# cluster tests' Redis.
+# cluster tests' Redis; haproxy: the cluster example's load balancer, run by its test.
 packages=(build-essential python3-dev python3-venv iproute2 util-linux coturn)
-[ "$with_test" = 1 ] && packages+=(chromium janus iptables openssl procps firefox-esr nodejs redis-server
+[ "$with_test" = 1 ] && packages+=(chromium janus iptables openssl procps firefox-esr nodejs redis-server haproxy
     gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
     gstreamer1.0-nice python3-gst-1.0 gir1.2-gst-plugins-base-1.0
     gir1.2-gst-plugins-bad-1.0 python3-websocket)
@@ -39,7 +39,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
         "${missing[@]}" >/dev/null
     # Debian's janus and coturn enable system-wide services; sfu starts its own.
     if command -v systemctl >/dev/null; then
-        for service in janus coturn redis-server; do
+        for service in janus coturn redis-server haproxy; do
             if [[ " ${missing[*]} " == *" $service "* ]]; then
                 $sudo systemctl disable --now "$service" >/dev/null 2>&1 || true
             fi

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -29,6 +30,7 @@ import redis
 from sfu.client import Client, pattern_track
 from sfu.cluster.registry import NodeState, least_loaded
 from sfu.cluster.view import ClusterView
+from sfu.config import load
 from tests.conftest import requires_isolated_network
 
 REDIS = shutil.which("redis-server", path="/usr/bin:/usr/sbin:/bin")
@@ -285,3 +287,87 @@ async def _joined(person: Participant) -> bool:
         person.client = Client(person.client.url, room="r", name=person.client.name)
         return False
     return True
+
+
+HAPROXY = shutil.which("haproxy", path="/usr/sbin:/usr/bin:/sbin")
+EXAMPLES = Path(__file__).parent.parent / "config" / "cluster"
+
+
+def test_the_example_node_config_loads() -> None:
+    config = load(EXAMPLES / "node1.toml", env={})
+    assert config.cluster.redis_url and config.cluster.advertise_url
+
+
+@requires_isolated_network
+@pytest.mark.skipif(REDIS is None or HAPROXY is None,
+                    reason="needs redis-server and haproxy (scripts/install.sh --test)")
+async def test_two_nodes_behind_the_example_haproxy(tmp_path: Path) -> None:
+    """config/cluster/haproxy.cfg, its addresses replaced: round robin sends alice and
+    bob to different nodes, and they meet in one room with video both ways."""
+    redis_port, proxy_port = free_port(), free_port()
+    redis_processes = [start_redis(redis_port)]
+    nodes = [Node(i, redis_port) for i in (1, 2)]
+    proxy: subprocess.Popen[bytes] | None = None
+    people: list[Participant] = []
+    try:
+        await asyncio.gather(*(n.started() for n in nodes))
+        text = (EXAMPLES / "haproxy.cfg").read_text().replace(
+            "bind :8080", f"bind 127.0.0.1:{proxy_port}")
+        for node in nodes:
+            text = re.sub(rf"server node{node.id[1:]} \S+",
+                          f"server node{node.id[1:]} 127.0.0.1:{node.port}", text)
+        config = tmp_path / "haproxy.cfg"
+        config.write_text(text)
+        assert HAPROXY is not None
+        checked = subprocess.run([HAPROXY, "-c", "-f", str(config)], capture_output=True,
+                                 text=True)
+        assert checked.returncode == 0, checked.stderr
+        proxy = subprocess.Popen([HAPROXY, "-db", "-f", str(config)],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        entrance = Node.__new__(Node)  # the proxy's address, as a Participant reaches a node
+        entrance.port = proxy_port
+        await until(lambda: _listening(proxy_port), 10, "haproxy listening")
+        alice, bob = Participant(entrance, "lb", "alice"), Participant(entrance, "lb", "bob")
+        people += [alice, bob]
+        await alice.join()
+        await bob.join()
+        await until(lambda: both_receiving(alice, bob), 30, "alice and bob receiving")
+        view = ClusterView(f"redis://127.0.0.1:{redis_port}/0")
+        try:
+            await until(lambda: _count_anywhere(view, "lb", 2), 5, "both in room lb")
+        finally:
+            await view.close()
+        # Each node took one of the two WebSockets: one relayed it to the other, which
+        # relayed both to its worker.
+        async with aiohttp.ClientSession() as http:
+            relays = []
+            for node in nodes:
+                async with http.get(f"http://127.0.0.1:{node.port}/metrics") as response:
+                    text = await response.text()
+                relays.append({to: float(n) for to, n in re.findall(
+                    r'^sfu_front_relays_total\{to="(\w+)",worker="front"\} (\S+)$', text, re.M)
+                    if float(n)})
+        assert sorted(relays, key=str) == [{"node": 1}, {"worker": 2}], relays
+    finally:
+        for person in people:
+            await person.close()
+        if proxy is not None:
+            proxy.terminate()
+            proxy.wait(10)
+        for node in nodes:
+            node.stop()
+        for process in redis_processes:
+            stop_redis(process)
+
+
+async def _listening(port: int) -> bool:
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return False
+    writer.close()
+    return True
+
+
+async def _count_anywhere(view: ClusterView, room: str, participants: int) -> bool:
+    return (await placed(view)).get(room, ("", 0))[1] == participants

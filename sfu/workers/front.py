@@ -20,7 +20,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import WSCloseCode, WSMsgType, web
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, generate_latest
 
 from sfu.cluster.registry import NodeRegistry, NodeState, advertise_url_of, node_id_of
 from sfu.config import Config
@@ -49,6 +49,8 @@ from sfu.workers.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
 CLOSED = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR)
+RELAYS = Counter("sfu_front_relays", "WebSockets this front relayed, to a worker of its own "
+                 "or to the node holding the room", ["to"])
 
 
 class Unreachable(Exception):
@@ -272,6 +274,7 @@ class Front:
                                            self.config.server.max_message_bytes, node)
         except aiohttp.ClientError as exc:
             raise Unreachable(url) from exc
+        RELAYS.labels("worker" if worker is not None else "node").inc()
         local_room = room if worker is not None else None
         if local_room:
             self.placement.connected(local_room)
