@@ -18,7 +18,8 @@ with_test=0
 # namespaces; build-essential/python3-dev: the Cython extensions; redis-server: the
 # cluster tests' Redis; haproxy: the cluster example's load balancer, run by its test.
 packages=(build-essential python3-dev python3-venv iproute2 util-linux coturn)
-[ "$with_test" = 1 ] && packages+=(chromium janus iptables openssl procps firefox-esr nodejs redis-server haproxy
+[ "$with_test" = 1 ] && packages+=(chromium janus iptables openssl procps firefox-esr nodejs
+    redis-server haproxy
     gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
     gstreamer1.0-nice python3-gst-1.0 gir1.2-gst-plugins-base-1.0
     gir1.2-gst-plugins-bad-1.0 python3-websocket)
