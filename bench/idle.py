@@ -182,9 +182,12 @@ class Server:
     async def start(self) -> None:
         port = free_port(ADDRESS)
         config = Path(self._dir.name) / "sfu.toml"
+        # One process, as the figures always meant (`sfu serve` now defaults to a worker
+        # per core; a tree from before the workers knows no server.workers).
+        one_process = "workers = 1\n" if (self.tree / "sfu" / "workers").is_dir() else ""
         config.write_text(
             "[server]\n"
-            f'host = "{ADDRESS}"\nport = {port}\nlog_level = "warning"\n'
+            f'host = "{ADDRESS}"\nport = {port}\nlog_level = "warning"\n{one_process}'
             "[auth]\n"
             'mode = "development"\nsecret = ""\n'  # loopback only; the admin API is open
             "[rtc]\n"

@@ -3,7 +3,10 @@
     python -m sfu_bench.loadgen '<json job>'
 
 The job names the system's signalling, the room, who publishes and who only
-listens, the run length and the replay rate. Progress goes to stdout as JSON lines:
+listens, the run length and the replay rate. With ``rooms`` (a list of signallings,
+one per room: ``{"signalling": ..., "signalling_args": ...}``) it makes the same room
+once in each, driven at the same rate and measured together; its participants are
+named ``r<i>-<name>`` there. Progress goes to stdout as JSON lines:
 ``{"event": "ready"}`` when every connection is up, ``{"event": "start"}`` and
 ``{"event": "stop"}`` around the media phase (the controller samples the server's
 CPU between them), then ``{"event": "result", ...}``.
@@ -54,6 +57,14 @@ def make_signalling(job: dict[str, Any]) -> Signalling:
     return signalling
 
 
+def room_signallings(job: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(name prefix, signalling) per room: the job's own room, or each of ``rooms``."""
+    rooms = job.get("rooms")
+    if not rooms:
+        return [("", job)]
+    return [(f"r{i}-" if len(rooms) > 1 else "", room) for i, room in enumerate(rooms)]
+
+
 async def answer_offers(participant: Participant, gathering: internals.HostGathering) -> None:
     while True:
         offer: SubscribeOffer = await participant.signalling.next_offer()
@@ -75,7 +86,8 @@ async def run(job: dict[str, Any]) -> dict[str, Any]:
     recording = recordings.load()
     gathering = internals.HostGathering(tuple(job["addresses"]), "", 30000, 39999)
     participants = [
-        Participant(name, name in job["publishers"], make_signalling(job))
+        Participant(prefix + name, name in job["publishers"], make_signalling(room))
+        for prefix, room in room_signallings(job)
         for name in job["publishers"] + job["listeners"]
     ]
     offer_tasks = []
@@ -164,6 +176,7 @@ async def run(job: dict[str, Any]) -> dict[str, Any]:
     cpu = (usage_end.ru_utime - usage_start.ru_utime) + (usage_end.ru_stime
                                                          - usage_start.ru_stime)
     return {
+        "rooms": len(room_signallings(job)),
         "media_seconds": round(media_seconds, 3),
         "sent_packets": sent,
         "generator_cpu_seconds": round(cpu, 3),

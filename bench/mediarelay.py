@@ -25,6 +25,7 @@ class MediaRelaySystem(ProcessSystem):
     """`python -m sfu_bench.mediarelay_server`, one process."""
 
     name = "mediarelay"
+    max_rooms = 1  # the room is the whole server (job())
 
     def __init__(self) -> None:
         super().__init__()

@@ -1,14 +1,22 @@
 """The forwarding-throughput benchmark: systems × scenarios, side by side in one run.
 
     sfu bench [--systems sfu-cython,sfu-python] [--scenarios 2x2,1x9] [--seconds 10]
-              [--no-sweep] [--json PATH] [--png PATH]
+              [--workers 1,2] [--sweep-rooms 2] [--no-sweep] [--json PATH] [--png PATH]
 
 For each system and scenario it starts the system, runs the load generator (a
 separate process of real WebRTC participants, bench/loadgen.py) and reports:
 server CPU-µs per forwarded packet (the server's own user+system time during the
-media phase), forwarded packets per second, loss, added latency p50/p99, server RSS,
-and the generator's own CPU. Then a sweep of replay rates finds each system's
-saturation point: the highest forwarded rate with loss under the limit.
+media phase, over its whole process tree: a front and its workers too), forwarded
+packets per second, loss, added latency p50/p99, server RSS, and the generator's own
+CPU. Then a sweep of replay rates finds each system's saturation point: the highest
+forwarded rate with loss under the limit.
+
+Each sfu system runs as `sfu serve --workers N`, N = 1 (one process) unless
+--workers lists more counts: then once per count, side by side (sfu-cython,
+sfu-cython-w2, ...), and the report gives each multi-worker system's saturation
+throughput as a multiple of the one-worker system's. A room lives on one worker, so
+to load several, --sweep-rooms N sweeps N copies of the sweep's room at once (one
+load generator, the same rate in each).
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -26,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from . import loadgen
-from .systems import System, all_systems, machine, usage
+from .systems import System, all_systems, cpu_by_pid, machine, usage
 
 SCENARIOS_FILE = Path(__file__).parent / "scenarios.toml"
 # Results go where the user runs the bench, never into the installed package.
@@ -40,15 +49,19 @@ def load_scenarios(path: Path = SCENARIOS_FILE) -> tuple[dict[str, dict[str, Any
 
 
 async def run_case(
-    system: System, scenario: dict[str, Any], rate: float, seconds: float, address: str
+    system: System, scenario: dict[str, Any], rate: float, seconds: float, address: str,
+    rooms: int = 1,
 ) -> dict[str, Any]:
-    """One system, one room, one replay rate: start, load, measure, stop."""
-    room = f"bench-{scenario['name']}"
+    """One system, one replay rate, the scenario's room (or ``rooms`` copies of it,
+    each its own room): start, load, measure, stop."""
+    names = ([f"bench-{scenario['name']}"] if rooms == 1
+             else [f"bench-{scenario['name']}-{i}" for i in range(rooms)])
     publishers = [f"pub{i}" for i in range(scenario["publishers"])]
     listeners = [f"sub{i}" for i in range(scenario["listeners"])]
     await system.start(address)
     try:
-        job = {**system.job(room), "publishers": publishers, "listeners": listeners,
+        job = {**system.job(names[0]), "publishers": publishers, "listeners": listeners,
+               **({"rooms": [system.job(name) for name in names]} if rooms > 1 else {}),
                "seconds": seconds, "rate": rate, "addresses": [address],
                "simulcast": scenario.get("simulcast", False),
                "audio_only": scenario.get("audio_only", False)}
@@ -58,12 +71,15 @@ async def run_case(
         )
         assert process.stdout is not None
         marks: dict[str, Any] = {}
+        per_process: dict[str, dict[int, float]] = {}
         result: dict[str, Any] | None = None
         async with asyncio.timeout(seconds + 120):
             async for line in process.stdout:
                 event = json.loads(line)
                 if event["event"] in ("start", "stop"):
-                    marks[event["event"]] = usage(system.pids())
+                    pids = system.pids()
+                    marks[event["event"]] = usage(pids)
+                    per_process[event["event"]] = cpu_by_pid(pids)
                 elif event["event"] == "result":
                     result = event
             await process.wait()
@@ -75,11 +91,17 @@ async def run_case(
     forwarded = result["received_packets"]
     send_seconds = result["media_seconds"] - loadgen.DRAIN_SECONDS
     server_cpu = u1.cpu_seconds - u0.cpu_seconds
+    p0, p1 = per_process["start"], per_process["stop"]
     return {
         "system": system.name,
         "scenario": scenario["name"],
         "rate": rate,
         "seconds": seconds,
+        # The server's processes (its own first, then e.g. a front's workers) and the
+        # cores each used: with workers, whether each room had one to itself.
+        "server_processes": len(p1),
+        "server_cpu_cores_by_process": [round((p1[pid] - p0[pid]) / send_seconds, 3)
+                                        for pid in p1 if pid in p0],
         "forwarded_packets": forwarded,
         "forwarded_pps": round(forwarded / send_seconds, 1),
         "server_cpu_seconds": round(server_cpu, 3),
@@ -114,13 +136,13 @@ class Progress:
 
 async def run_all(args: argparse.Namespace) -> dict[str, Any]:
     scenarios, sweep = load_scenarios()
-    systems = all_systems(args.baseline)
-    chosen_systems = args.systems.split(",") if args.systems else list(systems)
+    systems = all_systems(args.baseline, worker_counts(args))
+    chosen_systems = (choose_systems(systems, args.systems.split(",")) if args.systems
+                      else list(systems))
     chosen_scenarios = args.scenarios.split(",") if args.scenarios else list(scenarios)
-    unknown = [s for s in chosen_systems if s not in systems] + [
-        s for s in chosen_scenarios if s not in scenarios]
+    unknown = [s for s in chosen_scenarios if s not in scenarios]
     if unknown:
-        raise SystemExit(f"unknown system or scenario: {', '.join(unknown)}")
+        raise SystemExit(f"unknown scenario: {', '.join(unknown)}")
     runnable, skipped = [], {}
     for name in chosen_systems:
         reason = systems[name].skip_reason(args.address)
@@ -128,7 +150,8 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
             runnable.append(systems[name])
         else:
             skipped[name] = reason
-    rates = [r for r in sweep["rates"] if r <= args.max_rate] if args.sweep else []
+    rates = args.rates or sweep["rates"]
+    rates = [r for r in rates if r <= args.max_rate] if args.sweep else []
     progress = Progress(len(runnable) * (len(chosen_scenarios) + len(rates)))
     results: list[dict[str, Any]] = []
     failures: list[dict[str, str]] = []
@@ -147,6 +170,11 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
                 failures.append({"system": system.name, "scenario": name, "error": repr(exc)})
             progress.advance()
         if rates:
+            if args.sweep_rooms > 1 and getattr(system, "max_rooms", None) == 1:
+                failures.append({"system": system.name, "scenario": "sweep",
+                                 "error": f"hosts one room only, not {args.sweep_rooms}"})
+                progress.done += len(rates)
+                continue
             sweeps[system.name] = await run_sweep(system, scenarios[sweep["scenario"]], rates,
                                                   sweep["loss_limit"], args, progress)
     print(file=sys.stderr)
@@ -158,7 +186,54 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
         "failures": failures,
         "results": results,
         "sweep": sweeps,
+        "sweep_scaling": worker_scaling(sweeps),
     }
+
+
+def family(name: str) -> str:
+    """A system's name without its worker count: sfu-cython-w2 → sfu-cython."""
+    return re.sub(r"-w\d+(?=-|$)", "", name)
+
+
+def worker_scaling(sweeps: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each multi-worker system's saturation forwarded pkt/s over its one-worker
+    system's (same sweep, same run): ``{"sfu-cython-w2": {"ratio": 1.8, "bound":
+    "exact"}}``. A system the sweep did not saturate has a lower bound only: the ratio
+    is then "lower" (this system's), "upper" (the one worker's) or "unknown" (both)."""
+    scaling: dict[str, dict[str, Any]] = {}
+    for name, sweep in sweeps.items():
+        base = sweeps.get(family(name))
+        if family(name) == name or base is None:
+            continue
+        ours, theirs = sweep["saturation_forwarded_pps"], base["saturation_forwarded_pps"]
+        bound = {(True, True): "exact", (False, True): "lower", (True, False): "upper",
+                 (False, False): "unknown"}[bool(sweep["saturated"]), bool(base["saturated"])]
+        scaling[name] = {"over": family(name),
+                         "ratio": round(ours / theirs, 3) if ours and theirs else None,
+                         "bound": bound}
+    return scaling
+
+
+def choose_systems(systems: dict[str, System], chosen: list[str]) -> list[str]:
+    """Names from --systems: a system's own name, or a family (sfu-cython) for each of
+    its worker counts (sfu-cython, sfu-cython-w2, ...)."""
+    names = [name for name in systems if name in chosen or family(name) in chosen]
+    unknown = [c for c in chosen if c not in names and not any(family(n) == c for n in names)]
+    if unknown:
+        raise SystemExit(f"unknown system: {', '.join(unknown)}")
+    return names
+
+
+def worker_counts(args: argparse.Namespace) -> tuple[int, ...]:
+    """--workers, and any count a --systems name asks for (sfu-cython-w2: 2)."""
+    try:
+        counts = [int(c) for c in args.workers.split(",")]
+    except ValueError:
+        raise SystemExit(f"--workers: counts, comma-separated, not {args.workers!r}") from None
+    named = [int(m) for m in re.findall(r"-w(\d+)(?=-|,|$)", args.systems or "")]
+    if any(c < 1 for c in counts + named) or args.sweep_rooms < 1:
+        raise SystemExit("--workers and --sweep-rooms count from 1")
+    return tuple(dict.fromkeys(counts + named))
 
 
 async def run_sweep(system: System, scenario: dict[str, Any], rates: list[float],
@@ -169,7 +244,8 @@ async def run_sweep(system: System, scenario: dict[str, Any], rates: list[float]
     for rate in rates:
         progress.step(f"{system.name} sweep {scenario['name']} x{rate}")
         try:
-            point = await run_case(system, scenario, rate, args.sweep_seconds, args.address)
+            point = await run_case(system, scenario, rate, args.sweep_seconds, args.address,
+                                   args.sweep_rooms)
         except Exception as exc:
             points.append({"rate": rate, "error": repr(exc)})
             progress.advance()
@@ -183,6 +259,7 @@ async def run_sweep(system: System, scenario: dict[str, Any], rates: list[float]
     last = points[-1] if points else {}
     return {
         "scenario": scenario["name"],
+        "rooms": args.sweep_rooms,
         "loss_limit": loss_limit,
         # False when even the highest rate stayed under the loss limit: the figure is
         # then a lower bound, not the saturation point.
@@ -191,6 +268,8 @@ async def run_sweep(system: System, scenario: dict[str, Any], rates: list[float]
         "saturation_server_cpu_cores": best["server_cpu_cores"] if best else None,
         # The load generator shares the machine: at saturation, how much it used.
         "saturation_generator_cpu_cores": best["generator_cpu_cores"] if best else None,
+        "saturation_server_cpu_cores_by_process": (
+            best["server_cpu_cores_by_process"] if best else None),
         "saturation_pps_per_core": (
             round(best["forwarded_pps"] / max(best["server_cpu_cores"], 1e-3))
             if best else None),
@@ -199,28 +278,47 @@ async def run_sweep(system: System, scenario: dict[str, Any], rates: list[float]
 
 
 def print_table(report: dict[str, Any]) -> None:
-    header = (f"{'system':12} {'scenario':8} {'fwd pkt/s':>10} {'CPU-us/pkt':>10} "
+    width = max([12, *(len(r["system"]) for r in report["results"])])
+    header = (f"{'system':{width}} {'scenario':8} {'fwd pkt/s':>10} {'CPU-us/pkt':>10} "
               f"{'cores':>6} {'loss %':>7} {'p50 ms':>7} {'p99 ms':>7} {'RSS MiB':>8} "
               f"{'gen us/pkt':>10}")
     print(header)
     print("-" * len(header))
     for r in report["results"]:
-        print(f"{r['system']:12} {r['scenario']:8} {r['forwarded_pps']:>10,.0f} "
+        print(f"{r['system']:{width}} {r['scenario']:8} {r['forwarded_pps']:>10,.0f} "
               f"{_num(r['server_cpu_us_per_forwarded_packet']):>10} "
               f"{r['server_cpu_cores']:>6.2f} {_num(_pct(r['loss'])):>7} "
               f"{_num(r['latency_ms_p50']):>7} {_num(r['latency_ms_p99']):>7} "
               f"{r['server_rss_mib']:>8.1f} {r['generator_cpu_us_per_packet']:>10.2f}")
     for name, sweep in report["sweep"].items():
         reached = "saturation" if sweep["saturated"] else "not saturated at the highest rate"
-        print(f"{name}: {reached} ({sweep['scenario']}, loss < {sweep['loss_limit']:.0%}): "
+        rooms = sweep.get("rooms", 1)
+        where = sweep["scenario"] + (f" x {rooms} rooms" if rooms > 1 else "")
+        by_process = sweep.get("saturation_server_cpu_cores_by_process") or []
+        split = (" [" + " + ".join(f"{c:.2f}" for c in by_process) + " per process]"
+                 if len(by_process) > 1 else "")
+        print(f"{name}: {reached} ({where}, loss < {sweep['loss_limit']:.0%}): "
               f"{_num(sweep['saturation_forwarded_pps'])} forwarded pkt/s using "
-              f"{_num(sweep['saturation_server_cpu_cores'])} cores = "
+              f"{_num(sweep['saturation_server_cpu_cores'])} cores{split} = "
               f"{_num(sweep['saturation_pps_per_core'])} pkt/s per core (load generator: "
               f"{_num(sweep['saturation_generator_cpu_cores'])} cores)")
+    bounds = {"exact": "", "lower": " (at least: not saturated)",
+              "upper": " (at most: the one worker not saturated)",
+              "unknown": " (neither saturated: no figure)"}
+    for name, scaling in report.get("sweep_scaling", {}).items():
+        print(f"{name}: {_num(scaling['ratio'])}x the saturation throughput of "
+              f"{scaling['over']}{bounds[scaling['bound']]}")
     for name, reason in report["skipped"].items():
         print(f"{name}: skipped: {reason}")
     for failure in report["failures"]:
         print(f"{failure['system']} {failure['scenario']}: failed: {failure['error']}")
+
+
+def _rates(text: str) -> list[float]:
+    rates = [float(r) for r in text.split(",")]
+    if rates != sorted(rates) or rates[0] <= 0:
+        raise argparse.ArgumentTypeError(f"rising positive rates, not {text}")
+    return rates
 
 
 def _pct(value: float | None) -> float | None:
@@ -269,8 +367,12 @@ def write_chart(report: dict[str, Any], path: Path) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="sfu bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--systems", help="comma-separated (default: all)")
+    parser = argparse.ArgumentParser(
+        prog="sfu bench", description=__doc__.split("\n\n")[0],
+        epilog="Workers against one process, two rooms (one a worker) at saturation: "
+        "sfu bench --systems sfu-cython --scenarios 1x9 --workers 1,2 --sweep-rooms 2")
+    parser.add_argument("--systems", help="comma-separated (default: all); sfu-cython "
+                        "means each of its --workers counts, sfu-cython-w2 only that one")
     parser.add_argument("--baseline", metavar="TREE",
                         help="also run another checkout's server (its extension built in "
                              "place) as sfu-cython-baseline, e.g. the previous main")
@@ -278,6 +380,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=10.0, help="media seconds per case")
     parser.add_argument("--sweep-seconds", type=float, default=6.0)
     parser.add_argument("--max-rate", type=float, default=1e9, help="cap the sweep's rates")
+    parser.add_argument(
+        "--rates", type=_rates, metavar="R[,R...]",
+        help="the sweep's replay rates, rising (default: [sweep] rates in "
+        "bench/scenarios.toml); a finer grid near saturation, a finer ratio")
+    parser.add_argument(
+        "--workers", default="1", metavar="N[,N...]",
+        help="run each sfu system as `sfu serve --workers N` once per count, side by side "
+        "(sfu-cython, sfu-cython-w2, ...), and report each count's saturation throughput "
+        "over one worker's (default: 1, one process)")
+    parser.add_argument(
+        "--sweep-rooms", type=int, default=1, metavar="N",
+        help="sweep N copies of the sweep's room at once, each its own room (a room "
+        "lives on one worker: 2 rooms load 2 workers), the same rate in each")
     parser.add_argument("--no-sweep", dest="sweep", action="store_false")
     parser.add_argument(
         "--address",
