@@ -15,23 +15,21 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from aiohttp import WSCloseCode, web
+from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sfu import events
 from sfu.config import Config
 from sfu.control import admin
 from sfu.control.admission import (
-    REFUSALS,
     ConnectionLimiter,
-    client_address,
     connection_budget,
     http_limiter,
 )
 from sfu.control.auth import AuthError, Grants, verify_token
 from sfu.control.listener import GatedListener
 from sfu.control.tls import Tls, make_tls
-from sfu.control.websocket import ConnectionLimits, ControlConnection
+from sfu.control.websocket import ConnectionLimits, ControlConnection, accept
 from sfu.embedding import Embedding
 from sfu.fastpath import make_forwarder
 from sfu.metrics import registry
@@ -223,28 +221,8 @@ class Server(Embedding):
         return web.FileResponse(path)
 
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
-        allowed = self.config.auth.allowed_origins
-        origin = request.headers.get("Origin")
-        if allowed and origin not in allowed:
-            raise web.HTTPForbidden(text=f"origin {origin!r} is not allowed")
-        max_bytes = self.config.server.max_message_bytes
-        # autoping off: pongs are the liveness signal ControlConnection watches.
-        ws = web.WebSocketResponse(max_msg_size=max_bytes + 1, autoping=False)
-        await ws.prepare(request)
-        # Counted once the handshake is done: a handshake that fails is never released.
-        address = client_address(request.remote or "", request.headers.get("X-Forwarded-For"),
-                                 self.config.server.trusted_proxies)
-        refusal = self.control_connections.admit(address)
-        if refusal is not None:
-            # Told why, then closed at once: a flood holds no descriptors.
-            await ws.send_json({"type": "error", "code": refusal, "message": REFUSALS[refusal]})
-            await ws.close(code=WSCloseCode.TRY_AGAIN_LATER)
-            return ws
-        try:
-            await self._serve_control(ws)
-        finally:
-            self.control_connections.release(address)
-        return ws
+        return await accept(request, self.config, self.control_connections,
+                            lambda ws, _: self._serve_control(ws))
 
     async def _serve_control(self, ws: web.WebSocketResponse) -> None:
         limits, liveness = self.config.limits, self.config.liveness

@@ -22,7 +22,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 from sfu.client import Client, pattern_track
 from sfu.config import Config
@@ -30,6 +29,7 @@ from sfu.workers.placement import Placement
 from sfu.workers.supervisor import worker_config
 from tests.conftest import CHROMIUM, requires_chromium, requires_isolated_network
 from tests.test_browser_room import launch_demo_page, stats_by_name, wait_for
+from tests.test_events import receiver  # noqa: F401 (a fixture)
 
 REJOIN_BOUND_S = 20.0  # measured: ~3 s from the kill to both pages decoding again
 UDP_PORT = 7960
@@ -73,32 +73,10 @@ def test_each_worker_has_its_own_ports_and_trusts_the_front() -> None:
 
 
 @contextlib.asynccontextmanager
-async def webhook_receiver() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
-    """(URL, the event bodies posted to it so far)."""
-    received: list[dict[str, Any]] = []
-
-    async def hook(request: web.Request) -> web.Response:
-        received.append(await request.json())
-        return web.Response()
-
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield f"http://127.0.0.1:{port}/hook", received
-    finally:
-        await runner.cleanup()
-
-
-@contextlib.asynccontextmanager
-async def front(workers: int, webhook: str = ""
+async def front(workers: int, webhook: str = "", **settings: str
                 ) -> AsyncIterator[tuple[subprocess.Popen[str], int]]:
     env = {**os.environ, "SFU_RTC_UDP_PORT": str(UDP_PORT), "SFU_RTC_TCP_PORT": str(UDP_PORT),
-           "SFU_WEBHOOKS_URLS": webhook, "SFU_WEBHOOKS_SECRET": "w" * 32}
+           "SFU_WEBHOOKS_URLS": webhook, "SFU_WEBHOOKS_SECRET": "w" * 32, **settings}
     process = subprocess.Popen([sys.executable, "-m", "sfu", "serve", "--workers", str(workers),
                                 "--port", "0"], stdout=subprocess.PIPE, text=True, env=env)
     try:
@@ -126,6 +104,26 @@ def metric(text: str, name: str, worker: str) -> float:
     """The sum of ``name``'s samples from ``worker`` (every other label)."""
     pattern = rf'^{name}\{{(?:[^}}]*,)?worker="{worker}"\}} (\S+)$'
     return sum(float(value) for value in re.findall(pattern, text, re.M))
+
+
+@requires_isolated_network
+async def test_the_front_refuses_what_one_process_refuses() -> None:
+    """A foreign Origin before the upgrade; a first frame that is no join gets the
+    worker's own answer; a client that never joins gets join_timeout."""
+    import aiohttp
+
+    async with front(2, SFU_AUTH_ALLOWED_ORIGINS="https://app.example",
+                     SFU_LIMITS_JOIN_TIMEOUT_S="1") as (_, port), aiohttp.ClientSession() as http:
+        url = f"http://127.0.0.1:{port}/ws"
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await http.ws_connect(url, headers={"Origin": "https://evil.example"})
+        assert refused.value.status == 403
+        origin = {"Origin": "https://app.example"}
+        async with http.ws_connect(url, headers=origin) as ws:
+            await ws.send_str("not json")
+            assert (await ws.receive_json(timeout=5))["code"] == "bad_message"
+        async with http.ws_connect(url, headers=origin) as ws:
+            assert (await ws.receive_json(timeout=5))["code"] == "join_timeout"
 
 
 class Watcher:
@@ -159,11 +157,13 @@ async def decoding(page: Any, other: str) -> tuple[bool, Any]:
 @requires_isolated_network
 @requires_chromium
 @pytest.mark.browser
-async def test_two_workers_two_rooms_and_a_worker_killed() -> None:
+async def test_two_workers_two_rooms_and_a_worker_killed(
+        receiver: tuple[str, list[tuple[bytes, dict[str, str]]], list[int]]  # noqa: F811
+) -> None:
     from playwright.async_api import async_playwright
 
-    async with webhook_receiver() as (hook, events), front(2, hook) as (_, port), \
-            async_playwright() as playwright:
+    hook, calls, _ = receiver
+    async with front(2, hook) as (_, port), async_playwright() as playwright:
         browsers = []
         watchers = [Watcher(port, "w1"), Watcher(port, "w2")]
         tasks: list[asyncio.Task[None]] = []
@@ -184,6 +184,7 @@ async def test_two_workers_two_rooms_and_a_worker_killed() -> None:
             assert placed["a"]["participants"] == placed["b"]["participants"] == 2, placed
             assert placed["a"]["pid"] != placed["b"]["pid"], placed  # two processes
             # Each worker's events leave by its own webhooks.
+            events = [json.loads(body) for body, _ in calls]
             joined = {(e["room"], e["name"]) for e in events if e["type"] == "participant_joined"}
             assert joined >= {("a", "p1"), ("a", "p2"), ("b", "w1"), ("b", "w2")}, events
             text = get(port, "/metrics")

@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
+from sfu.config import Config
 from sfu.control import codec
+from sfu.control.admission import REFUSALS, ConnectionLimiter, client_address
 from sfu.control.ratelimit import TokenBucket
 from sfu.control.schema import ProtocolError, validate
 
@@ -146,3 +148,32 @@ class ControlConnection:
             except (ConnectionError, RuntimeError):
                 break
         await self.ws.close()
+
+
+async def accept(request: web.Request, config: Config, limiter: ConnectionLimiter,
+                 serve: Callable[[web.WebSocketResponse, str], Awaitable[None]]
+                 ) -> web.WebSocketResponse:
+    """A control WebSocket: a foreign Origin refused before the upgrade; then the
+    client (its address: the last X-Forwarded-For entry from a trusted proxy) held to
+    the connection caps, and ``serve(ws, address)`` run while it is open."""
+    allowed, origin = config.auth.allowed_origins, request.headers.get("Origin")
+    if allowed and origin not in allowed:
+        raise web.HTTPForbidden(text=f"origin {origin!r} is not allowed")
+    max_bytes = config.server.max_message_bytes
+    # autoping off: pongs are the liveness signal ControlConnection watches.
+    ws = web.WebSocketResponse(max_msg_size=max_bytes + 1, autoping=False)
+    await ws.prepare(request)
+    # Counted once the handshake is done: a handshake that fails is never released.
+    address = client_address(request.remote or "", request.headers.get("X-Forwarded-For"),
+                             config.server.trusted_proxies)
+    refusal = limiter.admit(address)
+    if refusal is not None:
+        # Told why, then closed at once: a flood holds no descriptors.
+        await ws.send_json({"type": "error", "code": refusal, "message": REFUSALS[refusal]})
+        await ws.close(code=WSCloseCode.TRY_AGAIN_LATER)
+        return ws
+    try:
+        await serve(ws, address)
+    finally:
+        limiter.release(address)
+    return ws

@@ -25,14 +25,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, generate_l
 from sfu.cluster.registry import NodeRegistry, NodeState, advertise_url_of, node_id_of
 from sfu.config import Config
 from sfu.control.admission import (
-    REFUSALS,
     ConnectionLimiter,
-    client_address,
     connection_budget,
     http_limiter,
 )
 from sfu.control.listener import GatedListener
 from sfu.control.tls import Tls, make_tls
+from sfu.control.websocket import accept
 from sfu.workers import admin_proxy
 from sfu.workers.load import LoadSampler
 from sfu.workers.metrics_merge import merge
@@ -41,9 +40,9 @@ from sfu.workers.relay import (
     RELAYED_HEADER,
     ROOM_MOVED,
     copy_downstream,
+    forward,
     open_upstream,
     room_of,
-    send_upstream,
 )
 from sfu.workers.supervisor import Supervisor
 
@@ -210,21 +209,10 @@ class Front:
     # -- WebSocket relay --------------------------------------------------------------
 
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
-        max_bytes = self.config.server.max_message_bytes
-        ws = web.WebSocketResponse(max_msg_size=max_bytes + 1, autoping=False)
-        await ws.prepare(request)
-        address = client_address(request.remote or "", request.headers.get("X-Forwarded-For"),
-                                 self.config.server.trusted_proxies)
-        refusal = self.control_connections.admit(address)
-        if refusal is not None:
-            await ws.send_json({"type": "error", "code": refusal, "message": REFUSALS[refusal]})
-            await ws.close(code=WSCloseCode.TRY_AGAIN_LATER)
-            return ws
-        try:
-            await self._relay(request, ws, address)
-        finally:
-            self.control_connections.release(address)
-        return ws
+        # Checked here as one process checks it: a worker could only refuse the relayed
+        # socket, which the client would take for a lost worker.
+        return await accept(request, self.config, self.control_connections,
+                            lambda ws, address: self._relay(request, ws, address))
 
     async def _relay(self, request: web.Request, ws: web.WebSocketResponse, address: str) -> None:
         timeout = self.config.limits.join_timeout_s
@@ -283,7 +271,7 @@ class Front:
         downstream = asyncio.create_task(copy_downstream(upstream, ws))
         moved_to: Any = None
         try:
-            await send_upstream(upstream, first)
+            await forward(first, upstream)
             while not downstream.done():
                 receiving = asyncio.ensure_future(ws.receive())
                 await asyncio.wait({receiving, downstream}, return_when=asyncio.FIRST_COMPLETED)
@@ -295,7 +283,7 @@ class Front:
                 if other and other != room:
                     moved_to = message
                     break
-                if not await send_upstream(upstream, message):
+                if not await forward(message, upstream):
                     break
             code = await downstream if downstream.done() else None
             if downstream.done() and code is None and not ws.closed:

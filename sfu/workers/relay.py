@@ -40,16 +40,17 @@ def room_of(message: Any) -> str | None:
     return None
 
 
-async def send_upstream(upstream: ClientWebSocketResponse, message: Any) -> bool:
-    """Copy a client frame to the worker; False when the client closed."""
+async def forward(message: Any, to: ClientWebSocketResponse | web.WebSocketResponse) -> bool:
+    """Copy a frame to the other side as it is; False for the end of the socket (close,
+    error)."""
     if message.type == WSMsgType.TEXT:
-        await upstream.send_str(message.data)
+        await to.send_str(message.data)
     elif message.type == WSMsgType.BINARY:
-        await upstream.send_bytes(message.data)
-    elif message.type == WSMsgType.PONG:
-        await upstream.pong(message.data)
+        await to.send_bytes(message.data)
     elif message.type == WSMsgType.PING:
-        await upstream.ping(message.data)
+        await to.ping(message.data)
+    elif message.type == WSMsgType.PONG:
+        await to.pong(message.data)
     else:  # CLOSE, CLOSING, CLOSED, ERROR
         return False
     return True
@@ -60,15 +61,7 @@ async def copy_downstream(upstream: ClientWebSocketResponse, ws: web.WebSocketRe
     """Copy the worker's frames to the client until the worker's socket ends: the close
     code the worker sent, or None when it ended without one (the worker died)."""
     async for message in upstream:
-        if message.type == WSMsgType.TEXT:
-            await ws.send_str(message.data)
-        elif message.type == WSMsgType.BINARY:
-            await ws.send_bytes(message.data)
-        elif message.type == WSMsgType.PING:
-            await ws.ping(message.data)
-        elif message.type == WSMsgType.PONG:
-            await ws.pong(message.data)
-        else:
+        if not await forward(message, ws):
             break
     code = upstream.close_code
     return None if code is None or code == 1006 else code
