@@ -338,8 +338,9 @@ class Config:
             '"" or a redis://, rediss:// or unix:// URL')
         _check(cluster.heartbeat_s, 0.1 <= cluster.heartbeat_s <= 60, "cluster.heartbeat_s",
                "0.1..60")
-        _check(cluster.node_ttl_s, cluster.node_ttl_s >= 2 * cluster.heartbeat_s,
-               "cluster.node_ttl_s", "at least two heartbeats")
+        _check((cluster.heartbeat_s, cluster.node_ttl_s),
+               cluster.node_ttl_s >= 2 * cluster.heartbeat_s,
+               "cluster.heartbeat_s/cluster.node_ttl_s", "node_ttl_s >= 2 * heartbeat_s")
         self._validate_turn()
         stun = self.diagnostics.stun
         _check(stun, not stun or (len(stun) == 2 and all(
