@@ -121,12 +121,13 @@ async def test_ten_participants_on_one_udp_port() -> None:
                               for pid in ids}
                     assert all(len(own) == 2 for own in tracks.values()), tracks
                     ring = {pid: ids[(n + 1) % len(ids)] for n, pid in enumerate(ids)}
-                    for client in clients:
-                        await client.subscribe(tracks[ring[client.participant_id]])
-                    for page, pid in zip(pages, ids[8:], strict=True):
-                        await page.evaluate(f"() => window.sfu.subscribe({tracks[ring[pid]]!r})")
-                    for client in clients:
-                        await receive_from(client, {ring[client.participant_id]})
+                    # All at once: each waits for its own renegotiation, not the others'.
+                    await asyncio.gather(
+                        *(c.subscribe(tracks[ring[c.participant_id]]) for c in clients),
+                        *(page.evaluate(f"() => window.sfu.subscribe({tracks[ring[pid]]!r})")
+                          for page, pid in zip(pages, ids[8:], strict=True)))
+                    await asyncio.gather(*(receive_from(c, {ring[c.participant_id]})
+                                           for c in clients))
                     for page, pid in zip(pages, ids[8:], strict=True):
 
                         async def decoding(page: Any = page, pid: str = pid) -> tuple[bool, Any]:
