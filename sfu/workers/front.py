@@ -3,7 +3,9 @@ too), keeps N workers running (sfu.workers.supervisor), places each room on one
 (sfu.workers.placement), relays each participant's WebSocket to its room's worker
 (sfu.workers.relay) — media goes straight to the worker's own UDP/TCP port, named in
 its ICE candidates — and answers for all of them: one /metrics scrape, one admin API
-(sfu.workers.admin_proxy). Webhooks leave each worker directly.
+(sfu.workers.admin_proxy). Webhooks leave each worker directly. With [cluster]
+redis_url it is a node (sfu.cluster.registry): a room another node holds is relayed
+there, node to node.
 
 Relaying, not handing the socket over: the front must read the `join` to know the
 room, and an upgraded WebSocket cannot be passed to another process's aiohttp; control
@@ -67,7 +69,7 @@ class Front:
         self.control_connections = ConnectionLimiter(
             connection_budget(limits.max_connections, 1), limits.max_connections_per_address)
         self.http_connections = http_limiter(self.control_connections)
-        # Per worker: the client sockets relayed to it (closed with room_moved if it dies).
+        # Per worker: the client sockets relayed to it (closed when the front stops).
         self.relayed: dict[int, set[web.WebSocketResponse]] = {i: set() for i in range(workers)}
         self.session: aiohttp.ClientSession | None = None
         self.cluster: NodeRegistry | None = None  # with [cluster] redis_url
