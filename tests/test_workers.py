@@ -107,9 +107,10 @@ def metric(text: str, name: str, worker: str) -> float:
 
 
 @requires_isolated_network
-async def test_the_front_refuses_what_one_process_refuses() -> None:
-    """A foreign Origin before the upgrade; a first frame that is no join gets the
-    worker's own answer; a client that never joins gets join_timeout."""
+async def test_the_front_answers_as_one_process_would() -> None:
+    """A foreign Origin refused before the upgrade; a first frame that is no join gets
+    the worker's own answer; a client that never joins gets join_timeout; the admin
+    API places, lists, answers for and closes rooms on either worker."""
     import aiohttp
 
     async with front(2, SFU_AUTH_ALLOWED_ORIGINS="https://app.example",
@@ -124,6 +125,22 @@ async def test_the_front_refuses_what_one_process_refuses() -> None:
             assert (await ws.receive_json(timeout=5))["code"] == "bad_message"
         async with http.ws_connect(url, headers=origin) as ws:
             assert (await ws.receive_json(timeout=5))["code"] == "join_timeout"
+        # The admin API across workers: rooms placed, listed, answered, closed.
+        admin = f"http://127.0.0.1:{port}/admin"
+        for name in ("a", "b"):
+            async with http.post(f"{admin}/rooms", json={"name": name}) as response:
+                assert response.status == 201, await response.text()
+        async with http.get(f"{admin}/rooms") as response:
+            listed = {r["name"]: r["worker"] for r in (await response.json())["rooms"]}
+        assert listed == {"a": 0, "b": 1}, listed
+        async with http.get(f"{admin}/rooms/b") as response:
+            assert (await response.json())["name"] == "b"
+        async with http.delete(f"{admin}/rooms/b") as response:
+            assert response.status == 204
+        async with http.get(f"{admin}/rooms/b") as response:
+            assert response.status == 404
+        async with http.get(f"{admin}/traversal") as response:
+            assert set((await response.json())["workers"]) == {"0", "1"}
 
 
 class Watcher:
