@@ -223,6 +223,9 @@ async def test_two_workers_two_rooms_and_a_worker_killed(
             gaps = [w.longest_gap(cut) for w in watchers]
             print(f"room b's longest gap between frames meanwhile: {max(gaps):.2f} s")
             assert max(gaps) < 1.0, gaps  # untouched
+            # The dead worker was started again.
+            await wait_for(lambda: _async(json.loads(get(port, "/readyz"))["workers"] == 2),
+                           30, "two workers live again")
             text = get(port, "/metrics")
             assert metric(text, "sfu_participants", "0") + metric(
                 text, "sfu_participants", "1") == 4, text
