@@ -149,7 +149,7 @@ async function natCheck() {
   const stun = stunUrlsFromParams() ?? await stunUrlsOf();
   if (!stun.length) {
     row('NAT mapping', 'none', 'the server names no STUN server with two addresses ' +
-        '([diagnostics] stun); `sfu doctor --stun` tests the NAT from the command line');
+        '([diagnostics] stun); sfu doctor --stun tests the NAT from the command line');
     return null;
   }
   const result = await natTest(stun);
