@@ -5,7 +5,8 @@ Keys (all with a time to live, so that a node that stops is forgotten by itself)
   forwarded_pps, cpu, updated}``, written every ``heartbeat_s``, expiring after
   ``node_ttl_s``; the set ``sfu:nodes`` lists the ids ever seen (stale ones pruned).
 - ``sfu:room:<name>``: the id of the node holding the room; set once (SET NX) by the
-  first node a joiner reaches, renewed by the holder with every heartbeat.
+  first node a joiner reaches, renewed by the holder with every heartbeat (taken
+  again if Redis lost it, never from a node that holds it now).
 
 Every heartbeat writes the node's whole state again, so a Redis that restarted empty
 has it all back within one heartbeat; running calls never wait on Redis (media and
@@ -33,6 +34,11 @@ NODES = "sfu:nodes"
 # Delete the room's placement only if it still names the node found dead.
 _DELETE_IF = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
               "return redis.call('del', KEYS[1]) else return 0 end")
+# Renew a placement that names us, or take one nobody holds (Redis restarted empty);
+# never one another node holds now (the room moved while we were thought gone).
+_RENEW = ("local holder = redis.call('get', KEYS[1]) "
+          "if holder == false or holder == ARGV[1] then "
+          "return redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2]) end return 0")
 
 
 def node_key(node: str) -> str:
@@ -99,7 +105,7 @@ class NodeRegistry:
                 pipe.set(node_key(self.node_id), json.dumps(asdict(state)), px=ttl)
                 pipe.sadd(NODES, self.node_id)
                 for room in state.rooms:
-                    pipe.set(room_key(room), self.node_id, px=ttl)
+                    pipe.eval(_RENEW, 1, room_key(room), self.node_id, ttl)
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             if self._reachable:
