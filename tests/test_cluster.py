@@ -192,8 +192,10 @@ async def _run(nodes: list[Node], view: ClusterView, redis_port: int,
     await alice.join()
     await bob.join()
     await until(lambda: both_receiving(alice, bob), 30, "alice and bob receiving")
-    # The registry shows it from the room's node's next heartbeat on.
+    # The registry shows it from the room's node's next heartbeat on, with its load.
     await until(lambda: _count_anywhere(view, "r", 2), 5, "room r with two in the registry")
+    room_node = (await placed(view))["r"][0]
+    await until(lambda: _loaded(view, room_node), 5, "the room's node's load")
 
     # New rooms spread by load: each goes to a node holding nobody yet.
     carol, dave = Participant(nodes[0], "s", "carol"), Participant(nodes[0], "t", "dave")
@@ -260,6 +262,12 @@ async def _run(nodes: list[Node], view: ClusterView, redis_port: int,
     assert moved < MOVE_BOUND_S, moved
     # Its heartbeat stopped: the registry forgets it once its time to live has passed.
     await until(lambda: _gone(view, holder), NODE_TTL_S + 3, f"{holder} forgotten")
+
+
+async def _loaded(view: ClusterView, node: str) -> bool:
+    """The node reports packets forwarded and CPU used (video flows through it)."""
+    state = next(n for n in await view.nodes() if n.id == node)
+    return state.forwarded_pps > 10 and state.cpu > 0 and state.participants == 2
 
 
 async def _moved(view: ClusterView, room: str, old: str) -> bool:
