@@ -186,6 +186,19 @@ def test_a_rid_simulcast_offer_is_read_and_accepted() -> None:
     assert "rids" not in accepted["media"][0]  # audio is never simulcast
 
 
+def test_values_that_look_like_numbers_come_back_as_written() -> None:
+    """sdp-transform reads "5e12" and "0123" as numbers; what we write back must be the
+    text the description had (a browser refuses an ufrag "5000000000000.0")."""
+    offer = CHROME_OFFER.replace("a=ice-ufrag:abcd", "a=ice-ufrag:5e12").replace(
+        "a=ice-pwd:abcdefghijklmnopqrstuvwx", "a=ice-pwd:0123456789012345678901").replace(
+        "a=ssrc:11 cname:x", "a=ssrc:11 cname:0123")
+    for written in (sdp_extras.offer_transport_cc(offer, 5),
+                    sdp_extras.accept_simulcast(offer, offer.replace("send", "recv"))):
+        lines = written.split("\r\n")
+        assert "a=ice-ufrag:5e12" in lines and "a=ice-pwd:0123456789012345678901" in lines
+        assert "a=ssrc:11 cname:0123" in lines
+
+
 def test_an_ssrc_group_offer_gives_layers_by_ssrc() -> None:
     offer = CHROME_OFFER.replace("a=simulcast:send q;h;~f", "a=ssrc-group:SIM 1 2 3")
     offer = offer.replace("a=extmap:10 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id\r\n", "")

@@ -52,8 +52,25 @@ def _write(parsed: dict[str, Any], original: str) -> str:
         for holder in [parsed, *parsed.get("media", [])]:
             if "fingerprint" in holder:
                 holder["fingerprint"] = {"type": "sha-256", "hash": sha256[0]}
+    _keep_strings(parsed, original)
     written: str = sdp_transform.write(parsed)
     return written
+
+
+def _keep_strings(parsed: dict[str, Any], original: str) -> None:
+    """Put back the text of values sdp-transform turned into numbers: it reads an ICE
+    ufrag "5e12" as 5e12 and writes "5000000000000.0", which a browser refuses, and
+    "0123" as 123, which no ICE check then matches (seen in CI: a random ufrag)."""
+    sections = re.split(r"^(?=m=)", original, flags=re.MULTILINE)
+    for holder, text in zip([parsed, *parsed.get("media", [])], sections, strict=False):
+        for key, attribute in (("iceUfrag", "ice-ufrag"), ("icePwd", "ice-pwd")):
+            found = re.search(rf"^a={attribute}:(\S+)", text, re.MULTILINE)
+            if found and key in holder:
+                holder[key] = found[1]
+        values = re.findall(r"^a=ssrc:\d+ [^:\s]+(?::(\S.*?))?\r?$", text, re.MULTILINE)
+        for ssrc, value in zip(holder.get("ssrcs", []), values, strict=False):
+            if "value" in ssrc and value:
+                ssrc["value"] = value
 
 
 def offered_simulcast(offer_sdp: str) -> dict[str, SimulcastOffer]:
