@@ -342,7 +342,9 @@ async def test_link_cut_mid_call_restarts_relay_only(
     print(f"link cut → restarted through TURN, media both ways again in {recovered:.1f} s: "
           f"{state}")
     assert state["restarts"] == 1 and state["policy"] == "relay"
-    assert relayed_selected(state) == {("relay", "udp")}
+    # Relayed; over UDP or TCP, whichever TURN pair the SFU nominated first (aioice's
+    # aggressive nomination; both are open here, and CI has seen either).
+    assert {kind for kind, _ in relayed_selected(state)} == {"relay"}, state
     assert call.server.stats.restarts[True] == 1
     assert_nobody_saw_it(call)
     assert [type(e).__name__ for e in call.room_events].count("ParticipantRestarted") == 1
@@ -373,5 +375,5 @@ async def test_no_connection_at_first_restarts_relay_only(
     state = await call.state(call.client)
     print("client:", state)
     assert state["restarts"] >= 1 and state["policy"] == "relay"
-    assert relayed_selected(state) == {("relay", "udp")}
+    assert {kind for kind, _ in relayed_selected(state)} == {"relay"}, state  # UDP or TCP
     assert_nobody_saw_it(call)
