@@ -230,7 +230,8 @@ class Front:
                       and request.remote in self.config.server.trusted_proxies)
         unreachable: set[str] = set()  # nodes this socket could not reach
         while message is not None and message.type not in CLOSED:
-            room = room_of(message)  # not a join: any worker answers as it would alone
+            # Not a join: any worker answers it as it would alone.
+            room = room_of(message, self.config.server.max_message_bytes)
             try:
                 if room and self.cluster is not None and not relayed_in:
                     owner = await self.cluster.owner(room, avoid=unreachable)
@@ -281,7 +282,7 @@ class Front:
                     receiving.cancel()
                     break
                 message = receiving.result()
-                other = room_of(message)
+                other = room_of(message, self.config.server.max_message_bytes)
                 if other and other != room:
                     moved_to = message
                     break

@@ -13,26 +13,24 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgpack
-import orjson
 from aiohttp import ClientSession, ClientWebSocketResponse, WSMsgType, web
+
+from sfu.control import codec
+from sfu.control.schema import ProtocolError
 
 ROOM_MOVED = {"type": "error", "code": "room_moved",
               "message": "the room's worker stopped: join again to continue the room"}
 
 
-def room_of(message: Any) -> str | None:
+def room_of(message: Any, max_bytes: int) -> str | None:
     """The room a client frame joins, if it is a `join` (JSON text or msgpack)."""
+    if message.type == WSMsgType.TEXT and '"join"' not in message.data:
+        return None  # cheap: most frames are not joins
+    if message.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+        return None
     try:
-        if message.type == WSMsgType.TEXT:
-            if '"join"' not in message.data:
-                return None
-            body = orjson.loads(message.data)
-        elif message.type == WSMsgType.BINARY:
-            body = msgpack.unpackb(message.data, raw=False, max_ext_len=0)
-        else:
-            return None
-    except (ValueError, msgpack.UnpackException, TypeError):
+        body = codec.decode(message.data, max_bytes)
+    except ProtocolError:  # the worker answers it as it would alone
         return None
     if isinstance(body, dict) and body.get("type") == "join" and isinstance(body.get("room"), str):
         room: str = body["room"]
