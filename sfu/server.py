@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -144,12 +143,8 @@ class Server(Embedding):
     def reload_tls(self) -> None:
         """Load the TLS certificate and key again (SIGHUP): new connections get the new
         ones. One that does not load is logged, and the old one stays."""
-        if self.tls is None:
-            return
-        try:
-            self.tls.reload()
-        except (OSError, ssl.SSLError) as exc:
-            logger.error("TLS certificate not reloaded, keeping the old one: %s", exc)
+        if self.tls is not None:
+            self.tls.reload_or_keep()
 
     async def stop(self) -> None:
         self._ready = False

@@ -72,6 +72,13 @@ class Tls:
         self.context.load_cert_chain(self.cert, self.key)
         logger.info("TLS certificate loaded from %s", self.cert)
 
+    def reload_or_keep(self) -> None:
+        """``reload`` for SIGHUP: a pair that does not load is logged, the old one kept."""
+        try:
+            self.reload()
+        except (OSError, ssl.SSLError) as exc:
+            logger.error("TLS certificate not reloaded, keeping the old one: %s", exc)
+
 
 def self_signed_names(host: str, listen_ips: list[str]) -> list[str]:
     """What a development certificate names: the bound host (unless a wildcard), the

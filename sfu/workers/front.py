@@ -148,11 +148,9 @@ class Front:
                     ", ".join(str(w.pid) for w in self.supervisor.workers))
 
     def reload_tls(self) -> None:
+        """As ``Server.reload_tls``: the front holds the public port's TLS."""
         if self.tls is not None:
-            try:
-                self.tls.reload()
-            except OSError as exc:
-                logger.error("TLS certificate not reloaded, keeping the old one: %s", exc)
+            self.tls.reload_or_keep()
 
     def node_state(self) -> NodeState:
         """This node's rooms and load, for its heartbeat in Redis."""
