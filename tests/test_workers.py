@@ -35,8 +35,15 @@ REJOIN_BOUND_S = 20.0  # measured: ~3 s from the kill to both pages decoding aga
 UDP_PORT = 7960
 
 
+def up(workers: int, idle_s: float) -> Placement:
+    placement = Placement(idle_s)
+    for worker in range(workers):
+        placement.worker_up(worker)
+    return placement
+
+
 def test_placement_puts_a_room_on_the_least_loaded_live_worker() -> None:
-    placement = Placement(3, idle_s=10)
+    placement = up(3, idle_s=10)
     assert placement.place("a", now=0) == 0
     placement.connected("a")
     assert placement.place("b", now=0) == 1
@@ -51,7 +58,7 @@ def test_placement_puts_a_room_on_the_least_loaded_live_worker() -> None:
 
 
 def test_an_idle_room_keeps_its_worker_for_the_grace_unless_kept() -> None:
-    placement = Placement(2, idle_s=10)
+    placement = up(2, idle_s=10)
     placement.place("a", now=0)
     placement.connected("a")
     placement.disconnected("a", now=1)

@@ -62,9 +62,8 @@ class Front:
     def __init__(self, config: Config, workers: int) -> None:
         self.config = config
         liveness = config.liveness
-        self.placement = Placement(workers, liveness.reconnect_grace_s + liveness.restart_grace_s)
+        self.placement = Placement(liveness.reconnect_grace_s + liveness.restart_grace_s)
         self.supervisor = Supervisor(config, workers, self._worker_up, self._worker_lost)
-        self.placement.live.clear()  # live once each listens
         limits = config.limits
         self.control_connections = ConnectionLimiter(
             connection_budget(limits.max_connections, 1), limits.max_connections_per_address)

@@ -22,8 +22,8 @@ class _Room:
 
 
 class Placement:
-    def __init__(self, workers: int, idle_s: float) -> None:
-        self.live: set[int] = set(range(workers))
+    def __init__(self, idle_s: float) -> None:
+        self.live: set[int] = set()  # workers up (worker_up), not lost since
         self.idle_s = idle_s
         self._rooms: dict[str, _Room] = {}
 
