@@ -122,7 +122,7 @@ class AdminApi(Protocol):
 
 
 def routes(server: AdminApi) -> web.Application:
-    app = web.Application(middlewares=[_middleware(server)])
+    app = web.Application(middlewares=[guard(server.config)])
 
     async def list_rooms(request: web.Request) -> web.Response:
         return reply(request, {"rooms": server.rooms_info()})
@@ -208,10 +208,12 @@ def routes(server: AdminApi) -> web.Application:
     return app
 
 
-def _middleware(server: AdminApi) -> Any:
+def guard(config: Config) -> Any:
+    """The admin API's middleware: the bearer token checked, every error in one JSON
+    envelope. The front of `sfu serve --workers` puts it before its own routes too."""
     @web.middleware
-    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        secret = server.config.auth.secret
+    async def checked(request: web.Request, handler: Handler) -> web.StreamResponse:
+        secret = config.auth.secret
         if secret:
             header = request.headers.get("Authorization", "")
             if not header.startswith("Bearer "):
@@ -223,7 +225,7 @@ def _middleware(server: AdminApi) -> Any:
                 return problem(request, 401, "unauthorized", f"invalid token: {exc}")
             if claims.get("admin") is not True:
                 return problem(request, 403, "forbidden", "the token has no admin grant")
-        elif server.config.auth.mode != "development":
+        elif config.auth.mode != "development":
             return problem(request, 403, "forbidden", "no auth.secret to check tokens with")
         try:
             return await handler(request)
@@ -245,7 +247,7 @@ def _middleware(server: AdminApi) -> Any:
             logger.exception("admin API: %s %s failed", request.method, request.path)
             return problem(request, 500, "internal_error", "internal server error")
 
-    return guard
+    return checked
 
 
 def _http_problem(request: web.Request, exc: web.HTTPException) -> web.Response:

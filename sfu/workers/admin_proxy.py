@@ -1,7 +1,7 @@
 """The admin API (sfu.control.admin) in front of several workers: a room's routes go to
 the worker holding it; the room list and the traversal table are every worker's put
-together; the rest (tokens) any worker answers. Each worker checks the bearer token
-itself, so a refused request is refused as one server would refuse it."""
+together; the rest (tokens) any worker answers. The bearer token is checked with the
+admin API's own guard, so a refused request is refused as one server would refuse it."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ import orjson
 from aiohttp import web
 
 from sfu.cluster.registry import NodeRegistry
+from sfu.config import Config
+from sfu.control import admin
 from sfu.control.admin import MSGPACK
 from sfu.diagnostics.traversal import OUTCOMES
 from sfu.workers.placement import Placement
@@ -25,6 +27,7 @@ FORWARDED_HEADERS = ("Authorization", "Content-Type", "Accept")
 
 
 class Workers(Protocol):
+    config: Config
     placement: Placement
     supervisor: Supervisor
     session: aiohttp.ClientSession | None
@@ -35,10 +38,10 @@ class Workers(Protocol):
 
 
 async def _forward(front: Workers, request: web.Request, worker: int,
-                   body: bytes | None = None, path: str | None = None) -> tuple[int, bytes, str]:
+                   body: bytes | None = None) -> tuple[int, bytes, str]:
     """The worker's answer; a worker that is not there (it just died) a 503."""
     return await _request(front, request, f"http://127.0.0.1:{front.port_of(worker)}",
-                          f"worker {worker}", body, path)
+                          f"worker {worker}", body)
 
 
 async def _to_node(front: Workers, request: web.Request, url: str) -> tuple[int, bytes, str]:
@@ -46,14 +49,13 @@ async def _to_node(front: Workers, request: web.Request, url: str) -> tuple[int,
 
 
 async def _request(front: Workers, request: web.Request, base: str, what: str,
-                   body: bytes | None = None, path: str | None = None
-                   ) -> tuple[int, bytes, str]:
+                   body: bytes | None = None) -> tuple[int, bytes, str]:
     assert front.session is not None
     headers = {k: request.headers[k] for k in FORWARDED_HEADERS if k in request.headers}
     try:
         async with front.session.request(
-                "GET" if path else request.method, f"{base}{path or request.path_qs}",
-                data=None if path else (await request.read() if body is None else body),
+                request.method, f"{base}{request.path_qs}",
+                data=await request.read() if body is None else body,
                 headers=headers) as upstream:
             return upstream.status, await upstream.read(), upstream.content_type
     except aiohttp.ClientError as exc:
@@ -68,7 +70,9 @@ def _response(status: int, body: bytes, content_type: str) -> web.Response:
 
 
 def routes(front: Workers) -> web.Application:
-    app = web.Application()
+    # The token is checked here as a single process checks it (the workers check it
+    # again): the front answers some routes itself (the cluster).
+    app = web.Application(middlewares=[admin.guard(front.config)])
 
     def owner(room: str) -> int:
         worker = front.placement.worker_of(room, time.monotonic())
@@ -142,11 +146,7 @@ def routes(front: Workers) -> web.Application:
         return _response(*await _forward(front, request, front.any_worker()))
 
     async def cluster(request: web.Request) -> web.Response:
-        """Every live node with its rooms and load (the token checked by a worker)."""
-        status, body, content_type = await _forward(front, request, front.any_worker(),
-                                                    path="/admin/traversal")
-        if status != 200:
-            return _response(status, body, content_type)
+        """Every live node with its rooms and load."""
         if front.cluster is None:
             return web.json_response({"nodes": []})
         return web.json_response({"nodes": [asdict(n) for n in await front.cluster.nodes()]})
