@@ -55,8 +55,9 @@ from av import AudioFrame, VideoFrame
 from prometheus_client.parser import text_string_to_metric_families
 
 from sfu.client import Client
+from sfu.workers.load import cpu_seconds
 
-from .systems import cpu_seconds, free_port, machine, wait_http
+from .systems import free_port, machine, wait_http
 
 ROOM = "idle"
 ADDRESS = "127.0.0.1"

@@ -20,7 +20,8 @@ from typing import Any, Protocol
 
 import aiohttp
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# The server's own measure of a process's CPU (its front reports load with it).
+from sfu.workers.load import cpu_seconds
 
 
 class System(Protocol):
@@ -46,24 +47,6 @@ class Usage:
     cpu_seconds: float
     rss_bytes: int
     peak_rss_bytes: int
-
-
-def cpu_seconds(pid: int) -> float:
-    """On-CPU time (user + system) of a process's threads.
-
-    Per-thread schedstat counts nanoseconds; /proc/PID/stat counts 10 ms ticks, too
-    coarse for a few seconds of a lightly loaded server. Ticks are the fallback.
-    """
-    try:
-        total = 0
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as schedstat:
-                total += int(schedstat.read().split()[0])
-        return total / 1e9
-    except (OSError, ValueError, IndexError):
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
 
 
 def usage(pids: list[int]) -> Usage:
