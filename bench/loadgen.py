@@ -119,9 +119,10 @@ async def run(job: dict[str, Any]) -> dict[str, Any]:
         listeners = [p for p in participants if not p.publishes]
         for index, participant in enumerate(listeners):
             await participant.signalling.set_quality(("low", "medium", "high")[index % 3])
-    in_c = [connection.receive_in_c() for participant in participants
-            for connection in participant.subscriptions.values()]
-    receive_path = "c" if in_c and all(in_c) else "python"
+    poll = job["rate"] > 1  # the sweep: read every socket each millisecond (bench/peer.py)
+    paths = {connection.receive_in_c(poll) for participant in participants
+             for connection in participant.subscriptions.values()}
+    receive_path = paths.pop() if len(paths) == 1 else "python"
     emit("ready")
 
     for participant in participants:

@@ -5,10 +5,14 @@ timed phase, at its recorded pace times ``rate``. Receiving logs the clear RTP h
 of every packet (SSRC, sequence number, arrival time) and decrypts one packet in
 ``SAMPLE_EVERY`` to check it and to identify which sent packet it is (bench/analysis.py).
 Once connected, a subscribe connection's socket is read in C (bench/_receiver.pyx:
-recvmmsg, one record per packet, no Python object) when that extension is built and
-the event loop is asyncio's own (uvloop's UDP transport cannot stop reading); else in
-Python, one callback per packet. The C path keeps the generator's per-packet cost
-below the server's.
+recvmmsg, one record per packet, no Python object, the kernel's arrival time) when
+that extension is built and the event loop is asyncio's own (uvloop's UDP transport
+cannot stop reading); else in Python, one callback per packet. Above real time (the
+saturation sweep) the C path reads every such socket once per POLL_S rather than when
+each datagram arrives: woken per datagram, the generator spent as much CPU as the
+server it measured, and there the two share the machine's cores. At real time it reads
+on arrival, as a receiver would (a poll every millisecond would cost more than the
+packets).
 """
 
 from __future__ import annotations
@@ -29,10 +33,14 @@ from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 from sfu import rtp
 from sfu.transport import internals
 from sfu.transport.peer import SilentTrack
+from sfu.transport.shared_port import set_buffers
 
 from .recording import AUDIO_CLOCK, VIDEO_CLOCK, Recording
 
 SAMPLE_EVERY = 64
+PACING_SLOT_S = 0.001
+POLL_S = 0.001
+RECEIVE_BUFFER = 4 << 20  # a poll period of the highest rate, with room for a late one
 
 _receiver: Any
 try:
@@ -103,19 +111,30 @@ class MediaConnection:
         self._rx, _ = internals.srtp_sessions(dtls)
         self._pair = internals.selected_pair(self.pc)
 
-    def receive_in_c(self) -> bool:
-        """Read this connection's socket with bench/_receiver.pyx from now on; False
-        (Python keeps reading) when it is not built or the loop cannot hand over."""
+    def receive_in_c(self, poll: bool = False) -> str:
+        """Read this connection's socket with bench/_receiver.pyx from now on, on
+        arrival or with ``poll`` every POLL_S. Returns how it is read: "c", "c-polled",
+        or "python" (Python keeps reading) when the extension is not built or the loop
+        cannot hand over."""
         protocol = internals.selected_protocol(self.pc)
         transport: Any = getattr(protocol, "transport", None)
         if _receiver is None or not hasattr(transport, "pause_reading"):
-            return False
+            return "python"
         transport.pause_reading()  # asyncio stops reading the socket; we read a dup
-        self._reader_fd = os.dup(transport.get_extra_info("socket").fileno())
+        sock = transport.get_extra_info("socket")
+        set_buffers(sock, RECEIVE_BUFFER, send=False)
+        self._reader_fd = os.dup(sock.fileno())
         self._receiver = _receiver.Receiver(self._reader_fd, SAMPLE_EVERY)
         self._stun_received = protocol.datagram_received
-        asyncio.get_running_loop().add_reader(self._reader_fd, self._drain)
-        return True
+        loop = asyncio.get_running_loop()
+        if not poll:
+            loop.add_reader(self._reader_fd, self._drain)
+            return "c"
+        _POLLED.add(self)
+        global _poller
+        if _poller is None or _poller.done():
+            _poller = loop.create_task(_poll())
+        return "c-polled"
 
     def _drain(self) -> None:
         others, samples = self._receiver.drain()
@@ -189,10 +208,25 @@ class MediaConnection:
 
     async def close(self) -> None:
         if self._reader_fd >= 0:
-            asyncio.get_running_loop().remove_reader(self._reader_fd)
+            if self in _POLLED:
+                _POLLED.discard(self)
+            else:
+                asyncio.get_running_loop().remove_reader(self._reader_fd)
             os.close(self._reader_fd)
             self._reader_fd = -1
         await self.pc.close()
+
+
+_POLLED: set[MediaConnection] = set()
+_poller: asyncio.Task[None] | None = None
+
+
+async def _poll() -> None:
+    """Read every C-read socket each POLL_S while any is left."""
+    while _POLLED:
+        await asyncio.sleep(POLL_S)
+        for connection in list(_POLLED):
+            connection._drain()
 
 
 # Simulcast layers the load generator publishes: of each video frame, the first packet,
@@ -302,14 +336,18 @@ class Publisher:
         self._plan = plan
 
     async def run(self) -> None:
-        """Send the plan on time; records the actual send time of every packet."""
+        """Send the plan on time; records the actual send time of every packet.
+
+        Packets due within the next PACING_SLOT_S go out together, as a browser's
+        pacer sends in bursts of a few milliseconds: at high replay rates a timer per
+        packet would make the generator, not the server, the bottleneck."""
         start = time.monotonic()
         sendto = self.connection.sendto
         sent = self.sent
         behind = 0
         for due, datagram, kind in self._plan:
             now = time.monotonic() - start
-            if due > now:
+            if due > now + PACING_SLOT_S:
                 behind = 0
                 await asyncio.sleep(due - now)
             else:

@@ -51,4 +51,9 @@ def test_bench_smoke(tmp_path: Path) -> None:
     for name in ("sfu-cython", "sfu-python"):
         sweep = report["sweep"][name]
         assert [p["rate"] for p in sweep["points"]] == [1, 4], sweep
+        for point in sweep["points"]:  # above real time the sockets are polled, in C
+            if c_receive_available():
+                assert point["generator_receive_path"] == (
+                    "c" if point["rate"] == 1 else "c-polled"), point
+            assert point["loss"] < 0.05 and 0 < point["latency_ms_p50"] < 100, point
         assert sweep["saturation_forwarded_pps"] > 0

@@ -47,3 +47,28 @@ def test_rtp_is_recorded_and_the_rest_handed_back() -> None:
     assert {addr for _, addr in others} == {source}
     assert [index for index, _ in samples] == list(range(0, len(sent), 4))
     assert [data for _, data in samples] == [rtp(*sent[i]) for i in range(0, len(sent), 4)]
+
+
+def test_the_arrival_time_is_the_kernels_not_the_read() -> None:
+    """A datagram read late keeps the time it reached the socket: the generator may
+    poll its sockets without adding the wait to the latency it measures."""
+    import time
+
+    from sfu_bench._receiver import Receiver
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+        rx.bind(("127.0.0.1", 0))
+        rx.setblocking(False)
+        receiver = Receiver(rx.fileno(), 64)
+        before = time.monotonic()
+        tx.sendto(rtp(0xA, 1, 200), rx.getsockname())
+        after = time.monotonic()
+        time.sleep(0.2)
+        receiver.drain()
+        read = time.monotonic()
+        times = array("d")
+        times.frombytes(receiver.records()[3])
+    assert len(times) == 1
+    # The two clocks are read a few µs apart when converting: allow 2 ms.
+    assert before - 0.002 <= times[0] <= after + 0.002 < read - 0.1
