@@ -338,9 +338,9 @@ class Publisher:
     async def run(self) -> None:
         """Send the plan on time; records the actual send time of every packet.
 
-        Packets due within the next PACING_SLOT_S go out together, as a browser's
-        pacer sends in bursts of a few milliseconds: at high replay rates a timer per
-        packet would make the generator, not the server, the bottleneck."""
+        Packets due within the next PACING_SLOT_S go out together (a browser's pacer
+        sends in bursts of a few milliseconds): at high replay rates, one timer per
+        millisecond rather than one per packet."""
         start = time.monotonic()
         sendto = self.connection.sendto
         sent = self.sent

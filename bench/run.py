@@ -176,7 +176,7 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
                 progress.done += len(rates)
                 continue
             sweeps[system.name] = await run_sweep(system, scenarios[sweep["scenario"]], rates,
-                                                  sweep["loss_limit"], args, progress)
+                                                  sweep, args, progress)
     print(file=sys.stderr)
     return {
         "machine": machine(),
@@ -236,8 +236,17 @@ def worker_counts(args: argparse.Namespace) -> tuple[int, ...]:
     return tuple(dict.fromkeys(counts + named))
 
 
+def within_limits(point: dict[str, Any], limits: dict[str, Any]) -> bool:
+    """Whether a sweep point kept up: loss under the limit, and the median added latency
+    too where it was measured (a standing queue is a server behind its load)."""
+    if point["loss"] is None or point["loss"] >= limits["loss_limit"]:
+        return False
+    latency = point.get("latency_ms_p50")
+    return latency is None or latency < limits["latency_limit_ms"]
+
+
 async def run_sweep(system: System, scenario: dict[str, Any], rates: list[float],
-                    loss_limit: float, args: argparse.Namespace,
+                    limits: dict[str, Any], args: argparse.Namespace,
                     progress: Progress) -> dict[str, Any]:
     points = []
     best: dict[str, Any] | None = None
@@ -252,7 +261,7 @@ async def run_sweep(system: System, scenario: dict[str, Any], rates: list[float]
             break
         points.append(point)
         progress.advance()
-        if point["loss"] is None or point["loss"] >= loss_limit:
+        if not within_limits(point, limits):
             break
         best = point
     progress.done += len(rates) - len(points)  # the rates the sweep did not need
@@ -260,8 +269,9 @@ async def run_sweep(system: System, scenario: dict[str, Any], rates: list[float]
     return {
         "scenario": scenario["name"],
         "rooms": args.sweep_rooms,
-        "loss_limit": loss_limit,
-        # False when even the highest rate stayed under the loss limit: the figure is
+        "loss_limit": limits["loss_limit"],
+        "latency_limit_ms": limits["latency_limit_ms"],
+        # False when even the highest rate stayed within the limits: the figure is
         # then a lower bound, not the saturation point.
         "saturated": bool(last) and (last is not best),
         "saturation_forwarded_pps": best["forwarded_pps"] if best else None,
@@ -297,7 +307,8 @@ def print_table(report: dict[str, Any]) -> None:
         by_process = sweep.get("saturation_server_cpu_cores_by_process") or []
         split = (" [" + " + ".join(f"{c:.2f}" for c in by_process) + " per process]"
                  if len(by_process) > 1 else "")
-        print(f"{name}: {reached} ({where}, loss < {sweep['loss_limit']:.0%}): "
+        print(f"{name}: {reached} ({where}, loss < {sweep['loss_limit']:.0%}, median "
+              f"added latency < {sweep.get('latency_limit_ms', '-')} ms): "
               f"{_num(sweep['saturation_forwarded_pps'])} forwarded pkt/s using "
               f"{_num(sweep['saturation_server_cpu_cores'])} cores{split} = "
               f"{_num(sweep['saturation_pps_per_core'])} pkt/s per core (load generator: "
