@@ -155,9 +155,10 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
     progress = Progress(len(runnable) * (len(chosen_scenarios) + len(rates)))
     results: list[dict[str, Any]] = []
     failures: list[dict[str, str]] = []
-    sweeps: dict[str, dict[str, Any]] = {}
-    for system in runnable:
-        for name in chosen_scenarios:
+    # Every system on a case before the next case, and every system at a rate before
+    # the next rate: a drift in the machine's speed falls on all of them alike.
+    for name in chosen_scenarios:
+        for system in runnable:
             progress.step(f"{system.name} {name}")
             if (scenarios[name].get("simulcast") or scenarios[name].get("audio_only")) and (
                     not system.name.startswith("sfu")):
@@ -169,14 +170,16 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
             except Exception as exc:  # a system that fails a case is reported, not hidden
                 failures.append({"system": system.name, "scenario": name, "error": repr(exc)})
             progress.advance()
-        if rates:
-            if args.sweep_rooms > 1 and getattr(system, "max_rooms", None) == 1:
-                failures.append({"system": system.name, "scenario": "sweep",
-                                 "error": f"hosts one room only, not {args.sweep_rooms}"})
-                progress.done += len(rates)
-                continue
-            sweeps[system.name] = await run_sweep(system, scenarios[sweep["scenario"]], rates,
-                                                  sweep, args, progress)
+    swept = []
+    for system in runnable if rates else []:
+        if args.sweep_rooms > 1 and getattr(system, "max_rooms", None) == 1:
+            failures.append({"system": system.name, "scenario": "sweep",
+                             "error": f"hosts one room only, not {args.sweep_rooms}"})
+            progress.done += len(rates)
+        else:
+            swept.append(system)
+    sweeps = await run_sweeps(swept, scenarios[sweep["scenario"]], rates, sweep, args,
+                              progress)
     print(file=sys.stderr)
     return {
         "machine": machine(),
@@ -245,30 +248,42 @@ def within_limits(point: dict[str, Any], limits: dict[str, Any]) -> bool:
     return latency is None or latency < limits["latency_limit_ms"]
 
 
-async def run_sweep(system: System, scenario: dict[str, Any], rates: list[float],
-                    limits: dict[str, Any], args: argparse.Namespace,
-                    progress: Progress) -> dict[str, Any]:
-    points = []
-    best: dict[str, Any] | None = None
+async def run_sweeps(systems: list[System], scenario: dict[str, Any], rates: list[float],
+                     limits: dict[str, Any], args: argparse.Namespace,
+                     progress: Progress) -> dict[str, dict[str, Any]]:
+    """Each system at rising rates until a point is over a limit, interleaved: every
+    system still going at one rate before any at the next."""
+    points: dict[str, list[dict[str, Any]]] = {system.name: [] for system in systems}
+    best: dict[str, dict[str, Any] | None] = {system.name: None for system in systems}
+    going = list(systems)
     for rate in rates:
-        progress.step(f"{system.name} sweep {scenario['name']} x{rate}")
-        try:
-            point = await run_case(system, scenario, rate, args.sweep_seconds, args.address,
-                                   args.sweep_rooms)
-        except Exception as exc:
-            points.append({"rate": rate, "error": repr(exc)})
+        for system in list(going):
+            progress.step(f"{system.name} sweep {scenario['name']} x{rate}")
+            try:
+                point = await run_case(system, scenario, rate, args.sweep_seconds,
+                                       args.address, args.sweep_rooms)
+            except Exception as exc:
+                point = {"rate": rate, "error": repr(exc)}
+            points[system.name].append(point)
             progress.advance()
-            break
-        points.append(point)
-        progress.advance()
-        if not within_limits(point, limits):
-            break
-        best = point
-    progress.done += len(rates) - len(points)  # the rates the sweep did not need
+            if "error" not in point and within_limits(point, limits):
+                best[system.name] = point
+            else:
+                going.remove(system)
+    # the rates the sweep did not need
+    progress.done += sum(len(rates) - len(p) for p in points.values())
+    return {system.name: sweep_summary(scenario, limits, args.sweep_rooms,
+                                       points[system.name], best[system.name])
+            for system in systems}
+
+
+def sweep_summary(scenario: dict[str, Any], limits: dict[str, Any], rooms: int,
+                  points: list[dict[str, Any]], best: dict[str, Any] | None
+                  ) -> dict[str, Any]:
     last = points[-1] if points else {}
     return {
         "scenario": scenario["name"],
-        "rooms": args.sweep_rooms,
+        "rooms": rooms,
         "loss_limit": limits["loss_limit"],
         "latency_limit_ms": limits["latency_limit_ms"],
         # False when even the highest rate stayed within the limits: the figure is
