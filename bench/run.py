@@ -9,7 +9,8 @@ server CPU-µs per forwarded packet (the server's own user+system time during th
 media phase, over its whole process tree: a front and its workers too), forwarded
 packets per second, loss, added latency p50/p99, server RSS, and the generator's own
 CPU. Then a sweep of replay rates finds each system's saturation point: the highest
-forwarded rate with loss under the limit.
+forwarded rate with loss and the median added latency under their limits. Systems
+alternate, case by case and rate by rate, so that the machine's drift falls on all.
 
 Each sfu system runs as `sfu serve --workers N`, N = 1 (one process) unless
 --workers lists more counts: then once per count, side by side (sfu-cython,
