@@ -5,16 +5,17 @@
 # and say why. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+echo "== install ($(date +%T))"
 scripts/install.sh --test
-echo "== wheel (sdist and wheel built, installed into fresh environments: tests/test_wheel.py)"
+echo "== wheel ($(date +%T)) (sdist and wheel built, installed into fresh environments: tests/test_wheel.py)"
 scripts/wheel.sh 2> >(grep -v "^WARNING: Location" >&2)
 
-echo "== ruff"
+echo "== ruff ($(date +%T))"
 .venv/bin/ruff check sfu tests bench examples
-echo "== mypy"
+echo "== mypy ($(date +%T))"
 .venv/bin/mypy
 
-echo "== pytest"
+echo "== pytest ($(date +%T))"
 if [ "$(id -u)" -eq 0 ] && command -v unshare >/dev/null; then
     exec unshare --net -- sh -c 'ip link set lo up && exec .venv/bin/python -m pytest "$@"' \
         pytest -ra --durations=25 "$@"
