@@ -61,14 +61,24 @@ def test_the_arrival_time_is_the_kernels_not_the_read() -> None:
         rx.bind(("127.0.0.1", 0))
         rx.setblocking(False)
         receiver = Receiver(rx.fileno(), 64)
-        before = time.monotonic()
-        tx.sendto(rtp(0xA, 1, 200), rx.getsockname())
-        after = time.monotonic()
-        time.sleep(0.2)
-        receiver.drain()
-        read = time.monotonic()
-        times = array("d")
-        times.frombytes(receiver.records()[3])
-    assert len(times) == 1
-    # The two clocks are read a few µs apart when converting: allow 2 ms.
-    assert before - 0.002 <= times[0] <= after + 0.002 < read - 0.1
+        # The kernel turns receive stamping on for everyone a moment after the first
+        # socket asks (a deferred static-key switch); until then recvmsg stamps the
+        # datagram as it is read. So: a few tries, each 200 ms late; without the
+        # kernel's stamps every try fails.
+        tries: list[tuple[float, float, float, float]] = []
+        for _ in range(5):
+            before = time.monotonic()
+            tx.sendto(rtp(0xA, len(tries), 200), rx.getsockname())
+            after = time.monotonic()
+            time.sleep(0.2)
+            receiver.drain()
+            read = time.monotonic()
+            times = array("d")
+            times.frombytes(receiver.records()[3])
+            tries.append((before, times[-1], after, read))
+            # The two clocks are read µs apart when converting: allow 2 ms.
+            if before - 0.002 <= times[-1] <= after + 0.002 < read - 0.1:
+                break
+    assert len(times) == len(tries)
+    before, arrived, after, read = tries[-1]
+    assert before - 0.002 <= arrived <= after + 0.002 < read - 0.1, tries
