@@ -324,7 +324,7 @@ def print_table(report: dict[str, Any]) -> None:
         split = (" [" + " + ".join(f"{c:.2f}" for c in by_process) + " per process]"
                  if len(by_process) > 1 else "")
         print(f"{name}: {reached} ({where}, loss < {sweep['loss_limit']:.0%}, median "
-              f"added latency < {sweep.get('latency_limit_ms', '-')} ms): "
+              f"added latency < {sweep['latency_limit_ms']} ms): "
               f"{_num(sweep['saturation_forwarded_pps'])} forwarded pkt/s using "
               f"{_num(sweep['saturation_server_cpu_cores'])} cores{split} = "
               f"{_num(sweep['saturation_pps_per_core'])} pkt/s per core (load generator: "
