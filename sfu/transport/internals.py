@@ -10,6 +10,7 @@ live objects) fails loudly if they move.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -335,14 +336,37 @@ def silence_rtcp(transceiver: RTCRtpTransceiver) -> None:
     """Stop aiortc's own RTCP for a transceiver: the SFU originates RTCP itself.
 
     aiortc's sender would send sender reports with zero NTP time and counts for a
-    stream whose packets it never saw; its receiver, empty receiver reports.
+    stream whose packets it never saw; its receiver, empty receiver reports. Each also
+    runs a loop that wakes every 0.5-1.5 s to build them: in a room of ten who all
+    publish audio and video, 180 senders and 20 receivers, 200 wake-ups a second for
+    nothing (measured: 10-20 % of the server's CPU per packet in 4x4 and 1x24 rooms,
+    README "Performance"). Both loops are replaced, before
+    aiortc starts them (it does once DTLS is up), by a task that only waits to be
+    cancelled and tells stop() it started and ended, as aiortc's own does.
     """
 
     async def no_rtcp(*args: Any) -> None:
         return None
 
-    setattr(transceiver.sender, "_send_rtcp", no_rtcp)  # noqa: B010
-    setattr(transceiver.receiver, "_send_rtcp", no_rtcp)  # noqa: B010
+    for part, class_name in ((transceiver.sender, "RTCRtpSender"),
+                             (transceiver.receiver, "RTCRtpReceiver")):
+        setattr(part, "_send_rtcp", no_rtcp)  # noqa: B010
+        setattr(part, "_run_rtcp", _idle_rtcp_loop(  # noqa: B010
+            getattr(part, f"_{class_name}__rtcp_started"),
+            getattr(part, f"_{class_name}__rtcp_exited")))
+
+
+def _idle_rtcp_loop(started: asyncio.Event,
+                    exited: asyncio.Event) -> Callable[[], Coroutine[Any, Any, None]]:
+    async def idle_rtcp_loop() -> None:
+        started.set()
+        # Until stop() cancels it; then end as aiortc's loop does, swallowing the
+        # cancellation: stop() waits for ``exited``, not for the task.
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.get_running_loop().create_future()
+        exited.set()
+
+    return idle_rtcp_loop
 
 
 def decline_rtx(transceiver: RTCRtpTransceiver) -> None:
@@ -502,8 +526,11 @@ def check_internals(pc: RTCPeerConnection) -> None:
             "RTCRtpReceiver._set_rtcp_ssrc is gone")
         track = transceiver.receiver.track
         assert track is None or hasattr(track, "_queue"), "RemoteStreamTrack._queue is gone"
-        assert hasattr(transceiver.sender, "_send_rtcp"), "RTCRtpSender._send_rtcp is gone"
-        assert hasattr(transceiver.receiver, "_send_rtcp"), "RTCRtpReceiver._send_rtcp is gone"
+        for part, class_name in ((transceiver.sender, "RTCRtpSender"),
+                                 (transceiver.receiver, "RTCRtpReceiver")):
+            for name in ("_send_rtcp", "_run_rtcp", f"_{class_name}__rtcp_started",
+                         f"_{class_name}__rtcp_exited", f"_{class_name}__rtcp_task"):
+                assert hasattr(part, name), f"{class_name}.{name} is gone"
     rx, tx = srtp_sessions(dtls)
     for session in (rx, tx):
         assert session is not None and hasattr(session, "_srtp"), "pylibsrtp Session._srtp"
