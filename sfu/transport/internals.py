@@ -339,9 +339,9 @@ def silence_rtcp(transceiver: RTCRtpTransceiver) -> None:
     stream whose packets it never saw; its receiver, empty receiver reports. Each also
     runs a loop that wakes every 0.5-1.5 s to build them: in a room of ten who all
     publish audio and video, 180 senders and 20 receivers, 200 wake-ups a second for
-    nothing (measured: 10-20 % of the server's CPU per packet in 4x4 and 1x24 rooms,
-    README "Performance"). Both loops are replaced, before
-    aiortc starts them (it does once DTLS is up), by a task that only waits to be
+    nothing (7-22 % of the server's CPU per packet in 4x4 and 1x24 rooms, README
+    "Performance"). Both loops are replaced, before aiortc starts them (once DTLS is
+    up and the transceiver's direction negotiated), by a task that only waits to be
     cancelled and tells stop() it started and ended, as aiortc's own does.
     """
 
