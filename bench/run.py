@@ -245,7 +245,7 @@ def within_limits(point: dict[str, Any], limits: dict[str, Any]) -> bool:
     too where it was measured (a standing queue is a server behind its load)."""
     if point["loss"] is None or point["loss"] >= limits["loss_limit"]:
         return False
-    latency = point.get("latency_ms_p50")
+    latency = point["latency_ms_p50"]  # None for a system whose latency is unknown
     return latency is None or latency < limits["latency_limit_ms"]
 
 
