@@ -141,6 +141,7 @@ def prepare_gathering(
     setattr(connection, "_sfu_prepared", True)  # noqa: B010 - not an aioice attribute
     if connection._transport_policy == aioice_ice.TransportPolicy.RELAY:
         guard_consent(connection)  # a relay-only client: aioice gathers its TURN relay
+        keep_best_nomination(connection)
         return
 
     async def gather_candidates() -> None:
@@ -178,6 +179,7 @@ def prepare_gathering(
     # Replacing methods on instances is this module's job: setattr says so to mypy.
     setattr(connection, "gather_candidates", gather_candidates)  # noqa: B010
     guard_consent(connection)
+    keep_best_nomination(connection)
 
 
 def _add_tcp_candidate(connection: aioice_ice.Connection, component: int, tcp: TcpPort,
@@ -218,6 +220,35 @@ def guard_consent(connection: aioice_ice.Connection) -> None:
         await query_consent()
 
     setattr(connection, "query_consent", guarded)  # noqa: B010
+
+
+def keep_best_nomination(connection: aioice_ice.Connection) -> None:
+    """As controlling agent, select the highest-priority nominated pair, not the last.
+
+    aioice, controlling, puts USE-CANDIDATE on every check (aggressive nomination,
+    RFC 5245 §8.1.1.2) and makes each pair whose check succeeds the selected one, so
+    checks in flight together select whichever answers last: a relay pair after the
+    host pair, say, while the browser (controlled) keeps the host pair, as that section
+    asks of both ends. In an open network the SFU then sent through the TURN server
+    until the browser's RTCP moved it back, and counted the connection as relayed.
+    """
+    check_complete = connection.check_complete
+
+    def complete(pair: aioice_ice.CandidatePair) -> None:
+        before = connection._nominated.get(pair.component)
+        check_complete(pair)
+        if (connection.ice_controlling and before is not None and before is not pair
+                and connection._nominated.get(pair.component) is pair
+                and before.state == aioice_ice.CandidatePair.State.SUCCEEDED
+                and _pair_priority(before) > _pair_priority(pair)):
+            connection._nominated[pair.component] = before
+
+    setattr(connection, "check_complete", complete)  # noqa: B010
+
+
+def _pair_priority(pair: aioice_ice.CandidatePair) -> int:
+    return aioice_ice.candidate_pair_priority(pair.local_candidate, pair.remote_candidate,
+                                              ice_controlling=True)
 
 
 async def _bind_host(
@@ -508,6 +539,7 @@ def check_internals(pc: RTCPeerConnection) -> None:
     for name in (
         "_protocols", "_nominated", "_components", "_local_candidates",
         "_local_candidates_start", "_local_candidates_end", "_closing", "query_consent",
+        "check_complete", "ice_controlling",
     ):
         assert hasattr(connection, name), f"aioice Connection.{name} is gone"
     assert connection._nominated.get(1) is not None, "no nominated pair for component 1"
