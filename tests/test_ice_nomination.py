@@ -24,7 +24,8 @@ def candidate(kind: str, host: str, port: int) -> Candidate:
 
 def connection_with_pairs(controlling: bool) -> tuple[ice.Connection, ice.CandidatePair,
                                                        ice.CandidatePair]:
-    """A connection with a host pair and a relay pair, both checks in progress."""
+    """A connection with a host pair and a relay pair, both checks in progress (made in
+    a running loop, as aioice makes its own)."""
     connection = ice.Connection(ice_controlling=controlling)
     keep_best_nomination(connection)
     protocol = ice.StunProtocol(connection)
@@ -45,14 +46,14 @@ def succeed(connection: ice.Connection, pair: ice.CandidatePair) -> None:
 
 
 @pytest.mark.parametrize("order", ["host-first", "relay-first"])
-def test_controlling_selects_the_best_nominated_pair(order: str) -> None:
+async def test_controlling_selects_the_best_nominated_pair(order: str) -> None:
     connection, host, relay = connection_with_pairs(controlling=True)
     for pair in ((host, relay) if order == "host-first" else (relay, host)):
         succeed(connection, pair)
     assert connection._nominated[1] is host
 
 
-def test_controlling_takes_a_lower_pair_when_the_best_has_failed() -> None:
+async def test_controlling_takes_a_lower_pair_when_the_best_has_failed() -> None:
     connection, host, relay = connection_with_pairs(controlling=True)
     succeed(connection, host)
     connection.check_state(host, ice.CandidatePair.State.FAILED)
@@ -60,7 +61,7 @@ def test_controlling_takes_a_lower_pair_when_the_best_has_failed() -> None:
     assert connection._nominated[1] is relay
 
 
-def test_controlled_follows_the_peers_latest_nomination() -> None:
+async def test_controlled_follows_the_peers_latest_nomination() -> None:
     connection, host, relay = connection_with_pairs(controlling=False)
     succeed(connection, host)
     succeed(connection, relay)
