@@ -141,7 +141,7 @@ def prepare_gathering(
     setattr(connection, "_sfu_prepared", True)  # noqa: B010 - not an aioice attribute
     if connection._transport_policy == aioice_ice.TransportPolicy.RELAY:
         guard_consent(connection)  # a relay-only client: aioice gathers its TURN relay
-        keep_best_nomination(connection)
+        keep_best_nomination(connection, lambda: _remote_sdp(pc))
         return
 
     async def gather_candidates() -> None:
@@ -179,7 +179,7 @@ def prepare_gathering(
     # Replacing methods on instances is this module's job: setattr says so to mypy.
     setattr(connection, "gather_candidates", gather_candidates)  # noqa: B010
     guard_consent(connection)
-    keep_best_nomination(connection)
+    keep_best_nomination(connection, lambda: _remote_sdp(pc))
 
 
 def _add_tcp_candidate(connection: aioice_ice.Connection, component: int, tcp: TcpPort,
@@ -222,7 +222,8 @@ def guard_consent(connection: aioice_ice.Connection) -> None:
     setattr(connection, "query_consent", guarded)  # noqa: B010
 
 
-def keep_best_nomination(connection: aioice_ice.Connection) -> None:
+def keep_best_nomination(connection: aioice_ice.Connection,
+                         remote_sdp: Callable[[], str | None]) -> None:
     """As controlling agent, select the highest-priority nominated pair, not the last.
 
     aioice, controlling, puts USE-CANDIDATE on every check (aggressive nomination,
@@ -231,8 +232,19 @@ def keep_best_nomination(connection: aioice_ice.Connection) -> None:
     host pair, say, while the browser (controlled) keeps the host pair, as that section
     asks of both ends. In an open network the SFU then sent through the TURN server
     until the browser's RTCP moved it back, and counted the connection as relayed.
+
+    Priorities are those the peer signalled (``remote_sdp``): aioice learns many of a
+    browser's candidates as peer-reflexive (see ``_signalled_type``), and the PRIORITY
+    of a check (RFC 8445 §7.2.2) ranks one sent through a relay with direct ones.
     """
     check_complete = connection.check_complete
+
+    def priority(pair: aioice_ice.CandidatePair) -> int:
+        text = remote_sdp()
+        signalled = None if text is None else _signalled(text, pair.remote_candidate)
+        remote = pair.remote_candidate.priority if signalled is None else signalled.priority
+        local = pair.local_candidate.priority  # controlling: ours is G (RFC 8445 §6.1.2.3)
+        return (1 << 32) * min(local, remote) + 2 * max(local, remote) + (local > remote)
 
     def complete(pair: aioice_ice.CandidatePair) -> None:
         before = connection._nominated.get(pair.component)
@@ -240,15 +252,15 @@ def keep_best_nomination(connection: aioice_ice.Connection) -> None:
         if (connection.ice_controlling and before is not None and before is not pair
                 and connection._nominated.get(pair.component) is pair
                 and before.state == aioice_ice.CandidatePair.State.SUCCEEDED
-                and _pair_priority(before) > _pair_priority(pair)):
+                and priority(before) > priority(pair)):
             connection._nominated[pair.component] = before
 
     setattr(connection, "check_complete", complete)  # noqa: B010
 
 
-def _pair_priority(pair: aioice_ice.CandidatePair) -> int:
-    return aioice_ice.candidate_pair_priority(pair.local_candidate, pair.remote_candidate,
-                                              ice_controlling=True)
+def _remote_sdp(pc: RTCPeerConnection) -> str | None:
+    description = pc.remoteDescription
+    return None if description is None else str(description.sdp)
 
 
 async def _bind_host(
@@ -312,20 +324,30 @@ def selected_pair(pc: RTCPeerConnection) -> SelectedPair | None:
     return _describe(pc, pair)
 
 
-def validated_pair(pc: RTCPeerConnection, addr: tuple[Any, ...]) -> SelectedPair | None:
-    """The pair whose remote end is ``addr``, if ICE checks have validated it.
+def follow_pair(pc: RTCPeerConnection, addr: tuple[Any, ...]) -> SelectedPair | None:
+    """The pair whose remote end is ``addr``, if ICE checks have validated it; it
+    becomes aioice's selected pair.
 
     The peer may move its media to another valid pair mid-call: as controlling agent
     by nominating it (aioice then changes its own nominated pair), as controlled
     agent (Chrome does) by switching when the first stops answering — say, the
     direct path breaks and its TURN relay pair still works. Media from a validated
-    pair is legitimate (RFC 8445 §7.3); anything else is not.
+    pair is legitimate (RFC 8445 §7.3); anything else is not. Where the media went,
+    consent freshness (RFC 7675: checked on the pair data is sent on) and DTLS go
+    too: left on the broken pair, aioice's consent would fail and close a connection
+    whose media still flows.
     """
-    connection = _ice_connection(pc)
+    pair = _follow(_ice_connection(pc), addr)
+    return None if pair is None else _describe(pc, pair)
+
+
+def _follow(connection: aioice_ice.Connection,
+            addr: tuple[Any, ...]) -> aioice_ice.CandidatePair | None:
     for pair in connection._check_list:
         if (pair.state == aioice_ice.CandidatePair.State.SUCCEEDED
                 and pair.component == 1 and pair.remote_addr == tuple(addr[:2])):
-            return _describe(pc, pair)
+            connection._nominated[1] = pair
+            return pair
     return None
 
 
@@ -353,14 +375,22 @@ def _signalled_type(pc: RTCPeerConnection, candidate: Any) -> str:
     (bundlePolicy "balanced") may nominate one listed under another, which aioice then
     calls peer-reflexive although the SDP says what it is (a TURN relay, say).
     """
-    if candidate.type != "prflx" or pc.remoteDescription is None:
+    text = _remote_sdp(pc)
+    if candidate.type != "prflx" or text is None:
         return str(candidate.type)
-    for media in sdp.SessionDescription.parse(pc.remoteDescription.sdp).media:
+    signalled = _signalled(text, candidate)
+    return "prflx" if signalled is None else str(signalled.type)
+
+
+def _signalled(description_sdp: str, candidate: Any) -> Any:
+    """The candidate of any m-line of ``description_sdp`` at ``candidate``'s address
+    (an aiortc RTCIceCandidate), or None."""
+    for media in sdp.SessionDescription.parse(description_sdp).media:
         for signalled in media.ice_candidates:
             if (signalled.ip, signalled.port, signalled.component) == (
                     candidate.host, candidate.port, candidate.component):
-                return str(signalled.type)
-    return "prflx"
+                return signalled
+    return None
 
 
 def silence_rtcp(transceiver: RTCRtpTransceiver) -> None:
@@ -539,7 +569,7 @@ def check_internals(pc: RTCPeerConnection) -> None:
     for name in (
         "_protocols", "_nominated", "_components", "_local_candidates",
         "_local_candidates_start", "_local_candidates_end", "_closing", "query_consent",
-        "check_complete", "ice_controlling",
+        "check_complete", "ice_controlling", "_check_list",
     ):
         assert hasattr(connection, name), f"aioice Connection.{name} is gone"
     assert connection._nominated.get(1) is not None, "no nominated pair for component 1"

@@ -87,10 +87,11 @@ class PeerTransport:
     def _follow(self, addr: tuple[Any, ...]) -> bool:
         """Media from another address: if ICE validated that pair, the peer moved its
         media there (its own failover, e.g. from a broken direct path to its TURN
-        relay); send there too from now on. Checked only when the address changes."""
+        relay); send there too from now on, and check ICE consent there. Checked only
+        when the address changes."""
         if not self.connected.is_set():
             return False
-        pair = internals.validated_pair(self.pc, addr)
+        pair = internals.follow_pair(self.pc, addr)
         if pair is None:
             return False
         logger.info("endpoint %d: media moved to %s (%s → %s)", self.endpoint,
