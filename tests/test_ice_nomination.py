@@ -19,7 +19,7 @@ import pytest
 from aioice import ice, stun
 from aioice.candidate import Candidate, candidate_foundation, candidate_priority
 
-from sfu.transport.internals import _follow, keep_best_nomination
+from sfu.transport.ice_pairs import follow, keep_best_nomination
 
 # What a browser that gathers per m-line signals: its host candidate under one, its
 # relay under the other (aioice reads only the first m-line's).
@@ -91,9 +91,9 @@ async def test_controlled_follows_the_peers_latest_nomination() -> None:
 
 
 async def consent_after_the_direct_path_broke(
-        monkeypatch: pytest.MonkeyPatch, follow: bool) -> tuple[bool, list[Any]]:
+        monkeypatch: pytest.MonkeyPatch, followed: bool) -> tuple[bool, list[Any]]:
     """The host pair selected, then only the relay pair answering; the media seen
-    from the relay's address (``follow``) or not. Whether aioice's consent loop
+    from the relay's address (``followed``) or not. Whether aioice's consent loop
     closed the connection, and where it sent its checks, over more rounds than its
     failure limit."""
     monkeypatch.setattr(ice, "CONSENT_INTERVAL", 0.001)
@@ -119,9 +119,9 @@ async def consent_after_the_direct_path_broke(
 
     setattr(host.protocol, "request", request)  # noqa: B010 - the one socket of both pairs
     setattr(connection, "close", close)  # noqa: B010
-    if follow:
-        assert _follow(connection, relay.remote_addr) is relay
-        assert _follow(connection, ("10.0.0.9", 9)) is None  # never validated
+    if followed:
+        assert follow(connection, relay.remote_addr) is relay
+        assert follow(connection, ("10.0.0.9", 9)) is None  # never validated
         assert connection._nominated[1] is relay
     consent = asyncio.create_task(connection.query_consent())
     try:
@@ -136,7 +136,7 @@ async def consent_after_the_direct_path_broke(
 
 async def test_consent_follows_the_media_to_a_relay_pair(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    closed, asked = await consent_after_the_direct_path_broke(monkeypatch, follow=True)
+    closed, asked = await consent_after_the_direct_path_broke(monkeypatch, followed=True)
     assert not closed
     assert set(asked) == {("10.0.0.3", 60000)}
 
@@ -144,6 +144,6 @@ async def test_consent_follows_the_media_to_a_relay_pair(
 async def test_consent_left_on_the_broken_pair_closes_the_connection(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """What following prevents: aioice gives up after CONSENT_FAILURES checks."""
-    closed, asked = await consent_after_the_direct_path_broke(monkeypatch, follow=False)
+    closed, asked = await consent_after_the_direct_path_broke(monkeypatch, followed=False)
     assert closed
     assert set(asked) == {("10.0.0.2", 50000)} and len(asked) == ice.CONSENT_FAILURES

@@ -1,10 +1,11 @@
-"""Every touch of aiortc and aioice private internals, and nothing else.
+"""Every touch of aiortc and aioice private internals, and nothing else (with
+sfu.transport.ice_pairs, which mends how aioice selects a pair).
 
 aiortc terminates ICE and DTLS for us, but its RTP path decodes and re-encodes, so
 SRTP is diverted before it reaches aiortc (docs/architecture.md, "Ingress"). That needs private
-attributes; they are named here only, pinned by pyproject.toml (aiortc 1.16.x,
-aioice 0.13.x), and ``check_internals`` (run by tests/test_wire.py against
-live objects) fails loudly if they move.
+attributes; they are named here and in ice_pairs only, pinned by pyproject.toml
+(aiortc 1.16.x, aioice 0.13.x), and ``check_internals`` (run by tests/test_wire.py
+against live objects) fails loudly if they move.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from aiortc.rtcpeerconnection import find_common_codecs
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
 
 from sfu.media import CodecInfo
-from sfu.transport import tcp_port
+from sfu.transport import ice_pairs, tcp_port
 from sfu.transport.shared_port import SharedSocket, set_buffers
 from sfu.transport.tcp_port import TcpPort
 
@@ -140,8 +141,8 @@ def prepare_gathering(
         return
     setattr(connection, "_sfu_prepared", True)  # noqa: B010 - not an aioice attribute
     if connection._transport_policy == aioice_ice.TransportPolicy.RELAY:
-        guard_consent(connection)  # a relay-only client: aioice gathers its TURN relay
-        keep_best_nomination(connection, lambda: _remote_sdp(pc))
+        ice_pairs.guard_consent(connection)  # a relay-only client: aioice gathers its TURN relay
+        ice_pairs.keep_best_nomination(connection, lambda: _remote_sdp(pc))
         return
 
     async def gather_candidates() -> None:
@@ -178,8 +179,8 @@ def prepare_gathering(
 
     # Replacing methods on instances is this module's job: setattr says so to mypy.
     setattr(connection, "gather_candidates", gather_candidates)  # noqa: B010
-    guard_consent(connection)
-    keep_best_nomination(connection, lambda: _remote_sdp(pc))
+    ice_pairs.guard_consent(connection)
+    ice_pairs.keep_best_nomination(connection, lambda: _remote_sdp(pc))
 
 
 def _add_tcp_candidate(connection: aioice_ice.Connection, component: int, tcp: TcpPort,
@@ -202,60 +203,6 @@ def _add_tcp_candidate(connection: aioice_ice.Connection, component: int, tcp: T
     )
     connection._protocols.append(protocol)
     connection._local_candidates.append(protocol.local_candidate)
-
-
-def guard_consent(connection: aioice_ice.Connection) -> None:
-    """Work around an aioice 0.13 race that leaks a task per closed connection.
-
-    connect() starts the consent-freshness loop (RFC 7675) once ICE completes. If
-    close() runs after ICE completed but before connect() resumes, close() finds no
-    loop to cancel and connect() then starts one on a closed connection, where it
-    runs forever. The churn test (participants leaving while ICE completes) saw it.
-    """
-    query_consent = connection.query_consent
-
-    async def guarded() -> None:
-        if connection._closing:
-            return
-        await query_consent()
-
-    setattr(connection, "query_consent", guarded)  # noqa: B010
-
-
-def keep_best_nomination(connection: aioice_ice.Connection,
-                         remote_sdp: Callable[[], str | None]) -> None:
-    """As controlling agent, select the highest-priority nominated pair, not the last.
-
-    aioice, controlling, puts USE-CANDIDATE on every check (aggressive nomination,
-    RFC 5245 §8.1.1.2) and makes each pair whose check succeeds the selected one, so
-    checks in flight together select whichever answers last: a relay pair after the
-    host pair, say, while the browser (controlled) keeps the host pair, as that section
-    asks of both ends. In an open network the SFU then sent through the TURN server
-    until the browser's RTCP moved it back, and counted the connection as relayed.
-
-    Priorities are those the peer signalled (``remote_sdp``): aioice learns many of a
-    browser's candidates as peer-reflexive (see ``_signalled_type``), and the PRIORITY
-    of a check (RFC 8445 §7.2.2) ranks one sent through a relay with direct ones.
-    """
-    check_complete = connection.check_complete
-
-    def priority(pair: aioice_ice.CandidatePair) -> int:
-        text = remote_sdp()
-        signalled = None if text is None else _signalled(text, pair.remote_candidate)
-        remote = pair.remote_candidate.priority if signalled is None else signalled.priority
-        local = pair.local_candidate.priority  # controlling: ours is G (RFC 8445 §6.1.2.3)
-        return (1 << 32) * min(local, remote) + 2 * max(local, remote) + (local > remote)
-
-    def complete(pair: aioice_ice.CandidatePair) -> None:
-        before = connection._nominated.get(pair.component)
-        check_complete(pair)
-        if (connection.ice_controlling and before is not None and before is not pair
-                and connection._nominated.get(pair.component) is pair
-                and before.state == aioice_ice.CandidatePair.State.SUCCEEDED
-                and priority(before) > priority(pair)):
-            connection._nominated[pair.component] = before
-
-    setattr(connection, "check_complete", complete)  # noqa: B010
 
 
 def _remote_sdp(pc: RTCPeerConnection) -> str | None:
@@ -337,18 +284,8 @@ def follow_pair(pc: RTCPeerConnection, addr: tuple[Any, ...]) -> SelectedPair | 
     too: left on the broken pair, aioice's consent would fail and close a connection
     whose media still flows.
     """
-    pair = _follow(_ice_connection(pc), addr)
+    pair = ice_pairs.follow(_ice_connection(pc), addr)
     return None if pair is None else _describe(pc, pair)
-
-
-def _follow(connection: aioice_ice.Connection,
-            addr: tuple[Any, ...]) -> aioice_ice.CandidatePair | None:
-    for pair in connection._check_list:
-        if (pair.state == aioice_ice.CandidatePair.State.SUCCEEDED
-                and pair.component == 1 and pair.remote_addr == tuple(addr[:2])):
-            connection._nominated[1] = pair
-            return pair
-    return None
 
 
 def _describe(pc: RTCPeerConnection, pair: aioice_ice.CandidatePair) -> SelectedPair:
@@ -378,19 +315,8 @@ def _signalled_type(pc: RTCPeerConnection, candidate: Any) -> str:
     text = _remote_sdp(pc)
     if candidate.type != "prflx" or text is None:
         return str(candidate.type)
-    signalled = _signalled(text, candidate)
+    signalled = ice_pairs.signalled_candidate(text, candidate)
     return "prflx" if signalled is None else str(signalled.type)
-
-
-def _signalled(description_sdp: str, candidate: Any) -> Any:
-    """The candidate of any m-line of ``description_sdp`` at ``candidate``'s address
-    (an aiortc RTCIceCandidate), or None."""
-    for media in sdp.SessionDescription.parse(description_sdp).media:
-        for signalled in media.ice_candidates:
-            if (signalled.ip, signalled.port, signalled.component) == (
-                    candidate.host, candidate.port, candidate.component):
-                return signalled
-    return None
 
 
 def silence_rtcp(transceiver: RTCRtpTransceiver) -> None:
