@@ -53,10 +53,9 @@ def keep_best_nomination(connection: aioice_ice.Connection,
     """
     check_complete = connection.check_complete
 
-    def priority(pair: aioice_ice.CandidatePair) -> int:
-        text = remote_sdp()
-        signalled = None if text is None else signalled_candidate(text, pair.remote_candidate)
-        remote = pair.remote_candidate.priority if signalled is None else signalled.priority
+    def priority(pair: aioice_ice.CandidatePair, signalled: dict[Any, Any]) -> int:
+        remote: int = signalled.get(address(pair.remote_candidate),
+                                    pair.remote_candidate).priority
         local = pair.local_candidate.priority  # controlling: ours is G (RFC 8445 §6.1.2.3)
         return (1 << 32) * min(local, remote) + 2 * max(local, remote) + (local > remote)
 
@@ -65,9 +64,11 @@ def keep_best_nomination(connection: aioice_ice.Connection,
         check_complete(pair)
         if (connection.ice_controlling and before is not None and before is not pair
                 and connection._nominated.get(pair.component) is pair
-                and before.state == aioice_ice.CandidatePair.State.SUCCEEDED
-                and priority(before) > priority(pair)):
-            connection._nominated[pair.component] = before
+                and before.state == aioice_ice.CandidatePair.State.SUCCEEDED):
+            text = remote_sdp()
+            signalled = {} if text is None else signalled_candidates(text)
+            if priority(before, signalled) > priority(pair, signalled):
+                connection._nominated[pair.component] = before
 
     setattr(connection, "check_complete", complete)  # noqa: B010
 
@@ -84,12 +85,16 @@ def follow(connection: aioice_ice.Connection,
     return None
 
 
-def signalled_candidate(description_sdp: str, candidate: Any) -> Any:
-    """The candidate of any m-line of ``description_sdp`` at ``candidate``'s address
-    (an aiortc RTCIceCandidate), or None."""
+def signalled_candidates(description_sdp: str) -> dict[tuple[str, int, int], Any]:
+    """The candidates of every m-line of ``description_sdp`` (aiortc RTCIceCandidates),
+    by ``address``; of two at one address, the first."""
+    found: dict[tuple[str, int, int], Any] = {}
     for media in sdp.SessionDescription.parse(description_sdp).media:
-        for signalled in media.ice_candidates:
-            if (signalled.ip, signalled.port, signalled.component) == (
-                    candidate.host, candidate.port, candidate.component):
-                return signalled
-    return None
+        for c in media.ice_candidates:
+            found.setdefault((c.ip, c.port, c.component), c)
+    return found
+
+
+def address(candidate: Any) -> tuple[str, int, int]:
+    """An aioice candidate's key in ``signalled_candidates``."""
+    return (candidate.host, candidate.port, candidate.component)

@@ -140,10 +140,10 @@ def prepare_gathering(
     if getattr(connection, "_sfu_prepared", False):
         return
     setattr(connection, "_sfu_prepared", True)  # noqa: B010 - not an aioice attribute
+    ice_pairs.guard_consent(connection)
+    ice_pairs.keep_best_nomination(connection, lambda: _remote_sdp(pc))
     if connection._transport_policy == aioice_ice.TransportPolicy.RELAY:
-        ice_pairs.guard_consent(connection)  # a relay-only client: aioice gathers its TURN relay
-        ice_pairs.keep_best_nomination(connection, lambda: _remote_sdp(pc))
-        return
+        return  # a relay-only client: aioice gathers its TURN relay
 
     async def gather_candidates() -> None:
         if connection._local_candidates_start:
@@ -179,8 +179,6 @@ def prepare_gathering(
 
     # Replacing methods on instances is this module's job: setattr says so to mypy.
     setattr(connection, "gather_candidates", gather_candidates)  # noqa: B010
-    ice_pairs.guard_consent(connection)
-    ice_pairs.keep_best_nomination(connection, lambda: _remote_sdp(pc))
 
 
 def _add_tcp_candidate(connection: aioice_ice.Connection, component: int, tcp: TcpPort,
@@ -315,7 +313,7 @@ def _signalled_type(pc: RTCPeerConnection, candidate: Any) -> str:
     text = _remote_sdp(pc)
     if candidate.type != "prflx" or text is None:
         return str(candidate.type)
-    signalled = ice_pairs.signalled_candidate(text, candidate)
+    signalled = ice_pairs.signalled_candidates(text).get(ice_pairs.address(candidate))
     return "prflx" if signalled is None else str(signalled.type)
 
 
