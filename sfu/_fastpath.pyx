@@ -23,6 +23,7 @@ from libc.stdint cimport (
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcmp, memcpy, memset
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from sfu import rtp as _rtp
 from sfu.rtcp import nack as _nack
@@ -32,7 +33,7 @@ from sfu.rtcp import retransmit as _retransmit
 cdef extern from *:
     int __builtin_popcount(unsigned int x) nogil
 
-from sfu._mmsg cimport MSG_DONTWAIT, MSG_TRUNC, recvmmsg
+from sfu._mmsg cimport MSG_DONTWAIT, MSG_TRUNC, MSG_WAITFORONE, iovec, mmsghdr, recvmmsg
 
 cdef extern from "<sys/socket.h>" nogil:
     struct sockaddr:
@@ -1798,6 +1799,74 @@ def floor_forward(list packets, list sessions, list fds, list addrs):
                         sockaddr_lengths[j]) == n:
                 sent += 1
     return sent
+
+
+def floor_relay(int fd, object inbound, list routes, double seconds):
+    """The floor at room rates, for bench/roomfloor.py: a blocking loop reading ``fd``
+    with one ``recvmmsg`` per wake-up (no event loop, no Python per packet), and per
+    datagram one libsrtp unprotect, then per route of its source one copy, one protect
+    and one ``sendto``. No ICE, RTCP or timers: what no forwarder can skip.
+
+    ``routes`` are (source sockaddr, session, destination sockaddr) with sockaddrs as
+    ``_sockaddr`` makes them; ``fd`` must have a receive timeout (SO_RCVTIMEO) so the
+    loop sees its deadline. Returns (datagrams received, datagrams forwarded).
+    """
+    cdef int count = len(routes)
+    if count > 64:
+        raise ValueError("at most 64 routes")
+    cdef void *in_ctx = _srtp_ctx(inbound)
+    cdef void *contexts[64]
+    cdef uint8_t sources[64][16]
+    cdef uint8_t destinations[64][16]
+    cdef int i, j, n, length, n_out, received = 0, forwarded = 0
+    cdef timespec now
+    for j in range(count):
+        source, session, destination = routes[j]
+        if len(source) != 16 or len(destination) != 16:
+            raise ValueError("IPv4 sockaddrs only")
+        memcpy(sources[j], PyBytes_AS_STRING(source), 16)
+        memcpy(destinations[j], PyBytes_AS_STRING(destination), 16)
+        contexts[j] = _srtp_ctx(session)
+    cdef mmsghdr messages[64]
+    cdef iovec vectors[64]
+    cdef uint8_t names[64][16]
+    cdef uint8_t *slots = <uint8_t *>calloc(64, BUFFER_SIZE)
+    cdef uint8_t out[BUFFER_SIZE]
+    if slots == NULL:
+        raise MemoryError()
+    memset(messages, 0, sizeof(messages))
+    for i in range(64):
+        vectors[i].iov_base = slots + i * BUFFER_SIZE
+        vectors[i].iov_len = 1500
+        messages[i].msg_hdr.msg_iov = &vectors[i]
+        messages[i].msg_hdr.msg_iovlen = 1
+        messages[i].msg_hdr.msg_name = names[i]
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    cdef double deadline = now.tv_sec + now.tv_nsec * 1e-9 + seconds
+    try:
+        while now.tv_sec + now.tv_nsec * 1e-9 < deadline:
+            for i in range(64):
+                messages[i].msg_hdr.msg_namelen = 16
+            n = recvmmsg(fd, messages, 64, MSG_WAITFORONE, NULL)
+            for i in range(n):
+                length = messages[i].msg_len
+                if c_unprotect(in_ctx, slots + i * BUFFER_SIZE, &length) != 0:
+                    continue
+                received += 1
+                for j in range(count):
+                    if memcmp(names[i], sources[j], 8) != 0:  # family, port, address
+                        continue
+                    n_out = length
+                    memcpy(out, slots + i * BUFFER_SIZE, length)
+                    if c_protect(contexts[j], out, &n_out) != 0:
+                        continue
+                    if c_sendto(fd, out, n_out, MSG_DONTWAIT,
+                                <const sockaddr *>destinations[j], 16) == n_out:
+                        forwarded += 1
+            clock_gettime(CLOCK_MONOTONIC, &now)
+    finally:
+        free(slots)
+    return received, forwarded
 
 
 def _session(bytes key, int profile, int ssrc_type):

@@ -24,4 +24,5 @@ cdef extern from "<sys/socket.h>" nogil:
         unsigned int msg_len
     int recvmmsg(int fd, mmsghdr *msgs, unsigned int vlen, int flags, timespec *timeout)
     int MSG_DONTWAIT
+    int MSG_WAITFORONE
     int MSG_TRUNC
