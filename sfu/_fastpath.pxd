@@ -21,6 +21,8 @@ cdef enum:
     # (open addressing, rebuilt when endpoints change; a power of two, >= 2x endpoints).
     RECEIVE_BATCH = 32
     SOURCE_SLOTS = 4096
+    # Datagrams receive() queues for one sendmmsg(2) at most (a batch's fan-out).
+    SEND_BATCH = 64
 
 
 # -- the RTCP machines of sfu/rtcp/, same names and methods (final: called directly) ----
@@ -240,10 +242,24 @@ cdef class Forwarder:
     cdef int _source_fd[SOURCE_SLOTS]           # -1: a free slot
     cdef uint8_t _source_addr[SOURCE_SLOTS][20]  # family, port, address (as sockaddr)
     cdef void *_source_endpoint[SOURCE_SLOTS]   # borrowed: _endpoints holds it
+    # While receive() runs, what it sends waits here for one sendmmsg(2) per socket
+    # and batch: each datagram in its slot, with its destination copied (the endpoint
+    # may be gone by the flush) and the counter to take back if the send fails.
+    cdef bint _batching
+    cdef int _queued
+    cdef int _queue_fd
+    cdef uint8_t _out[SEND_BATCH][BUFFER_SIZE]
+    cdef uint8_t _out_names[SEND_BATCH][28]
+    cdef mmsghdr _out_messages[SEND_BATCH]
+    cdef iovec _out_vectors[SEND_BATCH]
+    cdef int _out_undo[SEND_BATCH]
+    cdef uint64_t _send_calls       # sendto and sendmmsg calls made, and datagrams sent
+    cdef uint64_t _send_datagrams
 
     cdef int _attach_source(self, _Producer producer, int64_t endpoint, uint32_t ssrc) except -1
     cdef void _repoint(self, _Consumer consumer, _Producer producer)
     cdef int _handle(self, _Endpoint endpoint, int length, int64_t now_us)
+    cdef int _receive_batches(self, int fd, int64_t now_us, list leftovers) except -1
     cdef void _index_sources(self)
     cdef int _source_slot(self, int fd, const uint8_t *name) noexcept
     cdef int _read_elements(self, int ext_profile, int ext_offset, int ext_length)
@@ -257,6 +273,9 @@ cdef class Forwarder:
     cdef int _handle_rtcp(self, _Endpoint endpoint, int length, int64_t now_us)
     cdef void _forward(self, _Consumer consumer, int length, int payload_offset,
                        int payload_end, int64_t now_us)
+    cdef uint8_t *_out_buffer(self, _Endpoint endpoint)
+    cdef int _send(self, _Endpoint endpoint, uint8_t *data, int length, int undo)
+    cdef void _flush(self)
     cdef void _forward_sr(self, _Endpoint endpoint, int offset, int64_t now_us)
     cdef void _take_report_block(self, _Endpoint endpoint, int block, int64_t now_us)
     cdef void _answer_nack(self, _Consumer consumer, int fci, int fci_end, int64_t now_us)
@@ -269,5 +288,4 @@ cdef class Forwarder:
     cdef void _feedback(self, _Endpoint endpoint, int offset, int length)
     cdef bint _request_keyframe(self, _Producer producer, int64_t now_us)
     cdef void _send_rtcp(self, _Endpoint endpoint, uint8_t *data, int length)
-    cdef int _send(self, _Endpoint endpoint, uint8_t *data, int length)
     cdef int _notify_loss(self) except -1

@@ -33,7 +33,9 @@ from sfu.rtcp import retransmit as _retransmit
 cdef extern from *:
     int __builtin_popcount(unsigned int x) nogil
 
-from sfu._mmsg cimport MSG_DONTWAIT, MSG_TRUNC, MSG_WAITFORONE, iovec, mmsghdr, recvmmsg
+from sfu._mmsg cimport (
+    MSG_DONTWAIT, MSG_TRUNC, MSG_WAITFORONE, iovec, mmsghdr, recvmmsg, sendmmsg,
+)
 
 cdef extern from "<sys/socket.h>" nogil:
     struct sockaddr:
@@ -649,6 +651,15 @@ cdef class Forwarder:
         self._loss_producer = 0
         self._feedback_listener = None
         self._index_sources()  # an empty table: memory starts zeroed, i.e. fd 0 everywhere
+        self._batching = False
+        self._queued = 0
+        self._send_calls = self._send_datagrams = 0
+        cdef int i
+        for i in range(SEND_BATCH):
+            self._out_vectors[i].iov_base = self._out[i]
+            self._out_messages[i].msg_hdr.msg_name = self._out_names[i]
+            self._out_messages[i].msg_hdr.msg_iov = &self._out_vectors[i]
+            self._out_messages[i].msg_hdr.msg_iovlen = 1
 
     def add_endpoint(self, int64_t endpoint, rx, tx, sendto, int fd, addr):
         """Register a transport: pylibsrtp sessions, and where to send.
@@ -934,6 +945,11 @@ cdef class Forwarder:
     def counters(self):
         return {name: self._counters[i] for i, name in enumerate(_rtp.COUNTER_NAMES)}
 
+    def send_calls(self):
+        """(send calls, datagrams sent): sendto(2) or a TURN send one each, sendmmsg(2)
+        one per receive() batch and socket (the twin sends one at a time)."""
+        return (self._send_calls, self._send_datagrams)
+
     def consumer_stats(self, int64_t consumer):
         """(packets, bytes) sent to a consumer; (0, 0) when it does not exist."""
         cdef _Consumer cons = self._consumers.get(consumer)
@@ -980,12 +996,22 @@ cdef class Forwarder:
     def receive(self, sock, int64_t now_us):
         """Read the datagrams waiting on ``sock`` with recvmmsg(2) (see the twin's)."""
         cdef int fd = sock.fileno()
-        cdef int n, i, length, slot, status, batches = 0
+        cdef int i
         cdef list leftovers = []
-        cdef uint8_t *data
         for i in range(RECEIVE_BATCH):
             self._vectors[i].iov_base = self._batch[i]
             self._vectors[i].iov_len = BUFFER_SIZE
+        self._batching = True
+        try:
+            self._receive_batches(fd, now_us, leftovers)
+        finally:
+            self._flush()
+            self._batching = False
+        return leftovers
+
+    cdef int _receive_batches(self, int fd, int64_t now_us, list leftovers) except -1:
+        cdef int n, i, length, slot, status, batches = 0
+        cdef uint8_t *data
         while batches < RECEIVE_MAX_BATCHES:
             for i in range(RECEIVE_BATCH):
                 self._messages[i].msg_hdr.msg_name = self._names[i]
@@ -1015,10 +1041,12 @@ cdef class Forwarder:
                 status = self._handle(<_Endpoint>self._source_endpoint[slot], length, now_us)
                 self._counters[status] += 1
                 if self._loss_pending:
+                    self._flush()  # before Python runs: it may remove an endpoint
                     self._notify_loss()
+            self._flush()
             if n < RECEIVE_BATCH:
                 break
-        return leftovers
+        return 0
 
     def handle_packet(self, endpoint, bytes data, int64_t now_us):
         """Take one SRTP or SRTCP datagram from ``endpoint``; return OK or a DROP_* reason.
@@ -1137,7 +1165,7 @@ cdef class Forwarder:
                 break
             self._record_sent(ep, twcc_seq, n, now_us)
             packets_sent += 1  # its number is taken, sent or not
-            if self._send(ep, out, n) != 0:
+            if self._send(ep, out, n, C_PROBE_PACKETS) != 0:
                 self._counters[C_SEND_ERROR] += 1
                 break
             sent += n
@@ -1436,7 +1464,7 @@ cdef class Forwarder:
             return
 
         # The one copy per subscriber: SRTP encrypts in place and keys differ per Consumer.
-        cdef uint8_t *out = self._tx
+        cdef uint8_t *out = self._out_buffer(ep)
         memcpy(out, src, header_end)
         out[0] = (src[0] & ~0x10) | (0x10 if elements else 0)
         out[1] = (src[1] & 0x80) | out_pt
@@ -1506,7 +1534,7 @@ cdef class Forwarder:
             return
         if twcc_seq >= 0:
             self._record_sent(ep, twcc_seq, n, now_us)
-        if self._send(ep, out, n) != 0:
+        if self._send(ep, out, n, C_SENT) != 0:
             counters[C_SEND_ERROR] += 1
             return
         cons.packets_sent += 1
@@ -1680,7 +1708,7 @@ cdef class Forwarder:
             return -1
         if twcc_seq >= 0:
             self._record_sent(ep, twcc_seq, n, now_us)
-        if self._send(ep, self._tx, n) != 0:
+        if self._send(ep, self._tx, n, C_RETRANSMITTED) != 0:
             self._counters[C_SEND_ERROR] += 1
             return -1
         return n
@@ -1735,21 +1763,76 @@ cdef class Forwarder:
         cdef int n = length
         if c_protect_rtcp(ep.tx_ctx, data, &n) != 0:
             self._counters[C_PROTECT_ERROR] += 1
-        elif self._send(ep, data, n) != 0:
+        elif self._send(ep, data, n, -1) != 0:
             self._counters[C_SEND_ERROR] += 1
 
-    cdef int _send(self, _Endpoint ep, uint8_t *data, int length):
-        """0 when sent; -1 when the socket refused it (full buffer: dropped, as UDP may)."""
+    cdef uint8_t *_out_buffer(self, _Endpoint ep):
+        """Where to build the next packet for ``ep``: while receive() batches, the send
+        queue's next slot (no copy when it is queued), else the one _tx buffer."""
+        if not self._batching or ep.fd < 0:
+            return self._tx
+        if self._queued == SEND_BATCH or (self._queued and self._queue_fd != ep.fd):
+            self._flush()
+        return self._out[self._queued]
+
+    cdef int _send(self, _Endpoint ep, uint8_t *data, int length, int undo):
+        """0 when sent, or queued for receive()'s sendmmsg(2); -1 when the socket
+        refused it (full buffer: dropped, as UDP may). A queued datagram the socket
+        then refuses is counted by _flush: a send error, and ``undo`` (the counter its
+        caller will have counted it in, or -1) taken back."""
         cdef ssize_t sent
+        cdef int slot
+        if ep.fd >= 0 and self._batching:
+            slot = self._queued
+            # Built in its slot by _out_buffer (which made room), or elsewhere and copied.
+            if slot == SEND_BATCH or data != self._out[slot]:
+                if slot == SEND_BATCH or (slot and self._queue_fd != ep.fd):
+                    self._flush()
+                    slot = 0
+                memcpy(self._out[slot], data, length)
+            self._queue_fd = ep.fd
+            memcpy(self._out_names[slot], ep.sockaddr, ep.sockaddr_len)
+            self._out_messages[slot].msg_hdr.msg_namelen = ep.sockaddr_len
+            self._out_vectors[slot].iov_len = length
+            self._out_undo[slot] = undo
+            self._queued = slot + 1
+            return 0
         if ep.fd >= 0:
+            self._send_calls += 1
             sent = c_sendto(ep.fd, data, length, MSG_DONTWAIT, <const sockaddr *>ep.sockaddr,
                             ep.sockaddr_len)
-            return 0 if sent == length else -1
+            if sent != length:
+                return -1
+            self._send_datagrams += 1
+            return 0
+        self._send_calls += 1
         try:
             ep.py_sendto(PyBytes_FromStringAndSize(<char *>data, length), ep.addr)
         except OSError:
             return -1
+        self._send_datagrams += 1
         return 0
+
+    cdef void _flush(self):
+        """Send the queue with sendmmsg(2); a datagram the socket refuses (a full
+        buffer) is dropped and counted, as _send counts one, and the rest go on."""
+        cdef int start = 0, sent, undo
+        while start < self._queued:
+            sent = sendmmsg(self._queue_fd, &self._out_messages[start], self._queued - start,
+                            MSG_DONTWAIT)
+            self._send_calls += 1
+            if sent > 0:
+                self._send_datagrams += sent
+                start += sent
+                continue
+            self._counters[C_SEND_ERROR] += 1  # the first of the rest failed: skip it
+            undo = self._out_undo[start]
+            if undo >= 0:
+                self._counters[undo] -= 1
+            if undo == C_SENT:
+                self._counters[C_SENT_BYTES] -= self._out_vectors[start].iov_len
+            start += 1
+        self._queued = 0
 
     cdef int _notify_loss(self) except -1:
         """Tell the loss listener of the new gap the last packet showed."""
@@ -1799,6 +1882,8 @@ def floor_forward(list packets, list sessions, list fds, list addrs):
                         sockaddr_lengths[j]) == n:
                 sent += 1
     return sent
+
+
 
 
 def floor_relay(int fd, object inbound, list routes, double seconds):

@@ -24,6 +24,9 @@ class _FeedbackPath:
     _feedback_listener: Callable[[int, bytes], None] | None
     _endpoints: dict[int, _Endpoint]
     _consumers: dict[int, _Consumer]
+    # send_calls(): class-level zeros, counted per instance from the first send.
+    _send_tries = 0
+    _sent_datagrams = 0
 
     def set_feedback_listener(self, listener: Callable[[int, bytes], None] | None) -> None:
         """Call ``listener(endpoint, packet)`` with each transport-wide feedback packet
@@ -264,8 +267,15 @@ class _FeedbackPath:
 
     def _send(self, ep: _Endpoint, data: bytes) -> int:
         """0 when sent; -1 when the socket refused it (full buffer: dropped, as UDP may)."""
+        self._send_tries += 1
         try:
             ep.sendto(data, ep.addr)
         except OSError:
             return -1
+        self._sent_datagrams += 1
         return 0
+
+    def send_calls(self) -> tuple[int, int]:
+        """(send calls, datagrams sent): one call per datagram here (the C forwarder
+        sends what one receive() batch forwards with one sendmmsg(2))."""
+        return (self._send_tries, self._sent_datagrams)

@@ -1,6 +1,6 @@
-# recvmmsg(2): its structures and the call, for the forwarder's receive path
-# (sfu/_fastpath.pyx) and the load generator's (bench/_receiver.pyx). Declarations
-# only: no module is built from this file.
+# recvmmsg(2) and sendmmsg(2): their structures and the calls, for the forwarder
+# (sfu/_fastpath.pyx) and the load generator's receive path (bench/_receiver.pyx).
+# Declarations only: no module is built from this file.
 
 from posix.time cimport timespec
 
@@ -23,6 +23,7 @@ cdef extern from "<sys/socket.h>" nogil:
         msghdr msg_hdr
         unsigned int msg_len
     int recvmmsg(int fd, mmsghdr *msgs, unsigned int vlen, int flags, timespec *timeout)
+    int sendmmsg(int fd, mmsghdr *msgs, unsigned int vlen, int flags)
     int MSG_DONTWAIT
     int MSG_WAITFORONE
     int MSG_TRUNC

@@ -116,3 +116,74 @@ def test_media_before_any_endpoint_is_handed_back(impl: Any) -> None:
     assert fwd.receive(server, 0) == [(packet, sender.getsockname())]
     server.close()
     sender.close()
+
+
+@pytest.mark.skipif(len([p for p in implementations() if p.values[0] is not None]) < 2,
+                    reason="the Cython forwarder is not built")
+@pytest.mark.parametrize("refused", [False, True], ids=["all-sendable", "one-refused"])
+def test_what_one_batch_forwards_goes_out_in_one_sendmmsg(refused: bool) -> None:
+    """Three subscribers on the shared socket (with ``refused``, the second at an
+    address the socket cannot send to: IPv6 on an IPv4 socket). The C forwarder sends
+    a batch's fan-out with sendmmsg(2), the twin one sendto per datagram; the
+    subscribers get the same datagrams in the same order, and refused ones are
+    counted alike (a send error each, not sent)."""
+    keys = [os.urandom(30) for _ in range(2 + 3)]
+    publisher = udp()
+    protect = session_pair(key=keys[0])[0]
+    sides = []
+    for impl in (p.values[0] for p in implementations()):
+        sock = udp()
+        fwd = impl(500_000)
+        receivers = [udp(), udp(), udp()]
+        addrs = [r.getsockname() for r in receivers]
+        if refused:
+            addrs[1] = ("::1", 9)
+        fwd.add_endpoint(PUB, session_pair(key=keys[0])[1], session_pair(key=keys[1])[0],
+                         sock.sendto, sock.fileno(), publisher.getsockname())
+        fwd.add_producer(PRODUCER, PUB, PUB_SSRC, rtp.CODEC_VP8)
+        for i, addr in enumerate(addrs):
+            fwd.add_endpoint(SUB + i, session_pair(key=keys[2 + i])[1],
+                             session_pair(key=keys[2 + i])[0], sock.sendto, sock.fileno(), addr)
+            fwd.add_consumer(CONSUMER + i, PRODUCER, SUB + i, SUB_SSRC + i, True, {96: 96},
+                             {}, b"0", 0, 0, 1000, 5000)
+        sides.append((fwd, sock, receivers))
+    for seq in range(20):
+        datagram = protect.protect(rtp_packet(seq=seq, timestamp=3000 * seq, ssrc=PUB_SSRC,
+                                              payload_type=96, marker=True,
+                                              payload=KEY if seq == 0 else DELTA))
+        for _, sock, _ in sides:
+            publisher.sendto(datagram, sock.getsockname())
+    time.sleep(0.2)  # loopback: all queued, so one recvmmsg reads them
+    received = []
+    for fwd, sock, receivers in sides:
+        assert fwd.receive(sock, time.monotonic_ns() // 1000) == []
+        time.sleep(0.05)
+        got = []
+        for receiver in receivers:
+            datagrams = []
+            while True:
+                try:
+                    datagrams.append(receiver.recv(2048))
+                except BlockingIOError:
+                    break
+            got.append(datagrams)
+        received.append(got)
+    python, cython = received
+    assert python == cython
+    sendable = 40 if refused else 60
+    assert [len(d) for d in python] == ([20, 0, 20] if refused else [20, 20, 20])
+    (twin, _, _), (fast, _, _) = sides
+    assert twin.counters() == fast.counters()
+    assert fast.counters()["sent"] == sendable
+    assert fast.counters()["send_error"] == 60 - sendable
+    assert twin.send_calls() == (60, sendable)  # a call per datagram
+    calls, datagrams = fast.send_calls()
+    assert datagrams == sendable
+    if refused:  # each refused datagram is a call that failed, between two that sent
+        assert calls == 2 * 20 + 1
+    else:  # the 60 in one call (one recvmmsg read the 20, under SEND_BATCH)
+        assert calls == 1
+    for _, sock, receivers in sides:
+        for s in (sock, *receivers):
+            s.close()
+    publisher.close()
