@@ -1,18 +1,20 @@
 """The floor at room rates: what any forwarder pays per packet for a `sfu bench` room.
 
-    python -m sfu_bench.roomfloor [--scenario 2x2] [--seconds 20] [--json PATH]
+    python -m sfu_bench.roomfloor [--scenario 2x2] [--seconds 20] [--rate 1] [--json PATH]
 
 A process runs ``_fastpath.floor_relay``: one UDP socket read with one blocking
 ``recvmmsg`` per wake-up, and per datagram one libsrtp unprotect and, per subscriber,
-a copy, a protect and a ``sendto``. No event loop, no Python per packet, no ICE
-consent, RTCP or timers. This driver replays the scenario's room as the load generator
-does at real time (the recording, every publisher's packets SRTP-protected before the
-timed phase, sent in the same per-millisecond bursts), and reads every subscriber's
-socket as each datagram arrives (bench/_receiver.pyx), as `sfu bench` does at real
-time. So the floor pays the same kernel work per packet as a server in that bench:
-being woken, receiving, and on loopback delivering each datagram into the receiver's
-socket and waking it. Its CPU per forwarded packet, set beside a server's in the same
-room, bounds how far that server's cost can fall (#16: "2x lower at room rates").
+a copy and a protect, all sent with one ``sendmmsg`` per batch read. No event loop, no
+Python per packet, no ICE consent, RTCP or timers. This driver replays the scenario's
+room as the load generator does (the recording, every publisher's packets
+SRTP-protected before the timed phase, sent in the same per-millisecond bursts, at
+``--rate`` times real time), and reads every subscriber's socket as `sfu bench` does:
+at real time as each datagram arrives, above it every millisecond
+(bench/_receiver.pyx). So the floor pays the same kernel work per packet as a server
+in that bench: being woken, receiving, and on loopback delivering each datagram into
+the receiver's socket (and at real time waking it). Its CPU per forwarded packet, set
+beside a server's in the same room, bounds how far that server's cost can fall (#16:
+"2x lower at room rates", "300,000 packets per second per core").
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import Any
 from pylibsrtp import Policy, Session
 
 from . import recording as recordings
-from .peer import PACING_SLOT_S, RECEIVE_BUFFER
+from .peer import PACING_SLOT_S, POLL_S, RECEIVE_BUFFER
 from .recording import AUDIO_CLOCK, VIDEO_CLOCK
 from .run import load_scenarios
 
@@ -70,8 +72,9 @@ def serve(sock: socket.socket, inbound_key: bytes, routes: list[tuple[Any, bytes
 
 
 def plan(recording: recordings.Recording, sockets: list[socket.socket], key: bytes,
-         seconds: float) -> list[tuple[float, socket.socket, bytes]]:
-    """Every publisher's packets for ``seconds``, protected, in the order they are due."""
+         seconds: float, rate: float) -> list[tuple[float, socket.socket, bytes]]:
+    """Every publisher's packets for ``seconds`` at ``rate`` times real time, protected,
+    in the order they are due."""
     clocks = {"audio": AUDIO_CLOCK, "video": VIDEO_CLOCK}
     loop_clock = {k: recording.duration_us * c // 1_000_000 for k, c in clocks.items()}
     packets = []
@@ -83,7 +86,7 @@ def plan(recording: recordings.Recording, sockets: list[socket.socket], key: byt
             loop, position = divmod(i, len(recording.packets))
             packet = recording.packets[position]
             offset = loop * recording.duration_us + packet.offset_us
-            if offset >= seconds * 1e6:
+            if offset >= seconds * 1e6 * rate:
                 break
             i += 1
             timestamp = (packet.timestamp + loop * loop_clock[packet.kind]) & 0xFFFFFFFF
@@ -92,16 +95,17 @@ def plan(recording: recordings.Recording, sockets: list[socket.socket], key: byt
             header += seqs[packet.kind].to_bytes(2, "big") + timestamp.to_bytes(4, "big")
             header += ssrc.to_bytes(4, "big")
             seqs[packet.kind] = (seqs[packet.kind] + 1) & 0xFFFF
-            packets.append((offset / 1e6, sock, tx.protect(header + packet.payload)))
+            packets.append((offset / rate / 1e6, sock, tx.protect(header + packet.payload)))
     packets.sort(key=lambda p: p[0])
     return packets
 
 
 async def replay(packets: list[tuple[float, socket.socket, bytes]],
-                 receivers: list[socket.socket]) -> tuple[int, list[list[bytes]]]:
+                 receivers: list[socket.socket], poll: bool) -> tuple[int, list[list[bytes]]]:
     """Send on time in per-slot bursts (bench/peer.py's Publisher.run); read each
-    subscriber socket as datagrams arrive. Returns the RTP packets received, and each
-    receiver's first packet (to check it was protected for that subscriber)."""
+    subscriber socket as datagrams arrive, or with ``poll`` every POLL_S. Returns the
+    RTP packets received, and each receiver's first packet (to check it was protected
+    for that subscriber)."""
     from . import _receiver
 
     loop = asyncio.get_running_loop()
@@ -112,8 +116,16 @@ async def replay(packets: list[tuple[float, socket.socket, bytes]],
         _, samples = readers[index].drain()
         firsts[index] += [data for _, data in samples]
 
+    async def poll_all() -> None:
+        while True:
+            await asyncio.sleep(POLL_S)
+            for index in range(len(receivers)):
+                read(index)
+
+    poller = asyncio.create_task(poll_all()) if poll else None
     for index, sock in enumerate(receivers):
-        loop.add_reader(sock.fileno(), read, index)
+        if not poll:
+            loop.add_reader(sock.fileno(), read, index)
     start = time.monotonic()
     for due, sock, datagram in packets:
         now = time.monotonic() - start
@@ -121,14 +133,18 @@ async def replay(packets: list[tuple[float, socket.socket, bytes]],
             await asyncio.sleep(due - now)
         sock.send(datagram)
     await asyncio.sleep(0.5)  # the last packets through
+    if poller is not None:
+        poller.cancel()
     for index, sock in enumerate(receivers):
         loop.remove_reader(sock.fileno())
         read(index)
     return sum(len(reader.records()[0]) // 4 for reader in readers), firsts
 
 
-def run(scenario: dict[str, Any], seconds: float, address: str) -> dict[str, Any]:
-    """One run of the scenario's room against a fresh floor process."""
+def run(scenario: dict[str, Any], seconds: float, address: str,
+        rate: float = 1.0) -> dict[str, Any]:
+    """One run of the scenario's room, ``rate`` times real time, against a fresh floor
+    process."""
     publishers = scenario["publishers"]
     listeners = scenario["listeners"]
     recording = recordings.load()
@@ -150,9 +166,9 @@ def run(scenario: dict[str, Any], seconds: float, address: str) -> dict[str, Any
     floor = multiprocessing.get_context("fork").Process(
         target=serve, args=(floor_sock, inbound_key, routes, seconds + 2.0, results_out))
     floor.start()
-    packets = plan(recording, participants[:publishers], inbound_key, seconds)
+    packets = plan(recording, participants[:publishers], inbound_key, seconds, rate)
     driver_started = cpu_seconds()
-    received, firsts = asyncio.run(replay(packets, participants))
+    received, firsts = asyncio.run(replay(packets, participants, rate > 1))
     driver_cpu = cpu_seconds() - driver_started
     verified = 0
     for key, samples in zip(subscriber_keys, firsts, strict=True):
@@ -165,12 +181,13 @@ def run(scenario: dict[str, Any], seconds: float, address: str) -> dict[str, Any
         sock.close()
     forwarded = result["forwarded"]
     return {
-        "scenario": scenario["name"], "seconds": seconds,
+        "scenario": scenario["name"], "seconds": seconds, "rate": rate,
         "sent_packets": len(packets), "floor_received": result["received"],
         "forwarded_packets": forwarded, "received_packets": received,
         "verified_samples": verified,
         "forwarded_pps": round(forwarded / seconds, 1),
         "floor_cpu_seconds": round(result["cpu_seconds"], 4),
+        "floor_cpu_cores": round(result["cpu_seconds"] / seconds, 3),
         "floor_cpu_us_per_forwarded_packet": round(
             result["cpu_seconds"] * 1e6 / max(forwarded, 1), 2),
         "driver_cpu_seconds": round(driver_cpu, 3),
@@ -181,13 +198,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenario", default="2x2", help="a room from bench/scenarios.toml")
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--rate", type=float, default=1.0,
+                        help="times real time (above 1 the receivers are polled)")
     parser.add_argument("--address", default="127.0.0.1")
     parser.add_argument("--json", help="also write the result here")
     args = parser.parse_args(argv)
     scenarios, _ = load_scenarios()
     if args.scenario not in scenarios:
         parser.error(f"unknown scenario {args.scenario!r}: {', '.join(scenarios)}")
-    result = run(scenarios[args.scenario], args.seconds, args.address)
+    result = run(scenarios[args.scenario], args.seconds, args.address, args.rate)
     print(f"{result['scenario']}: {result['forwarded_pps']} forwarded pkt/s, floor "
           f"{result['floor_cpu_us_per_forwarded_packet']} CPU-µs per forwarded packet "
           f"({result['received_packets']} of {result['forwarded_packets']} received)",

@@ -1887,10 +1887,11 @@ def floor_forward(list packets, list sessions, list fds, list addrs):
 
 
 def floor_relay(int fd, object inbound, list routes, double seconds):
-    """The floor at room rates, for bench/roomfloor.py: a blocking loop reading ``fd``
+    """The floor for a room, for bench/roomfloor.py: a blocking loop reading ``fd``
     with one ``recvmmsg`` per wake-up (no event loop, no Python per packet), and per
-    datagram one libsrtp unprotect, then per route of its source one copy, one protect
-    and one ``sendto``. No ICE, RTCP or timers: what no forwarder can skip.
+    datagram one libsrtp unprotect, then per route of its source one copy and one
+    protect, sent with one ``sendmmsg`` per batch read (the cheapest way out). No
+    ICE, RTCP or timers: what no forwarder can skip.
 
     ``routes`` are (source sockaddr, session, destination sockaddr) with sockaddrs as
     ``_sockaddr`` makes them; ``fd`` must have a receive timeout (SO_RCVTIMEO) so the
@@ -1903,7 +1904,7 @@ def floor_relay(int fd, object inbound, list routes, double seconds):
     cdef void *contexts[64]
     cdef uint8_t sources[64][16]
     cdef uint8_t destinations[64][16]
-    cdef int i, j, n, length, n_out, received = 0, forwarded = 0
+    cdef int i, j, n, length, n_out, sent, queued, received = 0, forwarded = 0
     cdef timespec now
     for j in range(count):
         source, session, destination = routes[j]
@@ -1915,17 +1916,26 @@ def floor_relay(int fd, object inbound, list routes, double seconds):
     cdef mmsghdr messages[64]
     cdef iovec vectors[64]
     cdef uint8_t names[64][16]
+    cdef mmsghdr out_messages[64]
+    cdef iovec out_vectors[64]
     cdef uint8_t *slots = <uint8_t *>calloc(64, BUFFER_SIZE)
-    cdef uint8_t out[BUFFER_SIZE]
-    if slots == NULL:
+    cdef uint8_t *out = <uint8_t *>calloc(64, BUFFER_SIZE)
+    if slots == NULL or out == NULL:
+        free(slots)
+        free(out)
         raise MemoryError()
     memset(messages, 0, sizeof(messages))
+    memset(out_messages, 0, sizeof(out_messages))
     for i in range(64):
         vectors[i].iov_base = slots + i * BUFFER_SIZE
         vectors[i].iov_len = 1500
         messages[i].msg_hdr.msg_iov = &vectors[i]
         messages[i].msg_hdr.msg_iovlen = 1
         messages[i].msg_hdr.msg_name = names[i]
+        out_vectors[i].iov_base = out + i * BUFFER_SIZE
+        out_messages[i].msg_hdr.msg_iov = &out_vectors[i]
+        out_messages[i].msg_hdr.msg_iovlen = 1
+        out_messages[i].msg_hdr.msg_namelen = 16
     clock_gettime(CLOCK_MONOTONIC, &now)
     cdef double deadline = now.tv_sec + now.tv_nsec * 1e-9 + seconds
     try:
@@ -1933,6 +1943,7 @@ def floor_relay(int fd, object inbound, list routes, double seconds):
             for i in range(64):
                 messages[i].msg_hdr.msg_namelen = 16
             n = recvmmsg(fd, messages, 64, MSG_WAITFORONE, NULL)
+            queued = 0
             for i in range(n):
                 length = messages[i].msg_len
                 if c_unprotect(in_ctx, slots + i * BUFFER_SIZE, &length) != 0:
@@ -1941,16 +1952,24 @@ def floor_relay(int fd, object inbound, list routes, double seconds):
                 for j in range(count):
                     if memcmp(names[i], sources[j], 8) != 0:  # family, port, address
                         continue
+                    if queued == 64:
+                        sent = sendmmsg(fd, out_messages, queued, MSG_DONTWAIT)
+                        forwarded += max(sent, 0)
+                        queued = 0
                     n_out = length
-                    memcpy(out, slots + i * BUFFER_SIZE, length)
-                    if c_protect(contexts[j], out, &n_out) != 0:
+                    memcpy(out + queued * BUFFER_SIZE, slots + i * BUFFER_SIZE, length)
+                    if c_protect(contexts[j], out + queued * BUFFER_SIZE, &n_out) != 0:
                         continue
-                    if c_sendto(fd, out, n_out, MSG_DONTWAIT,
-                                <const sockaddr *>destinations[j], 16) == n_out:
-                        forwarded += 1
+                    out_vectors[queued].iov_len = n_out
+                    out_messages[queued].msg_hdr.msg_name = destinations[j]
+                    queued += 1
+            if queued:
+                sent = sendmmsg(fd, out_messages, queued, MSG_DONTWAIT)
+                forwarded += max(sent, 0)
             clock_gettime(CLOCK_MONOTONIC, &now)
     finally:
         free(slots)
+        free(out)
     return received, forwarded
 
 
