@@ -18,9 +18,35 @@ def rtp(ssrc: int, seq: int, size: int) -> bytes:
     return struct.pack("!BBHII", 0x80, 96, seq, 1234, ssrc) + bytes(size - 12)
 
 
+def wait_for_kernel_stamps() -> None:
+    """Until the kernel stamps arrivals (a deferred switch, turned on a moment after a
+    socket asks and off a moment after the last such socket closes), a datagram read
+    is stamped as it is read: later than one read after the switch. Wait for it."""
+    import time
+
+    from sfu_bench._receiver import Receiver
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+        rx.bind(("127.0.0.1", 0))
+        rx.setblocking(False)
+        receiver = Receiver(rx.fileno(), 64)
+        for _ in range(100):
+            sent = time.monotonic()
+            tx.sendto(rtp(0xC, 0, 100), rx.getsockname())
+            time.sleep(0.02)
+            receiver.drain()
+            times = array("d")
+            times.frombytes(receiver.records()[3])
+            if times[-1] < sent + 0.01:
+                return
+        raise AssertionError("the kernel never stamped an arrival")
+
+
 def test_rtp_is_recorded_and_the_rest_handed_back() -> None:
     from sfu_bench._receiver import Receiver
 
+    wait_for_kernel_stamps()  # else the first datagrams may be stamped as read, late
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx, \
             socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
         rx.bind(("127.0.0.1", 0))
