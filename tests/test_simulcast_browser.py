@@ -196,6 +196,10 @@ async def test_a_throttled_viewer_gets_the_low_layer_and_climbs_back(
             resumed = await fast.evaluate(VIDEO)
             assert resumed["frames"] > still["frames"]
             assert resumed["keyframes"] > still["keyframes"]
+            # The server reports the layer a viewer receives at its next allocation tick
+            # (every 0.5 s), so the report may come after the first full-size frames.
+            await wait_for(lambda: _reported(fast, track, "f"), 5,
+                           "the server to report the resumed viewer's layer f")
             layer = await fast.evaluate(f"() => window.sfu.layers[{track!r}]")
             assert layer["rid"] == "f" and layer["paused"] is False, layer
             # /metrics shows the layers forwarded and the viewers' estimates: the fast
@@ -218,6 +222,11 @@ async def scrape_metrics(server: Server) -> dict[tuple[str, tuple[tuple[str, str
         text = await response.text()
     return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
             for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+async def _reported(page: Any, track: str, rid: str) -> tuple[bool, Any]:
+    layer = await page.evaluate(f"() => window.sfu.layers[{track!r}]")
+    return layer is not None and layer["rid"] == rid, layer
 
 
 async def _width_is(page: Any, width: int) -> tuple[bool, Any]:
