@@ -1783,13 +1783,11 @@ cdef class Forwarder:
         cdef ssize_t sent
         cdef int slot
         if ep.fd >= 0 and self._batching:
+            # Built in its slot by _out_buffer (which made room), or elsewhere: copied
+            # into the slot _out_buffer makes room for now.
+            if self._queued == SEND_BATCH or data != self._out[self._queued]:
+                memcpy(self._out_buffer(ep), data, length)
             slot = self._queued
-            # Built in its slot by _out_buffer (which made room), or elsewhere and copied.
-            if slot == SEND_BATCH or data != self._out[slot]:
-                if slot == SEND_BATCH or (slot and self._queue_fd != ep.fd):
-                    self._flush()
-                    slot = 0
-                memcpy(self._out[slot], data, length)
             self._queue_fd = ep.fd
             memcpy(self._out_names[slot], ep.sockaddr, ep.sockaddr_len)
             self._out_messages[slot].msg_hdr.msg_namelen = ep.sockaddr_len
