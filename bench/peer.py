@@ -35,7 +35,7 @@ from sfu.transport import internals
 from sfu.transport.peer import SilentTrack
 from sfu.transport.shared_port import set_buffers
 
-from .recording import AUDIO_CLOCK, VIDEO_CLOCK, Recording
+from .recording import Recording
 
 SAMPLE_EVERY = 64
 PACING_SLOT_S = 0.001
@@ -289,7 +289,6 @@ class Publisher:
         # Every audio packet says "voice, -40 dBov", as a browser's do while one talks:
         # the server's active-speaker counting runs on all of them.
         level_block = bytes([0xBE, 0xDE, 0, 1, level_id << 4, 0x80 | 40, 0, 0])
-        clocks = {"audio": AUDIO_CLOCK, "video": VIDEO_CLOCK}
         # Each stream sent: kind, and for video layers its index; "video" is the top.
         layer_keys = [f"video{k}" for k in range(self.layers - 1)]
         ssrcs = dict(zip(layer_keys, self.layer_ssrcs, strict=True))
@@ -298,21 +297,12 @@ class Publisher:
             self.sent[key] = SentStream(key[:5], random.getrandbits(16))
         limits = dict(zip(layer_keys, LAYER_PACKETS_PER_FRAME, strict=False))
         frame_timestamp, in_frame = -1, 0
-        loop_clock = {k: recording.duration_us * c // 1_000_000 for k, c in clocks.items()}
         plan = []
         total_us = seconds * 1e6 * rate  # recording time covered by the run
-        i = 0
-        while True:
-            loop, position = divmod(i, len(recording.packets))
-            packet = recording.packets[position]
-            offset = loop * recording.duration_us + packet.offset_us
-            if offset >= total_us:
-                break
-            i += 1
+        for offset, position, packet, timestamp in recording.looped(total_us):
             if packet.kind not in streams:
                 continue
             ssrc, payload_type = streams[packet.kind]
-            timestamp = (packet.timestamp + loop * loop_clock[packet.kind]) & 0xFFFFFFFF
             keys = [packet.kind]
             if packet.kind == "video" and self.layers > 1:
                 in_frame = in_frame + 1 if timestamp == frame_timestamp else 0

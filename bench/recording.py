@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -42,6 +43,23 @@ class Recording:
 
     def packets_per_second(self) -> float:
         return len(self.packets) * 1e6 / self.duration_us
+
+    def looped(self, span_us: float) -> Iterator[tuple[int, int, RecordedPacket, int]]:
+        """The recording played over and over for ``span_us`` of recording time: each
+        packet's offset from the start, its position in ``packets``, the packet, and
+        its RTP timestamp moved on by the loops before it."""
+        clocks = {"audio": AUDIO_CLOCK, "video": VIDEO_CLOCK}
+        loop_clock = {k: self.duration_us * c // 1_000_000 for k, c in clocks.items()}
+        i = 0
+        while True:
+            loop, position = divmod(i, len(self.packets))
+            packet = self.packets[position]
+            offset = loop * self.duration_us + packet.offset_us
+            if offset >= span_us:
+                return
+            i += 1
+            yield (offset, position, packet,
+                   (packet.timestamp + loop * loop_clock[packet.kind]) & 0xFFFFFFFF)
 
 
 def load(seconds: int = 10, fps: int = 30, bitrate: int = 1_000_000,

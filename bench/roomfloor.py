@@ -31,23 +31,16 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any
 
-from pylibsrtp import Policy, Session
+from pylibsrtp import Policy
 
 from . import recording as recordings
+from .fastpath import session
 from .peer import PACING_SLOT_S, POLL_S, RECEIVE_BUFFER
-from .recording import AUDIO_CLOCK, VIDEO_CLOCK
 from .run import load_scenarios
 
 PROFILE = Policy.SRTP_PROFILE_AEAD_AES_128_GCM  # what aiortc and browsers negotiate
 KEY_LENGTH = 28
 PAYLOAD_TYPES = {"audio": 111, "video": 96}
-
-
-def session(key: bytes, outbound: bool) -> Session:
-    policy = Policy(key=key, srtp_profile=PROFILE, ssrc_type=(
-        Policy.SSRC_ANY_OUTBOUND if outbound else Policy.SSRC_ANY_INBOUND))
-    policy.window_size = 1024
-    return Session(policy)
 
 
 def cpu_seconds() -> float:
@@ -62,10 +55,10 @@ def serve(sock: socket.socket, inbound_key: bytes, routes: list[tuple[Any, bytes
 
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, (0).to_bytes(8, "little")
                     + (100_000).to_bytes(8, "little"))  # wake at least every 100 ms
-    c_routes = [(_fastpath._sockaddr(source), session(key, True),
+    c_routes = [(_fastpath._sockaddr(source), session(key, PROFILE, True),
                  _fastpath._sockaddr(destination)) for source, key, destination in routes]
     started = cpu_seconds()
-    received, forwarded = _fastpath.floor_relay(sock.fileno(), session(inbound_key, False),
+    received, forwarded = _fastpath.floor_relay(sock.fileno(), session(inbound_key, PROFILE, False),
                                                 c_routes, seconds)
     results.send({"received": received, "forwarded": forwarded,
                   "cpu_seconds": cpu_seconds() - started})
@@ -75,21 +68,11 @@ def plan(recording: recordings.Recording, sockets: list[socket.socket], key: byt
          seconds: float, rate: float) -> list[tuple[float, socket.socket, bytes]]:
     """Every publisher's packets for ``seconds`` at ``rate`` times real time, protected,
     in the order they are due."""
-    clocks = {"audio": AUDIO_CLOCK, "video": VIDEO_CLOCK}
-    loop_clock = {k: recording.duration_us * c // 1_000_000 for k, c in clocks.items()}
     packets = []
     for index, sock in enumerate(sockets):
-        tx = session(key, True)
+        tx = session(key, PROFILE, True)
         seqs = {"audio": 0, "video": 0}
-        i = 0
-        while True:
-            loop, position = divmod(i, len(recording.packets))
-            packet = recording.packets[position]
-            offset = loop * recording.duration_us + packet.offset_us
-            if offset >= seconds * 1e6 * rate:
-                break
-            i += 1
-            timestamp = (packet.timestamp + loop * loop_clock[packet.kind]) & 0xFFFFFFFF
+        for offset, _, packet, timestamp in recording.looped(seconds * 1e6 * rate):
             ssrc = 0x1000 * (index + 1) + (packet.kind == "video")
             header = bytes([0x80, (0x80 if packet.marker else 0) | PAYLOAD_TYPES[packet.kind]])
             header += seqs[packet.kind].to_bytes(2, "big") + timestamp.to_bytes(4, "big")
@@ -173,7 +156,7 @@ def run(scenario: dict[str, Any], seconds: float, address: str,
     verified = 0
     for key, samples in zip(subscriber_keys, firsts, strict=True):
         for sample in samples:
-            session(key, False).unprotect(sample)  # raises unless protected with its key
+            session(key, PROFILE, False).unprotect(sample)  # raises unless protected with its key
             verified += 1
     result = results_in.recv()
     floor.join()
