@@ -146,6 +146,10 @@ async def test_chat_screen_share_and_metadata(server: Server) -> None:
             await alice.click("#screen")
             await wait_for(until(carol, f"() => !document.querySelector(\"{SCREEN_TILE}\")"),
                            STEP_S, "the screen tile gone at carol")
+            # The server tells carol before its answer reaches alice's page, which only
+            # then drops the track from its own list.
+            await wait_for(until(alice, "() => window.sfu.localTracks.length === 2"), STEP_S,
+                           "alice's page to drop its screen track")
             assert await alice.get_attribute("#screen", "aria-pressed") == "false"
             assert await alice.evaluate("() => window.sfu.localTracks.length") == 2
             published = next(p for p in server.room_info("meet")["participants"]
